@@ -1,0 +1,111 @@
+//! The per-batch gradient step (forward, loss, backward, flatten into a reused buffer) of a
+//! model, timed.
+
+use std::time::Instant;
+
+use peerless_models::{Architecture, Batch, Device, Loss, Model, ModelError, ModelSpec};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct GradStepBench {
+    pub arch: Architecture,
+    pub batch: usize,
+    /// Square input size (the issue's reference numbers use 32, i.e. 3x32x32).
+    pub size: usize,
+    /// Untimed steps first (allocator, caches, thread pools).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+}
+
+/// One row of the benchmark table; `model`, `batch`, `ms_per_step` and `images_per_s` are
+/// the keys of `peerless bench --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct GradStepResult {
+    pub model: String,
+    pub batch: usize,
+    pub input: String,
+    /// Median over the timed steps.
+    pub ms_per_step: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub images_per_s: f64,
+    pub steps: usize,
+    /// Peak resident memory of the process after the measurement, in MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// CPU seconds per wall second during the timed steps (2.0 = both cores busy).
+    pub cores_busy: Option<f64>,
+}
+
+/// Runs the measurement on `device`.
+pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, ModelError> {
+    let spec = ModelSpec::new(b.arch).with_in_channels(3);
+    let model = Model::new(spec, device, 0)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let shape = [b.batch, 3, b.size, b.size];
+    let images: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let labels: Vec<i64> = (0..b.batch).map(|_| rng.random_range(0..10)).collect();
+    let batch = Batch {
+        images: &images,
+        labels: &labels,
+        shape,
+    };
+    let mut grad = vec![0.0f32; model.num_params()];
+    for _ in 0..b.warmup {
+        model.grad_step(&batch, Loss::CrossEntropy, &mut grad)?;
+    }
+    let cpu_start = crate::sys::cpu_time_s();
+    let wall = Instant::now();
+    let mut times = Vec::with_capacity(b.steps);
+    for _ in 0..b.steps.max(1) {
+        let t = Instant::now();
+        model.grad_step(&batch, Loss::CrossEntropy, &mut grad)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let wall = wall.elapsed().as_secs_f64();
+    let cores_busy = cpu_start
+        .zip(crate::sys::cpu_time_s())
+        .map(|(a, z)| (z - a) / wall);
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(GradStepResult {
+        model: b.arch.name().to_string(),
+        batch: b.batch,
+        input: format!("3x{0}x{0}", b.size),
+        ms_per_step: median,
+        min_ms: times[0],
+        max_ms: times[times.len() - 1],
+        images_per_s: b.batch as f64 / (median / 1e3),
+        steps: times.len(),
+        peak_rss_mib: crate::sys::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
+        cores_busy,
+    })
+}
+
+/// Formats results as the Markdown table that `bench/README.md` records.
+pub fn markdown_table(rows: &[GradStepResult]) -> String {
+    let mut s = String::from(
+        "| model | batch | input | median ms/step | min–max ms | images/s | cores busy | peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.1}–{:.1} | {:.1} | {} | {} |\n",
+            r.model,
+            r.batch,
+            r.input,
+            r.ms_per_step,
+            r.min_ms,
+            r.max_ms,
+            r.images_per_s,
+            r.cores_busy.map_or("–".into(), |c| format!("{c:.2}")),
+            r.peak_rss_mib.map_or("–".into(), |m| format!("{m:.0}")),
+        ));
+    }
+    s
+}

@@ -1,0 +1,301 @@
+//! [`ObjectStore`] over an S3 bucket or any S3-compatible server (custom endpoint,
+//! path-style addressing, checksums only when required), with bounded timeouts and retries.
+
+use async_trait::async_trait;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+
+use super::{ObjectStore, S3Options, StoreError, validate_key, validate_prefix};
+
+/// Region used when neither the options, the environment nor the profile name one.
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// Split `s3://bucket[/prefix]` into bucket and prefix (without surrounding slashes).
+pub fn parse_url(url: &str) -> Result<(String, String), StoreError> {
+    let invalid = |reason: &str| StoreError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| invalid("expected s3://bucket[/prefix]"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'));
+    if !valid_bucket {
+        return Err(invalid(
+            "bucket names are 3-63 characters of a-z, 0-9, '.' and '-'",
+        ));
+    }
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty() {
+        validate_key(prefix).map_err(|_| {
+            invalid("the prefix must be a relative path of A-Z a-z 0-9 . _ - / characters")
+        })?;
+    }
+    Ok((bucket.to_owned(), prefix.to_owned()))
+}
+
+/// A bucket (optionally below a key prefix) used as an object store; the way peers on
+/// different machines and serverless functions share shards.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    url: String,
+}
+
+impl S3Store {
+    /// Connect with credentials from the AWS default chain (environment, profile, web
+    /// identity, ECS, instance metadata), applying `options`.
+    pub async fn connect(
+        bucket: &str,
+        prefix: &str,
+        options: &S3Options,
+    ) -> Result<Self, StoreError> {
+        let region = RegionProviderChain::first_try(options.region.clone().map(Region::new))
+            .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
+            .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+            .or_else(Region::from_static(FALLBACK_REGION));
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .load()
+            .await;
+        Self::from_sdk_config(&config, bucket, prefix, options)
+    }
+
+    /// Build a store from an already loaded SDK configuration (e.g. one carrying explicit
+    /// test credentials), applying `options` on top of it.
+    pub fn from_sdk_config(
+        config: &SdkConfig,
+        bucket: &str,
+        prefix: &str,
+        options: &S3Options,
+    ) -> Result<Self, StoreError> {
+        let custom_endpoint = options.endpoint_url.is_some()
+            || config.endpoint_url().is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        let mut builder = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(options.force_path_style.unwrap_or(custom_endpoint))
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(options.connect_timeout)
+                    .operation_attempt_timeout(options.attempt_timeout)
+                    .operation_timeout(options.operation_timeout)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(options.max_attempts.max(1)));
+        if let Some(endpoint) = &options.endpoint_url {
+            builder = builder.endpoint_url(endpoint);
+        }
+        if let Some(region) = &options.region {
+            builder = builder.region(Region::new(region.clone()));
+        }
+        Self::from_client(Client::from_conf(builder.build()), bucket, prefix)
+    }
+
+    /// Wrap a configured client; the caller is responsible for endpoint, path style and
+    /// checksum settings.
+    pub fn from_client(client: Client, bucket: &str, prefix: &str) -> Result<Self, StoreError> {
+        let prefix = prefix.trim_matches('/');
+        let url = if prefix.is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        };
+        let (bucket, prefix) = parse_url(&url)?;
+        Ok(Self {
+            client,
+            bucket,
+            prefix,
+            url,
+        })
+    }
+
+    /// The underlying SDK client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The bucket objects live in.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn full_key(&self, key: &str) -> Result<String, StoreError> {
+        validate_key(key)?;
+        Ok(self.join(key))
+    }
+
+    fn join(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    fn remote<E>(&self, op: &'static str, key: &str, err: E) -> StoreError
+    where
+        E: std::error::Error,
+    {
+        StoreError::Remote {
+            url: self.url.clone(),
+            key: key.to_owned(),
+            op,
+            message: DisplayErrorContext(err).to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let full = self.full_key(key)?;
+        let resp = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(StoreError::NotFound {
+                    url: self.url.clone(),
+                    key: key.to_owned(),
+                });
+            }
+            Err(e) => return Err(self.remote("get", key, e)),
+        };
+        let data = resp
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.remote("get", key, e))?;
+        Ok(data.into_bytes())
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let full = self.full_key(key)?;
+        tracing::debug!(url = %self.url, key, bytes = data.len(), "put");
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.remote("put", key, e))?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        validate_prefix(prefix)?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let full_prefix = format!("{strip}{prefix}");
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.remote("list", prefix, e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .filter_map(|k| k.strip_prefix(&strip))
+                    .map(str::to_owned),
+            );
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let full = self.full_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.remote("delete", key, e))?;
+        Ok(())
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(self.remote("exists", key, e)),
+        }
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let src = self.full_key(from)?;
+        let dst = self.full_key(to)?;
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .copy_source(format!("{}/{src}", self.bucket))
+            .key(&dst)
+            .send()
+            .await
+            .map_err(|e| self.remote("rename", from, e))?;
+        self.delete(from).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_s3_urls() {
+        assert_eq!(
+            parse_url("s3://my-bucket").unwrap(),
+            ("my-bucket".into(), "".into())
+        );
+        assert_eq!(
+            parse_url("s3://my-bucket/a/b/").unwrap(),
+            ("my-bucket".into(), "a/b".into())
+        );
+        for bad in ["s3://", "s3://UPPER", "s3://ok-bucket/a/../b", "s3://b"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! `peerless bench`: the gradient-step benchmark for users, same numbers as `cargo bench`.
+
+use anyhow::{Context, Result};
+use peerless_bench::gradstep::{GradStepBench, markdown_table, measure};
+use peerless_models::{Architecture, DeviceChoice, select_device};
+
+use crate::cli::BenchArgs;
+
+pub fn run(args: BenchArgs, device: DeviceChoice) -> Result<()> {
+    let device = select_device(device)?;
+    let models = if args.models.is_empty() {
+        vec![
+            Architecture::SqueezeNet1_1,
+            Architecture::MobileNetV3Small,
+            Architecture::Vgg11,
+        ]
+    } else {
+        args.models
+    };
+    let batches = if args.batches.is_empty() {
+        vec![16, 64]
+    } else {
+        args.batches
+    };
+    let mut rows = Vec::new();
+    for &arch in &models {
+        for &batch in &batches {
+            let b = GradStepBench {
+                arch,
+                batch: batch as usize,
+                size: args.size as usize,
+                warmup: args.warmup as usize,
+                steps: args.steps as usize,
+            };
+            tracing::info!(model = arch.name(), batch, "timing the gradient step");
+            let r = measure(&b, &device)
+                .with_context(|| format!("benchmarking {} at batch {batch}", arch.name()))?;
+            rows.push(r);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", markdown_table(&rows));
+    }
+    Ok(())
+}
