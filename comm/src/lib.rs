@@ -1,0 +1,24 @@
+//! Gradient exchange between peers of a data-parallel training run.
+//!
+//! Each round a peer encodes its gradient with a [`codec`], splits it into
+//! [`wire`] messages, publishes them over a [`transport`], collects one
+//! gradient from every other rank and averages them all ([`round`],
+//! [`average`]), so every peer ends the round with bit-identical weights.
+
+#![warn(missing_docs)]
+
+pub mod average;
+pub mod codec;
+pub mod round;
+pub mod transport;
+pub mod url;
+pub mod wire;
+
+pub use codec::{Codec, CodecError, CodecSpec};
+pub use round::{Averager, OnTimeout, Rejections, RoundConfig, RoundError, RoundStats};
+pub use transport::{
+    AmqpConfig, AmqpTransport, AnyTransport, Delivery, InProcessHub, InProcessTransport, Transport,
+    TransportError,
+};
+pub use url::mask_password;
+pub use wire::{Header, MessageKind, RunId, WireError, model_fingerprint};

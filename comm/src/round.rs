@@ -1,0 +1,702 @@
+//! One averaging round: publish the local gradient, collect exactly one
+//! gradient per other rank, and average them all in rank order.
+//!
+//! Validation of every incoming message, in this order:
+//! 1. undecodable bytes are rejected and counted (`malformed`, or
+//!    `bad_checksum` for a corrupted header or payload);
+//! 2. another run's messages are ignored and counted (`foreign_run`);
+//! 3. other message kinds are ignored and counted (`other_kind`);
+//! 4. a different world size, model fingerprint, element count or codec is
+//!    refused with an error naming both values;
+//! 5. an invalid or own sender rank is counted (`bad_sender`);
+//! 6. an older round is ignored and counted (`stale_round`); a later round is
+//!    kept for that round (`buffered_future`); a chunk seen twice is counted
+//!    (`duplicate`);
+//! 7. a complete payload that its codec rejects is counted (`malformed`) and
+//!    its rank stays missing.
+//!
+//! The event loop only waits on the transport and on the round's deadline:
+//! no sleeping, no polling.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::average;
+use crate::codec::{Codec, CodecError};
+use crate::transport::{Transport, TransportError};
+use crate::wire::{self, HEADER_LEN, Header, MessageKind, RunId, WireError};
+
+/// What a round does when some ranks have not delivered by the deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnTimeout {
+    /// Fail with [`RoundError::Timeout`] naming the missing ranks.
+    #[default]
+    Fail,
+    /// Average the gradients that arrived and list the missing ranks in
+    /// [`RoundStats::missing`]. Peers may then end the round with different
+    /// averages; the caller decides whether to go on.
+    AverageArrived,
+}
+
+/// Identity of this peer and the rules of its rounds; identical on every
+/// peer of a run except `rank`.
+#[derive(Clone, Debug)]
+pub struct RoundConfig {
+    /// The run; messages of other runs are ignored.
+    pub run_id: RunId,
+    /// This peer's rank, `0 .. world_size`.
+    pub rank: u32,
+    /// Number of peers.
+    pub world_size: u32,
+    /// [`wire::model_fingerprint`] of the model; peers must agree.
+    pub model_fingerprint: u64,
+    /// Number of `f32` elements of the gradient; peers must agree.
+    pub element_count: usize,
+    /// Largest payload per message; bigger encoded gradients are chunked.
+    pub max_chunk_bytes: usize,
+    /// How long a round waits for the other ranks after encoding.
+    pub timeout: Duration,
+    /// What happens when the timeout expires.
+    pub on_timeout: OnTimeout,
+}
+
+impl RoundConfig {
+    /// A configuration with defaults: 8 MiB chunks, 10 minute timeout, fail on timeout.
+    pub fn new(
+        run_id: RunId,
+        rank: u32,
+        world_size: u32,
+        model_fingerprint: u64,
+        element_count: usize,
+    ) -> Self {
+        RoundConfig {
+            run_id,
+            rank,
+            world_size,
+            model_fingerprint,
+            element_count,
+            max_chunk_bytes: wire::DEFAULT_MAX_CHUNK_BYTES,
+            timeout: Duration::from_secs(600),
+            on_timeout: OnTimeout::Fail,
+        }
+    }
+}
+
+/// Counts of incoming messages that were not used, by reason; non-zero
+/// values point at misconfigured or misbehaving peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rejections {
+    /// Not a valid message, or a payload its codec rejects.
+    pub malformed: u64,
+    /// Header or payload checksum mismatch (corruption).
+    pub bad_checksum: u64,
+    /// Belongs to another run.
+    pub foreign_run: u64,
+    /// Belongs to an earlier round (e.g. arrived after a partial round ended).
+    pub stale_round: u64,
+    /// A chunk or gradient already received this round.
+    pub duplicate: u64,
+    /// Sender rank out of range or equal to ours.
+    pub bad_sender: u64,
+    /// A message kind the round does not use.
+    pub other_kind: u64,
+}
+
+impl Rejections {
+    /// Sum of all counts.
+    pub fn total(&self) -> u64 {
+        self.malformed
+            + self.bad_checksum
+            + self.foreign_run
+            + self.stale_round
+            + self.duplicate
+            + self.bad_sender
+            + self.other_kind
+    }
+}
+
+/// What one round did and how long each part took, for logs and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoundStats {
+    /// The round number.
+    pub round: u64,
+    /// Ranks averaged, this one included.
+    pub contributors: u32,
+    /// Ranks that did not deliver in time (only with [`OnTimeout::AverageArrived`]).
+    pub missing: Vec<u32>,
+    /// Bytes published (headers included).
+    pub bytes_sent: u64,
+    /// Messages published.
+    pub messages_sent: u64,
+    /// Bytes received during this round, whatever became of them.
+    pub bytes_received: u64,
+    /// Messages received during this round.
+    pub messages_received: u64,
+    /// Messages of later rounds kept for them.
+    pub buffered_future: u64,
+    /// Time to encode and frame the local gradient.
+    pub encode_time: Duration,
+    /// Time to publish (until the transport accepted everything).
+    pub send_time: Duration,
+    /// Time from the end of encoding until every rank had delivered (or the deadline).
+    pub receive_time: Duration,
+    /// Time to decode and average all contributions.
+    pub decode_time: Duration,
+    /// Messages not used, by reason.
+    pub rejected: Rejections,
+}
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The local gradient could not be encoded.
+    #[error("cannot encode the local gradient: {0}")]
+    Encode(#[source] CodecError),
+    /// Some ranks did not deliver before the deadline.
+    #[error("round {round}: no gradient from rank(s) {} within {timeout:?}", RankList(.missing))]
+    Timeout {
+        /// The round.
+        round: u64,
+        /// The configured timeout.
+        timeout: Duration,
+        /// Ranks that did not deliver, ascending.
+        missing: Vec<u32>,
+    },
+    /// Publishing did not finish before the deadline.
+    #[error("round {round}: publishing the local gradient did not finish within {timeout:?}")]
+    PublishTimeout {
+        /// The round.
+        round: u64,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+    /// A peer was started with a different number of peers.
+    #[error("rank {rank} runs with world size {theirs}, this peer with {ours}")]
+    WorldSizeMismatch {
+        /// The sender.
+        rank: u32,
+        /// This peer's value.
+        ours: u32,
+        /// The sender's value.
+        theirs: u32,
+    },
+    /// A peer trains a different model.
+    #[error(
+        "rank {rank} trains a different model: fingerprint {theirs:#018x}, this peer {ours:#018x}"
+    )]
+    FingerprintMismatch {
+        /// The sender.
+        rank: u32,
+        /// This peer's value.
+        ours: u64,
+        /// The sender's value.
+        theirs: u64,
+    },
+    /// A peer's gradient has a different length.
+    #[error("rank {rank} sends gradients of {theirs} elements, this peer has {ours}")]
+    ElementCountMismatch {
+        /// The sender.
+        rank: u32,
+        /// This peer's value.
+        ours: u64,
+        /// The sender's value.
+        theirs: u64,
+    },
+    /// A peer uses another codec.
+    #[error("rank {rank} encodes with codec {theirs}, this peer with {ours}")]
+    CodecMismatch {
+        /// The sender.
+        rank: u32,
+        /// This peer's codec.
+        ours: String,
+        /// The sender's codec.
+        theirs: String,
+    },
+    /// The caller passed buffers of the wrong length.
+    #[error("{what} has {got} elements, the round expects {expected}")]
+    LocalLength {
+        /// Which buffer.
+        what: &'static str,
+        /// Configured element count.
+        expected: usize,
+        /// Length given.
+        got: usize,
+    },
+    /// The round configuration is unusable.
+    #[error("invalid round configuration: {0}")]
+    Config(String),
+}
+
+struct RankList<'a>(&'a [u32]);
+
+impl fmt::Display for RankList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, rank) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{rank}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs averaging rounds for one peer over a [`Transport`], keeping every
+/// large buffer (encoded gradient, reassembly buffers) across rounds.
+pub struct Averager<T> {
+    config: RoundConfig,
+    codec: Box<dyn Codec>,
+    transport: T,
+    encoded: Vec<u8>,
+    outgoing: Vec<Bytes>,
+    inbox: Inbox,
+}
+
+impl<T> fmt::Debug for Averager<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Averager")
+            .field("config", &self.config)
+            .field("codec", &self.codec.spec())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Averager<T> {
+    /// An averager for the peer described by `config`, encoding with `codec`.
+    pub fn new(
+        config: RoundConfig,
+        codec: Box<dyn Codec>,
+        transport: T,
+    ) -> Result<Self, RoundError> {
+        if config.world_size == 0 || config.rank >= config.world_size {
+            return Err(RoundError::Config(format!(
+                "rank {} is not below world size {}",
+                config.rank, config.world_size
+            )));
+        }
+        if config.max_chunk_bytes == 0 || u32::try_from(config.max_chunk_bytes).is_err() {
+            return Err(RoundError::Config(format!(
+                "max_chunk_bytes {} is not in 1..=u32::MAX",
+                config.max_chunk_bytes
+            )));
+        }
+        let inbox = Inbox::new(config.world_size as usize);
+        Ok(Averager {
+            config,
+            codec,
+            transport,
+            encoded: Vec::new(),
+            outgoing: Vec::new(),
+            inbox,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RoundConfig {
+        &self.config
+    }
+
+    /// The codec encoding the local gradient.
+    pub fn codec(&self) -> &dyn Codec {
+        self.codec.as_ref()
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// Gives the transport back (e.g. to close it).
+    pub fn into_transport(self) -> T {
+        self.transport
+    }
+
+    /// Runs round `round`: publishes `local` (encoded), waits for one gradient
+    /// from every other rank of this round, and writes the average of all of
+    /// them (decoded, this peer's own encoded gradient included, summed in
+    /// rank order) into `out`. Every peer that received the same set of
+    /// gradients gets a bit-identical `out`.
+    pub async fn average(
+        &mut self,
+        round: u64,
+        local: &[f32],
+        out: &mut [f32],
+    ) -> Result<RoundStats, RoundError> {
+        let n = self.config.element_count;
+        if local.len() != n {
+            return Err(RoundError::LocalLength {
+                what: "local gradient",
+                expected: n,
+                got: local.len(),
+            });
+        }
+        if out.len() != n {
+            return Err(RoundError::LocalLength {
+                what: "output buffer",
+                expected: n,
+                got: out.len(),
+            });
+        }
+        let mut stats = RoundStats {
+            round,
+            ..RoundStats::default()
+        };
+
+        let Averager {
+            config,
+            codec,
+            transport,
+            encoded,
+            outgoing,
+            inbox,
+        } = self;
+        let config: &RoundConfig = config;
+
+        let started = Instant::now();
+        codec.encode(local, encoded).map_err(RoundError::Encode)?;
+        let header = Header::gradient(
+            config.run_id,
+            round,
+            config.rank,
+            config.world_size,
+            config.model_fingerprint,
+            codec.spec(),
+            n as u64,
+        );
+        outgoing.clear();
+        wire::chunk_messages(&header, encoded, config.max_chunk_bytes, outgoing);
+        stats.messages_sent = outgoing.len() as u64;
+        stats.bytes_sent = outgoing.iter().map(|m| m.len() as u64).sum();
+        stats.encode_time = started.elapsed();
+
+        inbox.start_round(round, &mut stats);
+        for bytes in inbox.take_pending(round) {
+            inbox.handle(&bytes, round, config, codec.as_ref(), &mut stats)?;
+        }
+
+        let receive_start = Instant::now();
+        let deadline = tokio::time::Instant::from_std(receive_start + config.timeout);
+        let outgoing = &*outgoing;
+        let transport = &*transport;
+        let publish = async {
+            let sent = tokio::time::timeout_at(deadline, transport.publish(outgoing)).await;
+            match sent {
+                Ok(Ok(())) => Ok(receive_start.elapsed()),
+                Ok(Err(e)) => Err(RoundError::from(e)),
+                Err(_) => Err(RoundError::PublishTimeout {
+                    round,
+                    timeout: config.timeout,
+                }),
+            }
+        };
+        let stats_ref = &mut stats;
+        let inbox_ref = &mut *inbox;
+        let codec_ref = codec.as_ref();
+        let receive = async move {
+            while !inbox_ref.all_arrived(config.rank) {
+                let delivery = match tokio::time::timeout_at(deadline, transport.recv()).await {
+                    Err(_) => break,
+                    Ok(delivery) => delivery?,
+                };
+                stats_ref.messages_received += 1;
+                stats_ref.bytes_received += delivery.data().len() as u64;
+                inbox_ref.handle(delivery.data(), round, config, codec_ref, stats_ref)?;
+                delivery.ack().await?;
+            }
+            Ok::<_, RoundError>(receive_start.elapsed())
+        };
+        let (send_time, receive_time) = tokio::try_join!(publish, receive)?;
+        stats.send_time = send_time;
+        stats.receive_time = receive_time;
+
+        let missing = inbox.missing(config.rank);
+        if !missing.is_empty() {
+            match config.on_timeout {
+                OnTimeout::Fail => {
+                    return Err(RoundError::Timeout {
+                        round,
+                        timeout: config.timeout,
+                        missing,
+                    });
+                }
+                OnTimeout::AverageArrived => {
+                    tracing::warn!(round, ?missing, "averaging without the missing ranks");
+                    stats.missing = missing;
+                }
+            }
+        }
+
+        let decode_start = Instant::now();
+        inbox.collect_contributors(config.rank);
+        let contributors = &inbox.contributors;
+        let slots = &inbox.slots;
+        let own_rank = config.rank;
+        let own = encoded.as_slice();
+        let codec = codec.as_ref();
+        average::mean_into(out, contributors.len(), |source, start, block, mode| {
+            let rank = contributors[source];
+            let payload = if rank == own_rank {
+                own
+            } else {
+                slots[rank as usize].payload()
+            };
+            codec.accumulate(payload, n, start, block, mode);
+        });
+        stats.contributors = contributors.len() as u32;
+        stats.decode_time = decode_start.elapsed();
+        Ok(stats)
+    }
+}
+
+/// Reassembly state of one sender's gradient in the current round.
+#[derive(Default)]
+struct Slot {
+    /// Set once the whole payload is here and valid.
+    complete: bool,
+    /// Set once the first chunk of this round arrived.
+    started: bool,
+    /// The payload when it came as one message (no copy).
+    single: Option<Bytes>,
+    /// Reassembly buffer for multi-chunk payloads (kept across rounds).
+    buffer: Vec<u8>,
+    /// Which chunks arrived.
+    received: Vec<bool>,
+    remaining: u32,
+    chunk_count: u32,
+    total_len: u64,
+}
+
+impl Slot {
+    fn reset(&mut self) {
+        self.complete = false;
+        self.started = false;
+        self.single = None;
+    }
+
+    fn payload(&self) -> &[u8] {
+        match &self.single {
+            Some(bytes) => bytes,
+            None => &self.buffer,
+        }
+    }
+}
+
+enum ChunkOutcome {
+    Incomplete,
+    Complete,
+    Duplicate,
+    Inconsistent(&'static str),
+}
+
+/// Everything received for the current round, plus messages kept for later rounds.
+struct Inbox {
+    slots: Vec<Slot>,
+    pending: BTreeMap<u64, Vec<Bytes>>,
+    contributors: Vec<u32>,
+}
+
+impl Inbox {
+    fn new(world_size: usize) -> Self {
+        Inbox {
+            slots: (0..world_size).map(|_| Slot::default()).collect(),
+            pending: BTreeMap::new(),
+            contributors: Vec::with_capacity(world_size),
+        }
+    }
+
+    fn start_round(&mut self, round: u64, stats: &mut RoundStats) {
+        self.slots.iter_mut().for_each(Slot::reset);
+        let later = self.pending.split_off(&round);
+        let stale: usize = self.pending.values().map(Vec::len).sum();
+        stats.rejected.stale_round += stale as u64;
+        self.pending = later;
+    }
+
+    fn take_pending(&mut self, round: u64) -> Vec<Bytes> {
+        self.pending.remove(&round).unwrap_or_default()
+    }
+
+    fn all_arrived(&self, own_rank: u32) -> bool {
+        self.slots
+            .iter()
+            .enumerate()
+            .all(|(rank, slot)| rank == own_rank as usize || slot.complete)
+    }
+
+    fn missing(&self, own_rank: u32) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|rank| *rank != own_rank && !self.slots[*rank as usize].complete)
+            .collect()
+    }
+
+    fn collect_contributors(&mut self, own_rank: u32) {
+        self.contributors.clear();
+        for rank in 0..self.slots.len() as u32 {
+            if rank == own_rank || self.slots[rank as usize].complete {
+                self.contributors.push(rank);
+            }
+        }
+    }
+
+    /// Validates one message and files it; errors only for peers that cannot
+    /// take part in this run at all.
+    fn handle(
+        &mut self,
+        bytes: &Bytes,
+        round: u64,
+        config: &RoundConfig,
+        codec: &dyn Codec,
+        stats: &mut RoundStats,
+    ) -> Result<(), RoundError> {
+        let message = match wire::decode(bytes) {
+            Ok(message) => message,
+            Err(error @ (WireError::PayloadChecksum { .. } | WireError::HeaderChecksum { .. })) => {
+                tracing::warn!(%error, "rejected a corrupted message");
+                stats.rejected.bad_checksum += 1;
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "rejected an invalid message");
+                stats.rejected.malformed += 1;
+                return Ok(());
+            }
+        };
+        let h = &message.header;
+        if h.run_id != config.run_id {
+            tracing::debug!(run = %h.run_id, "ignored a message of another run");
+            stats.rejected.foreign_run += 1;
+            return Ok(());
+        }
+        if h.kind != MessageKind::Gradient {
+            stats.rejected.other_kind += 1;
+            return Ok(());
+        }
+        if h.world_size != config.world_size {
+            return Err(RoundError::WorldSizeMismatch {
+                rank: h.sender,
+                ours: config.world_size,
+                theirs: h.world_size,
+            });
+        }
+        if h.sender >= config.world_size || h.sender == config.rank {
+            tracing::warn!(
+                sender = h.sender,
+                "ignored a message with an impossible sender rank"
+            );
+            stats.rejected.bad_sender += 1;
+            return Ok(());
+        }
+        if h.model_fingerprint != config.model_fingerprint {
+            return Err(RoundError::FingerprintMismatch {
+                rank: h.sender,
+                ours: config.model_fingerprint,
+                theirs: h.model_fingerprint,
+            });
+        }
+        if h.element_count != config.element_count as u64 {
+            return Err(RoundError::ElementCountMismatch {
+                rank: h.sender,
+                ours: config.element_count as u64,
+                theirs: h.element_count,
+            });
+        }
+        if h.codec.id() != codec.spec().id() {
+            return Err(RoundError::CodecMismatch {
+                rank: h.sender,
+                ours: codec.spec().to_string(),
+                theirs: h.codec.to_string(),
+            });
+        }
+        if h.round < round {
+            tracing::debug!(
+                round = h.round,
+                current = round,
+                sender = h.sender,
+                "ignored a stale message"
+            );
+            stats.rejected.stale_round += 1;
+            return Ok(());
+        }
+        if h.round > round {
+            self.pending.entry(h.round).or_default().push(bytes.clone());
+            stats.buffered_future += 1;
+            return Ok(());
+        }
+        // No codec produces more than 8 bytes per element (top-k at ratio 1).
+        if h.total_payload_len > 8 * h.element_count + 8 {
+            stats.rejected.malformed += 1;
+            return Ok(());
+        }
+        let sender = h.sender as usize;
+        match file_chunk(&mut self.slots[sender], h, message.payload, bytes) {
+            ChunkOutcome::Incomplete => {}
+            ChunkOutcome::Duplicate => stats.rejected.duplicate += 1,
+            ChunkOutcome::Inconsistent(reason) => {
+                tracing::warn!(sender, reason, "rejected an inconsistent chunk");
+                stats.rejected.malformed += 1;
+            }
+            ChunkOutcome::Complete => {
+                let slot = &mut self.slots[sender];
+                if let Err(error) = codec.validate(slot.payload(), config.element_count) {
+                    tracing::warn!(sender, %error, "rejected an undecodable gradient");
+                    stats.rejected.malformed += 1;
+                    slot.reset();
+                } else {
+                    slot.complete = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn file_chunk(slot: &mut Slot, h: &Header, payload: &[u8], bytes: &Bytes) -> ChunkOutcome {
+    if slot.complete {
+        return ChunkOutcome::Duplicate;
+    }
+    if !slot.started {
+        slot.started = true;
+        slot.total_len = h.total_payload_len;
+        slot.chunk_count = h.chunk_count;
+        if h.chunk_count == 1 {
+            if u64::from(h.payload_len) != h.total_payload_len {
+                slot.started = false;
+                return ChunkOutcome::Inconsistent("single chunk shorter than the payload");
+            }
+            slot.single = Some(bytes.slice(HEADER_LEN..));
+            return ChunkOutcome::Complete;
+        }
+        let total = h.total_payload_len as usize;
+        if slot.buffer.len() != total {
+            // Only when the size changes: contents are overwritten chunk by chunk.
+            slot.buffer.clear();
+            slot.buffer.resize(total, 0);
+        }
+        slot.received.clear();
+        slot.received.resize(h.chunk_count as usize, false);
+        slot.remaining = h.chunk_count;
+    } else if slot.total_len != h.total_payload_len || slot.chunk_count != h.chunk_count {
+        return ChunkOutcome::Inconsistent(
+            "chunk disagrees with earlier chunks on the payload size",
+        );
+    }
+    let index = h.chunk_index as usize;
+    if slot.received[index] {
+        return ChunkOutcome::Duplicate;
+    }
+    let at = h.chunk_offset as usize;
+    slot.buffer[at..at + payload.len()].copy_from_slice(payload);
+    slot.received[index] = true;
+    slot.remaining -= 1;
+    if slot.remaining == 0 {
+        ChunkOutcome::Complete
+    } else {
+        ChunkOutcome::Incomplete
+    }
+}

@@ -1,0 +1,175 @@
+//! Moving opaque messages between the peers of one run.
+//!
+//! [`Transport`] is the one interface; [`inprocess`] (tokio channels, the
+//! embedded default) and [`amqp`] (RabbitMQ through lapin) implement it, and
+//! [`AnyTransport`] picks one at run time.
+
+pub mod amqp;
+pub mod inprocess;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+
+pub use amqp::{AmqpConfig, AmqpTransport};
+pub use inprocess::{InProcessHub, InProcessTransport};
+
+/// Broadcasts messages to the other peers of a run and yields theirs, so the
+/// averaging round is written once for every transport.
+///
+/// Both methods take `&self` so a round can publish and receive concurrently.
+pub trait Transport: Send + Sync {
+    /// Sends each message, in order, to every other peer of the run (never
+    /// back to the sender). Returns once the transport has accepted all of
+    /// them (for AMQP: the broker confirmed them).
+    fn publish(
+        &self,
+        messages: &[Bytes],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Waits for the next message from another peer. Cancel-safe: dropping
+    /// the future loses no message. The delivery must be acknowledged with
+    /// [`Delivery::ack`] once fully processed.
+    fn recv(&self) -> impl Future<Output = Result<Delivery, TransportError>> + Send;
+}
+
+/// One received message plus the handle to acknowledge it, so a message is
+/// only settled after the receiver has processed it.
+#[derive(Debug)]
+pub struct Delivery {
+    data: Bytes,
+    acker: Acker,
+}
+
+#[derive(Debug)]
+pub(crate) enum Acker {
+    /// Decrements the endpoint's count of unacknowledged deliveries.
+    InProcess(Arc<AtomicUsize>),
+    Amqp(lapin::Acker),
+}
+
+impl Delivery {
+    pub(crate) fn new(data: Bytes, acker: Acker) -> Self {
+        Delivery { data, acker }
+    }
+
+    /// The message bytes (cheap to clone).
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Tells the transport the message is processed and may be forgotten.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        match self.acker {
+            Acker::InProcess(unacked) => {
+                unacked.fetch_sub(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Acker::Amqp(acker) => acker
+                .ack(lapin::options::BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| TransportError::Ack {
+                    cause: e.to_string(),
+                }),
+        }
+    }
+}
+
+/// Why a transport operation failed; causes from the underlying library are
+/// kept as text, with any password removed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The broker could not be reached or refused the connection.
+    #[error("cannot connect to {url}: {cause}")]
+    Connect {
+        /// Broker URL with the password hidden.
+        url: String,
+        /// What went wrong.
+        cause: String,
+    },
+    /// Declaring the run's exchange, queues or consumer failed.
+    #[error("cannot set up {what} on {url}: {cause}")]
+    Setup {
+        /// Broker URL with the password hidden.
+        url: String,
+        /// The object being set up.
+        what: String,
+        /// What went wrong.
+        cause: String,
+    },
+    /// Sending a message failed.
+    #[error("publish failed: {cause}")]
+    Publish {
+        /// What went wrong.
+        cause: String,
+    },
+    /// The broker refused to take responsibility for a message.
+    #[error("broker rejected (nacked) {count} published message(s)")]
+    Nacked {
+        /// How many.
+        count: usize,
+    },
+    /// The broker had no queue for a message (the run's queues were deleted?).
+    #[error("message with routing key {routing_key} was unroutable: {reason}")]
+    Unroutable {
+        /// The routing key used.
+        routing_key: String,
+        /// The broker's reply text.
+        reason: String,
+    },
+    /// Receiving failed.
+    #[error("receive failed: {cause}")]
+    Receive {
+        /// What went wrong.
+        cause: String,
+    },
+    /// Acknowledging a delivery failed.
+    #[error("acknowledgement failed: {cause}")]
+    Ack {
+        /// What went wrong.
+        cause: String,
+    },
+    /// The transport was closed; no more messages will arrive.
+    #[error("transport closed")]
+    Closed,
+}
+
+/// Either transport, chosen at run time (e.g. from a command-line URL).
+#[derive(Debug)]
+pub enum AnyTransport {
+    /// Peers inside this process.
+    InProcess(InProcessTransport),
+    /// Peers connected through RabbitMQ (boxed: the connection state is large).
+    Amqp(Box<AmqpTransport>),
+}
+
+impl Transport for AnyTransport {
+    async fn publish(&self, messages: &[Bytes]) -> Result<(), TransportError> {
+        match self {
+            AnyTransport::InProcess(t) => t.publish(messages).await,
+            AnyTransport::Amqp(t) => t.publish(messages).await,
+        }
+    }
+
+    async fn recv(&self) -> Result<Delivery, TransportError> {
+        match self {
+            AnyTransport::InProcess(t) => t.recv().await,
+            AnyTransport::Amqp(t) => t.recv().await,
+        }
+    }
+}
+
+impl From<InProcessTransport> for AnyTransport {
+    fn from(t: InProcessTransport) -> Self {
+        AnyTransport::InProcess(t)
+    }
+}
+
+impl From<AmqpTransport> for AnyTransport {
+    fn from(t: AmqpTransport) -> Self {
+        AnyTransport::Amqp(Box::new(t))
+    }
+}

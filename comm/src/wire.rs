@@ -1,0 +1,640 @@
+//! The binary wire format of every message between peers (version 1).
+//!
+//! A message is a fixed 96-byte header followed by a payload. All integers are
+//! little-endian. Header layout:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `PLSG` |
+//! | 4 | 2 | format version (1) |
+//! | 6 | 1 | message kind ([`MessageKind`]) |
+//! | 7 | 1 | codec id ([`CodecSpec::id`]) |
+//! | 8 | 4 | codec parameter ([`CodecSpec::wire_param`]) |
+//! | 12 | 4 | sender rank |
+//! | 16 | 16 | run id |
+//! | 32 | 8 | round |
+//! | 40 | 4 | world size |
+//! | 44 | 4 | chunk index |
+//! | 48 | 8 | model fingerprint |
+//! | 56 | 8 | element count of the gradient |
+//! | 64 | 8 | total encoded payload length (all chunks) |
+//! | 72 | 8 | offset of this chunk in the encoded payload |
+//! | 80 | 4 | chunk count |
+//! | 84 | 4 | payload length of this message |
+//! | 88 | 4 | CRC-32 of this message's payload |
+//! | 92 | 4 | CRC-32 of header bytes 0..92 |
+//!
+//! A gradient is encoded by its codec into one payload, which is split into
+//! chunks of at most `max_chunk_bytes` (RabbitMQ refuses messages above
+//! 128 MiB up to 3.13 and 16 MiB from 4.0), one message each.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{CodecError, CodecSpec};
+
+/// First four bytes of every message.
+pub const MAGIC: [u8; 4] = *b"PLSG";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Size of the fixed header in bytes.
+pub const HEADER_LEN: usize = 96;
+/// Default largest payload per message: well under RabbitMQ 4's 16 MiB limit.
+pub const DEFAULT_MAX_CHUNK_BYTES: usize = 8 << 20;
+
+/// Identifies one training run, so peers of different runs sharing a broker
+/// never mix gradients; all peers of a run derive the same id from its name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct RunId(pub [u8; 16]);
+
+impl RunId {
+    /// The id of a named run: the first 16 bytes of SHA-256 of the name.
+    pub fn from_name(name: &str) -> Self {
+        let digest = Sha256::digest(name.as_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        RunId(id)
+    }
+
+    /// A fresh random id (for tests and throwaway runs).
+    pub fn random() -> Self {
+        RunId(rand::random())
+    }
+
+    /// The id as a number.
+    pub fn as_u128(&self) -> u128 {
+        u128::from_be_bytes(self.0)
+    }
+
+    /// The id of a number (big-endian bytes, so hex forms match).
+    pub fn from_u128(value: u128) -> Self {
+        RunId(value.to_be_bytes())
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.as_u128())
+    }
+}
+
+impl fmt::Debug for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RunId({self})")
+    }
+}
+
+impl FromStr for RunId {
+    type Err = std::num::ParseIntError;
+
+    /// Parses the 32-hex-digit form written by `Display`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u128::from_str_radix(s, 16).map(RunId::from_u128)
+    }
+}
+
+/// A fingerprint of the model being trained (name and parameter count), so a
+/// peer running a different model is refused instead of averaged.
+pub fn model_fingerprint(model_name: &str, parameter_count: u64) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(model_name.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(parameter_count.to_le_bytes());
+    let digest = hasher.finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// What a message carries; only gradients exist today, the other values are
+/// reserved so a handshake or barrier can be added without a format change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// One chunk of an encoded gradient.
+    Gradient = 1,
+    /// Reserved: a peer announcing itself.
+    Hello = 2,
+    /// Reserved: a synchronisation point without data.
+    Barrier = 3,
+}
+
+impl MessageKind {
+    fn from_u8(value: u8) -> Result<Self, WireError> {
+        match value {
+            1 => Ok(MessageKind::Gradient),
+            2 => Ok(MessageKind::Hello),
+            3 => Ok(MessageKind::Barrier),
+            other => Err(WireError::UnknownKind(other)),
+        }
+    }
+}
+
+/// Everything a receiver needs to route, validate and reassemble one message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    /// What the message carries.
+    pub kind: MessageKind,
+    /// The run the sender belongs to.
+    pub run_id: RunId,
+    /// Training round (optimizer step) the gradient belongs to.
+    pub round: u64,
+    /// Rank of the sender, `0 .. world_size`.
+    pub sender: u32,
+    /// Number of peers the sender expects.
+    pub world_size: u32,
+    /// [`model_fingerprint`] of the sender's model.
+    pub model_fingerprint: u64,
+    /// Codec that produced the payload.
+    pub codec: CodecSpec,
+    /// Number of `f32` elements of the decoded gradient.
+    pub element_count: u64,
+    /// Length of the whole encoded payload, all chunks together.
+    pub total_payload_len: u64,
+    /// Offset of this chunk's payload within the whole encoded payload.
+    pub chunk_offset: u64,
+    /// Index of this chunk, `0 .. chunk_count`.
+    pub chunk_index: u32,
+    /// Number of chunks of the payload (at least 1).
+    pub chunk_count: u32,
+    /// Length of this message's payload (set by [`encode_message`]).
+    pub payload_len: u32,
+    /// CRC-32 of this message's payload (set by [`encode_message`]).
+    pub payload_crc: u32,
+}
+
+impl Header {
+    /// A gradient header for a single-chunk payload; chunk and length fields
+    /// are filled in by [`encode_message`] and [`chunk_messages`].
+    pub fn gradient(
+        run_id: RunId,
+        round: u64,
+        sender: u32,
+        world_size: u32,
+        model_fingerprint: u64,
+        codec: CodecSpec,
+        element_count: u64,
+    ) -> Self {
+        Header {
+            kind: MessageKind::Gradient,
+            run_id,
+            round,
+            sender,
+            world_size,
+            model_fingerprint,
+            codec,
+            element_count,
+            total_payload_len: 0,
+            chunk_offset: 0,
+            chunk_index: 0,
+            chunk_count: 1,
+            payload_len: 0,
+            payload_crc: 0,
+        }
+    }
+
+    fn write(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_slice(&MAGIC);
+        out.put_u16_le(FORMAT_VERSION);
+        out.put_u8(self.kind as u8);
+        out.put_u8(self.codec.id());
+        out.put_u32_le(self.codec.wire_param());
+        out.put_u32_le(self.sender);
+        out.put_slice(&self.run_id.0);
+        out.put_u64_le(self.round);
+        out.put_u32_le(self.world_size);
+        out.put_u32_le(self.chunk_index);
+        out.put_u64_le(self.model_fingerprint);
+        out.put_u64_le(self.element_count);
+        out.put_u64_le(self.total_payload_len);
+        out.put_u64_le(self.chunk_offset);
+        out.put_u32_le(self.chunk_count);
+        out.put_u32_le(self.payload_len);
+        out.put_u32_le(self.payload_crc);
+        let crc = crc32fast::hash(&out[start..]);
+        out.put_u32_le(crc);
+        debug_assert_eq!(out.len() - start, HEADER_LEN);
+    }
+}
+
+/// A decoded message borrowing its payload from the received bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message<'a> {
+    /// The validated header.
+    pub header: Header,
+    /// This message's payload (one chunk of the encoded gradient).
+    pub payload: &'a [u8],
+}
+
+/// Why bytes are not a valid message; decoding never panics, whatever the input.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WireError {
+    /// Fewer bytes than the fixed header (or the field being read) needs.
+    #[error("message truncated: {got} bytes, need at least {needed}")]
+    Truncated {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes present.
+        got: usize,
+    },
+    /// Not a peerless message.
+    #[error("bad magic {found:02x?}, expected {MAGIC:02x?}")]
+    BadMagic {
+        /// The first four bytes.
+        found: [u8; 4],
+    },
+    /// A format version this build cannot read.
+    #[error("unsupported wire format version {found} (this build reads {supported})")]
+    UnsupportedVersion {
+        /// Version in the message.
+        found: u16,
+        /// Version understood here.
+        supported: u16,
+    },
+    /// The header was corrupted.
+    #[error("header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    HeaderChecksum {
+        /// CRC in the message.
+        stored: u32,
+        /// CRC of the bytes received.
+        computed: u32,
+    },
+    /// The payload is not as long as the header says.
+    #[error("payload length mismatch: header says {declared} bytes, message has {actual}")]
+    LengthMismatch {
+        /// Length in the header.
+        declared: u64,
+        /// Length received.
+        actual: u64,
+    },
+    /// The payload was corrupted.
+    #[error("payload checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    PayloadChecksum {
+        /// CRC in the header.
+        stored: u32,
+        /// CRC of the payload received.
+        computed: u32,
+    },
+    /// A message kind this build does not know.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// The header names an unknown codec or invalid codec parameters.
+    #[error("bad codec in header: {0}")]
+    Codec(#[from] CodecError),
+    /// Chunk fields that contradict each other.
+    #[error("inconsistent chunk fields: {0}")]
+    Inconsistent(&'static str),
+}
+
+/// Serialises `header` and `payload` into one message, filling in
+/// `payload_len` and `payload_crc` from `payload`.
+///
+/// # Panics
+/// If `payload` is longer than `u32::MAX` bytes (use [`chunk_messages`]).
+pub fn encode_message(header: &Header, payload: &[u8]) -> Bytes {
+    let mut header = header.clone();
+    header.payload_len =
+        u32::try_from(payload.len()).expect("payload longer than u32::MAX: chunk it");
+    header.payload_crc = crc32fast::hash(payload);
+    let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    header.write(&mut out);
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// Number of chunks [`chunk_messages`] produces for a payload of `len` bytes.
+pub fn chunk_count(len: usize, max_chunk_bytes: usize) -> usize {
+    len.div_ceil(max_chunk_bytes.max(1)).max(1)
+}
+
+/// Splits an encoded gradient into messages of at most `max_chunk_bytes` of
+/// payload each (at least one message, even for an empty payload), appending
+/// them to `out`. `header`'s chunk and length fields are overwritten.
+///
+/// # Panics
+/// If `max_chunk_bytes` is 0 or above `u32::MAX`, or there would be more than
+/// `u32::MAX` chunks.
+pub fn chunk_messages(
+    header: &Header,
+    payload: &[u8],
+    max_chunk_bytes: usize,
+    out: &mut Vec<Bytes>,
+) {
+    assert!(
+        max_chunk_bytes > 0 && u32::try_from(max_chunk_bytes).is_ok(),
+        "max_chunk_bytes must be in 1..=u32::MAX"
+    );
+    let count = chunk_count(payload.len(), max_chunk_bytes);
+    let mut header = header.clone();
+    header.total_payload_len = payload.len() as u64;
+    header.chunk_count = u32::try_from(count).expect("too many chunks");
+    for index in 0..count {
+        let start = index * max_chunk_bytes;
+        let end = (start + max_chunk_bytes).min(payload.len());
+        header.chunk_index = index as u32;
+        header.chunk_offset = start as u64;
+        out.push(encode_message(&header, &payload[start.min(end)..end]));
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Parses and fully validates one message: magic, version, header checksum,
+/// field consistency, payload length and payload checksum.
+pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
+    let truncated = |needed| WireError::Truncated {
+        needed,
+        got: bytes.len(),
+    };
+    if bytes.len() < 4 {
+        return Err(truncated(4));
+    }
+    let magic: [u8; 4] = bytes[..4].try_into().expect("4 bytes");
+    if magic != MAGIC {
+        return Err(WireError::BadMagic { found: magic });
+    }
+    if bytes.len() < 6 {
+        return Err(truncated(6));
+    }
+    let version = u16_at(bytes, 4);
+    if version != FORMAT_VERSION {
+        return Err(WireError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(truncated(HEADER_LEN));
+    }
+    let stored = u32_at(bytes, 92);
+    let computed = crc32fast::hash(&bytes[..92]);
+    if stored != computed {
+        return Err(WireError::HeaderChecksum { stored, computed });
+    }
+    let header = Header {
+        kind: MessageKind::from_u8(bytes[6])?,
+        codec: CodecSpec::from_wire(bytes[7], u32_at(bytes, 8))?,
+        sender: u32_at(bytes, 12),
+        run_id: RunId(bytes[16..32].try_into().expect("16 bytes")),
+        round: u64_at(bytes, 32),
+        world_size: u32_at(bytes, 40),
+        chunk_index: u32_at(bytes, 44),
+        model_fingerprint: u64_at(bytes, 48),
+        element_count: u64_at(bytes, 56),
+        total_payload_len: u64_at(bytes, 64),
+        chunk_offset: u64_at(bytes, 72),
+        chunk_count: u32_at(bytes, 80),
+        payload_len: u32_at(bytes, 84),
+        payload_crc: u32_at(bytes, 88),
+    };
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() as u64 != u64::from(header.payload_len) {
+        return Err(WireError::LengthMismatch {
+            declared: u64::from(header.payload_len),
+            actual: payload.len() as u64,
+        });
+    }
+    if header.chunk_count == 0 {
+        return Err(WireError::Inconsistent("chunk count is 0"));
+    }
+    if header.chunk_index >= header.chunk_count {
+        return Err(WireError::Inconsistent(
+            "chunk index is not below chunk count",
+        ));
+    }
+    let end = header
+        .chunk_offset
+        .checked_add(u64::from(header.payload_len));
+    if end.is_none_or(|end| end > header.total_payload_len) {
+        return Err(WireError::Inconsistent(
+            "chunk extends past the total payload length",
+        ));
+    }
+    let computed = crc32fast::hash(payload);
+    if computed != header.payload_crc {
+        return Err(WireError::PayloadChecksum {
+            stored: header.payload_crc,
+            computed,
+        });
+    }
+    Ok(Message { header, payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn header() -> Header {
+        Header::gradient(
+            RunId::from_name("test-run"),
+            42,
+            3,
+            5,
+            model_fingerprint("squeezenet1_1", 727_626),
+            CodecSpec::TopK { ratio: 0.01 },
+            727_626,
+        )
+    }
+
+    #[test]
+    fn round_trip_single_message() {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let mut h = header();
+        h.total_payload_len = 1000;
+        let bytes = encode_message(&h, &payload);
+        assert_eq!(bytes.len(), HEADER_LEN + 1000);
+        assert_eq!(&bytes[..4], b"PLSG");
+        let message = decode(&bytes).unwrap();
+        assert_eq!(message.payload, &payload[..]);
+        assert_eq!(message.header.payload_len, 1000);
+        assert_eq!(message.header.payload_crc, crc32fast::hash(&payload));
+        let mut expected = h.clone();
+        expected.payload_len = 1000;
+        expected.payload_crc = crc32fast::hash(&payload);
+        assert_eq!(message.header, expected);
+    }
+
+    #[test]
+    fn chunks_reassemble_to_the_payload() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut messages = Vec::new();
+        chunk_messages(&header(), &payload, 3000, &mut messages);
+        assert_eq!(messages.len(), 4);
+        let mut rebuilt = vec![0u8; payload.len()];
+        for (i, bytes) in messages.iter().enumerate() {
+            let m = decode(bytes).unwrap();
+            assert_eq!(m.header.chunk_index as usize, i);
+            assert_eq!(m.header.chunk_count, 4);
+            assert_eq!(m.header.total_payload_len, 10_000);
+            assert!(m.payload.len() <= 3000);
+            let at = m.header.chunk_offset as usize;
+            rebuilt[at..at + m.payload.len()].copy_from_slice(m.payload);
+        }
+        assert_eq!(rebuilt, payload);
+        messages.clear();
+        chunk_messages(&header(), &[], 3000, &mut messages);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(decode(&messages[0]).unwrap().payload, b"");
+    }
+
+    #[test]
+    fn typed_errors() {
+        let bytes = encode_message(
+            &Header {
+                total_payload_len: 8,
+                ..header()
+            },
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+        )
+        .to_vec();
+        assert!(matches!(
+            decode(&bytes[..2]),
+            Err(WireError::Truncated { needed: 4, got: 2 })
+        ));
+        assert!(matches!(
+            decode(&bytes[..50]),
+            Err(WireError::Truncated {
+                needed: 96,
+                got: 50
+            })
+        ));
+
+        let mut bad = bytes.clone();
+        bad[0] = b'X';
+        assert!(matches!(decode(&bad), Err(WireError::BadMagic { .. })));
+
+        let mut bad = bytes.clone();
+        bad[4] = 2;
+        assert_eq!(
+            decode(&bad),
+            Err(WireError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        );
+
+        let mut bad = bytes.clone();
+        bad[33] ^= 1; // round
+        assert!(matches!(
+            decode(&bad),
+            Err(WireError::HeaderChecksum { .. })
+        ));
+
+        let mut bad = bytes.clone();
+        bad[HEADER_LEN + 3] ^= 0x40;
+        assert!(matches!(
+            decode(&bad),
+            Err(WireError::PayloadChecksum { .. })
+        ));
+
+        assert_eq!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(WireError::LengthMismatch {
+                declared: 8,
+                actual: 7
+            })
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode(&longer),
+            Err(WireError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn inconsistent_chunk_fields_are_rejected() {
+        let payload = [0u8; 16];
+        let cases = [
+            Header {
+                total_payload_len: 16,
+                chunk_count: 0,
+                ..header()
+            },
+            Header {
+                total_payload_len: 16,
+                chunk_index: 2,
+                chunk_count: 2,
+                ..header()
+            },
+            Header {
+                total_payload_len: 20,
+                chunk_offset: 8,
+                ..header()
+            },
+            Header {
+                total_payload_len: 16,
+                chunk_offset: u64::MAX,
+                ..header()
+            },
+        ];
+        for h in cases {
+            assert!(
+                matches!(
+                    decode(&encode_message(&h, &payload)),
+                    Err(WireError::Inconsistent(_))
+                ),
+                "{h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn never_panics_on_random_or_mutated_bytes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(99);
+        let valid = encode_message(
+            &Header {
+                total_payload_len: 64,
+                ..header()
+            },
+            &[7u8; 64],
+        )
+        .to_vec();
+        assert!(decode(&valid).is_ok());
+        for len in 0..valid.len() {
+            assert!(decode(&valid[..len]).is_err());
+        }
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..300);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if rng.random_bool(0.5) && len >= 6 {
+                bytes[..4].copy_from_slice(&MAGIC);
+                bytes[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+            }
+            let _ = decode(&bytes);
+            let mut mutated = valid.clone();
+            let flips = rng.random_range(1..4);
+            for bit in rand::seq::index::sample(&mut rng, mutated.len() * 8, flips) {
+                mutated[bit / 8] ^= 1 << (bit % 8);
+            }
+            assert!(decode(&mutated).is_err(), "a flipped bit must be detected");
+        }
+    }
+
+    #[test]
+    fn run_ids_and_fingerprints() {
+        assert_eq!(RunId::from_name("a"), RunId::from_name("a"));
+        assert_ne!(RunId::from_name("a"), RunId::from_name("b"));
+        let id = RunId::random();
+        assert_eq!(id.to_string().parse::<RunId>().unwrap(), id);
+        assert_eq!(id.to_string().len(), 32);
+        assert_eq!(RunId::from_u128(id.as_u128()), id);
+        assert_ne!(model_fingerprint("vgg11", 1), model_fingerprint("vgg11", 2));
+        assert_ne!(model_fingerprint("vgg11", 1), model_fingerprint("vgg1", 11));
+        assert_eq!(model_fingerprint("vgg11", 1), model_fingerprint("vgg11", 1));
+    }
+}
