@@ -8,11 +8,17 @@ use peerless_models::{Architecture, Device};
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument would select models.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let models: Vec<Architecture> = match std::env::var("PEERLESS_BENCH_MODELS") {
         Ok(list) => list
             .split(',')
-            .map(|m| m.parse().unwrap_or_else(|e| panic!("PEERLESS_BENCH_MODELS: {e}")))
+            .map(|m| {
+                m.parse()
+                    .unwrap_or_else(|e| panic!("PEERLESS_BENCH_MODELS: {e}"))
+            })
             .collect(),
         Err(_) => vec![
             Architecture::SqueezeNet1_1,

@@ -53,10 +53,7 @@ impl Loss {
 /// `-mean(log_probs[i, labels[i]])`.
 fn nll(log_probs: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     let [n, _] = log_probs.dims();
-    log_probs
-        .gather(1, labels.reshape([n, 1]))
-        .mean()
-        .neg()
+    log_probs.gather(1, labels.reshape([n, 1])).mean().neg()
 }
 
 impl fmt::Display for Loss {
@@ -77,8 +74,6 @@ impl FromStr for Loss {
         Self::ALL
             .into_iter()
             .find(|l| l.name() == wanted)
-            .ok_or_else(|| {
-                ModelError::unknown("loss", s, &Self::ALL.map(|l| l.name()))
-            })
+            .ok_or_else(|| ModelError::unknown("loss", s, &Self::ALL.map(|l| l.name())))
     }
 }

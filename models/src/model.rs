@@ -199,10 +199,8 @@ impl Model {
             TensorData::new(batch.images.to_vec(), batch.shape),
             &self.device,
         );
-        let labels = Tensor::<1, Int>::from_data(
-            TensorData::new(batch.labels.to_vec(), [n]),
-            &self.device,
-        );
+        let labels =
+            Tensor::<1, Int>::from_data(TensorData::new(batch.labels.to_vec(), [n]), &self.device);
         Ok((images, labels))
     }
 }

@@ -80,7 +80,9 @@ impl ParamTable {
 
     /// Trainable tensors in order.
     pub fn trainable(&self) -> impl Iterator<Item = &ParamInfo> {
-        self.entries.iter().filter(|e| e.kind == ParamKind::Trainable)
+        self.entries
+            .iter()
+            .filter(|e| e.kind == ParamKind::Trainable)
     }
 
     /// Number of trainable scalars: the length of the flat weights and gradient.

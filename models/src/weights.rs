@@ -174,7 +174,11 @@ pub fn from_safetensors(
             continue;
         }
         if view.dtype() != Dtype::F32 {
-            problems.push(format!("`{}` is {:?}, expected F32", info.name, view.dtype()));
+            problems.push(format!(
+                "`{}` is {:?}, expected F32",
+                info.name,
+                view.dtype()
+            ));
             continue;
         }
         let out = match info.kind {

@@ -35,7 +35,10 @@ fn squeezenet1_1_matches_torchvision() {
     assert_eq!(m.table().entries().len(), 52);
     assert_eq!(shape_of(&m, "features.0.weight"), [64, 3, 3, 3]);
     assert_eq!(shape_of(&m, "features.3.squeeze.weight"), [16, 64, 1, 1]);
-    assert_eq!(shape_of(&m, "features.12.expand3x3.weight"), [256, 64, 3, 3]);
+    assert_eq!(
+        shape_of(&m, "features.12.expand3x3.weight"),
+        [256, 64, 3, 3]
+    );
     assert_eq!(shape_of(&m, "classifier.1.weight"), [10, 512, 1, 1]);
     assert_eq!(output_shape(&m, 2), 2 * 10);
 }
@@ -73,7 +76,11 @@ fn vgg11_matches_torchvision() {
 #[test]
 fn tiny_cnn_is_small_and_takes_gray_images() {
     let m = model(Architecture::TinyCnn, 0);
-    assert!((1_000..=100_000).contains(&m.num_params()), "{}", m.num_params());
+    assert!(
+        (1_000..=100_000).contains(&m.num_params()),
+        "{}",
+        m.num_params()
+    );
     assert_eq!(m.spec().in_channels, 1);
     assert_eq!(output_shape(&m, 3), 3 * 10);
 }
@@ -175,6 +182,12 @@ fn unknown_names_list_the_valid_ones() {
         assert!(err.contains(name), "{err}");
     }
     let err = "mse".parse::<Loss>().unwrap_err().to_string();
-    assert!(err.contains("cross_entropy") && err.contains("nll"), "{err}");
-    assert_eq!("mobilenet-v3-small".parse::<Architecture>().unwrap(), Architecture::MobileNetV3Small);
+    assert!(
+        err.contains("cross_entropy") && err.contains("nll"),
+        "{err}"
+    );
+    assert_eq!(
+        "mobilenet-v3-small".parse::<Architecture>().unwrap(),
+        Architecture::MobileNetV3Small
+    );
 }

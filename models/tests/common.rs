@@ -13,7 +13,12 @@ pub fn model(arch: Architecture, seed: u64) -> Model {
 }
 
 /// Random images in [-1, 1] and random labels for `spec`.
-pub fn random_batch(spec: &ModelSpec, n: usize, size: usize, seed: u64) -> (Vec<f32>, Vec<i64>, [usize; 4]) {
+pub fn random_batch(
+    spec: &ModelSpec,
+    n: usize,
+    size: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<i64>, [usize; 4]) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let shape = [n, spec.in_channels, size, size];
     let images = (0..shape.iter().product::<usize>())

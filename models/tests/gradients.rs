@@ -50,7 +50,12 @@ fn tiny_cnn_gradient_matches_finite_differences() {
         assert!(
             (fd - grad[i]).abs() <= tol,
             "coordinate {i} ({}): backward {} vs finite difference {fd}",
-            m.table().entries().iter().find(|e| e.range().contains(&i)).unwrap().name,
+            m.table()
+                .entries()
+                .iter()
+                .find(|e| e.range().contains(&i))
+                .unwrap()
+                .name,
             grad[i]
         );
         checked += 1;
@@ -103,7 +108,10 @@ fn gradient_step_is_deterministic_and_rejects_a_wrong_buffer() {
         .grad_step(&batch, Loss::CrossEntropy, &mut short)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("10") && err.contains(&m.num_params().to_string()), "{err}");
+    assert!(
+        err.contains("10") && err.contains(&m.num_params().to_string()),
+        "{err}"
+    );
 }
 
 #[test]
@@ -121,7 +129,11 @@ fn batch_norm_uses_batch_statistics_and_updates_running_stats() {
     assert!(stats.loss.is_finite());
     let after = m.buffers().unwrap();
     let mean = m.table().get("features.0.1.running_mean").unwrap().range();
-    assert_ne!(before[mean.clone()], after[mean], "running mean did not move");
+    assert_ne!(
+        before[mean.clone()],
+        after[mean],
+        "running mean did not move"
+    );
     // Every trainable tensor receives a gradient (dropout may zero a few coordinates).
     for info in m.table().trainable() {
         assert!(

@@ -37,11 +37,32 @@ fn corrupted_truncated_or_foreign_blobs_are_rejected() {
     let mut flipped = blob.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
-    assert!(weights::decode(&flipped).unwrap_err().to_string().contains("checksum"));
-    assert!(weights::decode(&blob[..blob.len() - 4]).unwrap_err().to_string().contains("truncated"));
-    assert!(weights::decode(b"GIF89a....").unwrap_err().to_string().contains("magic"));
+    assert!(
+        weights::decode(&flipped)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum")
+    );
+    assert!(
+        weights::decode(&blob[..blob.len() - 4])
+            .unwrap_err()
+            .to_string()
+            .contains("truncated")
+    );
+    assert!(
+        weights::decode(b"GIF89a....")
+            .unwrap_err()
+            .to_string()
+            .contains("magic")
+    );
     let mut other = model(Architecture::SqueezeNet1_1, 1);
-    assert!(other.load_bytes(&blob).unwrap_err().to_string().contains("TinyCnn"));
+    assert!(
+        other
+            .load_bytes(&blob)
+            .unwrap_err()
+            .to_string()
+            .contains("TinyCnn")
+    );
 }
 
 #[test]
@@ -57,7 +78,10 @@ fn safetensors_round_trip_uses_torchvision_keys() {
     assert!(names.contains(&"features.0.0.weight"));
     assert!(names.contains(&"features.0.1.num_batches_tracked"));
     assert!(names.contains(&"classifier.3.bias"));
-    assert_eq!(file.tensor("classifier.0.weight").unwrap().shape(), [1024, 576]);
+    assert_eq!(
+        file.tensor("classifier.0.weight").unwrap().shape(),
+        [1024, 576]
+    );
 
     let mut b = model(Architecture::MobileNetV3Small, 2);
     b.load_safetensors(&path).unwrap();
@@ -69,14 +93,21 @@ fn safetensors_mismatches_name_every_offending_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.safetensors");
     let a = model(Architecture::TinyCnn, 1);
-    let good = weights::to_safetensors(a.table(), &a.params().unwrap(), &a.buffers().unwrap()).unwrap();
+    let good =
+        weights::to_safetensors(a.table(), &a.params().unwrap(), &a.buffers().unwrap()).unwrap();
     let file = SafeTensors::deserialize(&good).unwrap();
 
     let mut tensors: HashMap<String, TensorView<'_>> = file.tensors().into_iter().collect();
     tensors.remove("fc1.bias");
     let wrong = vec![0u8; 4 * 3];
-    tensors.insert("fc2.bias".into(), TensorView::new(Dtype::F32, vec![3], &wrong).unwrap());
-    tensors.insert("extra.weight".into(), TensorView::new(Dtype::F32, vec![3], &wrong).unwrap());
+    tensors.insert(
+        "fc2.bias".into(),
+        TensorView::new(Dtype::F32, vec![3], &wrong).unwrap(),
+    );
+    tensors.insert(
+        "extra.weight".into(),
+        TensorView::new(Dtype::F32, vec![3], &wrong).unwrap(),
+    );
     std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
 
     let mut b = model(Architecture::TinyCnn, 2);
@@ -88,7 +119,10 @@ fn safetensors_mismatches_name_every_offending_key() {
     std::fs::write(&path, b"not a safetensors file").unwrap();
     let err = b.load_safetensors(&path).unwrap_err().to_string();
     assert!(err.contains("cannot parse"), "{err}");
-    let err = b.load_safetensors(&dir.path().join("missing.safetensors")).unwrap_err().to_string();
+    let err = b
+        .load_safetensors(&dir.path().join("missing.safetensors"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing.safetensors"), "{err}");
 }
 
@@ -97,5 +131,8 @@ fn set_params_rejects_a_wrong_length_naming_both() {
     let mut m = model(Architecture::TinyCnn, 1);
     let n = m.num_params();
     let err = m.set_params(&vec![0.0; n + 1]).unwrap_err().to_string();
-    assert!(err.contains(&n.to_string()) && err.contains(&(n + 1).to_string()), "{err}");
+    assert!(
+        err.contains(&n.to_string()) && err.contains(&(n + 1).to_string()),
+        "{err}"
+    );
 }

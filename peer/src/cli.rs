@@ -2,8 +2,12 @@
 //! environment (`PEERLESS_<FLAG>`) or from a TOML config file (`--config FILE`, keys named
 //! like the long flags); see `config.rs` for the precedence.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
-use peerless_models::{Architecture, DeviceChoice};
+use peerless_data::{DatasetKind, Partition};
+use peerless_models::optim::OptimizerKind;
+use peerless_models::{Architecture, DeviceChoice, Loss};
 
 /// Peer-to-peer data-parallel training with and without serverless gradient offload.
 #[derive(Debug, Parser)]
@@ -37,6 +41,175 @@ pub enum Command {
     Models(ModelsArgs),
     /// Time the per-batch gradient step (forward, loss, backward, flatten).
     Bench(BenchArgs),
+    /// Train one model in a single process (no peers), with validation and test accuracy.
+    Train(TrainArgs),
+    /// Dataset tools.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Split a dataset into one shard per peer (and optionally one object per batch) in an
+    /// object store, with a manifest written last.
+    Split(SplitArgs),
+}
+
+/// Which dataset, and where its files are.
+#[derive(Debug, Args, Clone)]
+pub struct DataArgs {
+    /// Dataset: mnist, fashion-mnist, cifar10 or synthetic.
+    #[arg(long, default_value = "fashion-mnist", env = "PEERLESS_DATASET")]
+    pub dataset: DatasetKind,
+
+    /// Directory holding the dataset files (default: the dataset's usual place, e.g.
+    /// /usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist).
+    #[arg(long, value_name = "DIR", env = "PEERLESS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Square input size fed to the model (default: the model's study size; the small CNN
+    /// takes the images as they are).
+    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(1..))]
+    pub resize: Option<u32>,
+}
+
+/// The model, optimizer and schedule: shared by every training command, with the original
+/// scripts' flag names kept as aliases.
+#[derive(Debug, Args, Clone)]
+pub struct TrainingArgs {
+    /// Model: tiny_cnn, squeezenet1_1, mobilenet_v3_small or vgg11.
+    #[arg(
+        long,
+        visible_alias = "model-str",
+        default_value = "tiny_cnn",
+        env = "PEERLESS_MODEL"
+    )]
+    pub model: Architecture,
+
+    /// Images per batch.
+    #[arg(long = "batch-size", visible_alias = "batch", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..), env = "PEERLESS_BATCH_SIZE")]
+    pub batch_size: u32,
+
+    /// Optimizer: sgd, adam, adamw, rmsprop or adagrad (PyTorch's update rules).
+    #[arg(long, default_value = "sgd", env = "PEERLESS_OPTIMIZER")]
+    pub optimizer: OptimizerKind,
+
+    /// Loss: cross_entropy or nll.
+    #[arg(long, default_value = "cross_entropy", env = "PEERLESS_LOSS")]
+    pub loss: Loss,
+
+    /// Learning rate (the original study: 0.02 on peers).
+    #[arg(long, default_value_t = 0.02, value_parser = positive_f32, env = "PEERLESS_LR")]
+    pub lr: f32,
+
+    /// Momentum for sgd and rmsprop (PyTorch default 0).
+    #[arg(long, env = "PEERLESS_MOMENTUM")]
+    pub momentum: Option<f32>,
+
+    /// Weight decay (PyTorch default 0; adamw 0.01).
+    #[arg(long, env = "PEERLESS_WEIGHT_DECAY")]
+    pub weight_decay: Option<f32>,
+
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), env = "PEERLESS_EPOCHS")]
+    pub epochs: u32,
+
+    /// Seed of weights, shuffling and augmentation (the original's 1234).
+    #[arg(long, default_value_t = 1234, env = "PEERLESS_SEED")]
+    pub seed: u64,
+
+    /// Early stopping: epochs without a better validation loss before stopping.
+    #[arg(long, default_value_t = 10)]
+    pub patience: u32,
+
+    /// ReduceLROnPlateau: epochs without improvement before cutting the learning rate.
+    #[arg(long, default_value_t = 5)]
+    pub plateau_patience: u32,
+
+    /// ReduceLROnPlateau: factor applied to the learning rate.
+    #[arg(long, default_value_t = 0.1, value_parser = positive_f32)]
+    pub plateau_factor: f32,
+
+    /// ReduceLROnPlateau: lower bound of the learning rate.
+    #[arg(long, default_value_t = 1e-6)]
+    pub min_lr: f32,
+
+    /// Write one JSON line of metrics per epoch (or round) to FILE.
+    #[arg(long, value_name = "FILE", env = "PEERLESS_METRICS_OUT")]
+    pub metrics_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    #[command(flatten)]
+    pub training: TrainingArgs,
+
+    /// Use only the first N training images (quick demos and tests).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    pub limit: Option<u64>,
+
+    /// Save the final weights as safetensors with torchvision keys.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// Number of peers (one shard each).
+    #[arg(long, env = "PEERLESS_SIZE")]
+    pub size: usize,
+
+    /// Model the split is for (records its input size in the manifest).
+    #[arg(
+        long,
+        visible_alias = "model-str",
+        default_value = "tiny_cnn",
+        env = "PEERLESS_MODEL"
+    )]
+    pub model: Architecture,
+
+    /// Target store: a directory, file:///abs/dir or s3://bucket/prefix.
+    #[arg(long, value_name = "URL", env = "PEERLESS_STORE")]
+    pub to: String,
+
+    /// Also write each peer's training part as K batch objects (for serverless functions).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches: Option<u64>,
+
+    /// iid (equal seeded shards, as the original) or dirichlet:ALPHA (label skew).
+    #[arg(long, default_value = "iid")]
+    pub partition: Partition,
+
+    /// Seed of the assignment (the original's 1234).
+    #[arg(long, default_value_t = 1234, env = "PEERLESS_SEED")]
+    pub seed: u64,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// How to reach S3 or an S3-compatible server. Credentials come only from the AWS default
+/// chain (environment, profile, instance role), never from flags.
+#[derive(Debug, Args, Clone, Default)]
+pub struct S3Args {
+    /// Custom S3 endpoint (S3-compatible servers; path-style addressing is then used).
+    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_S3")]
+    pub s3_endpoint: Option<String>,
+}
+
+fn positive_f32(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("must be a positive number, got {v}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -49,7 +222,12 @@ pub struct ModelsArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Models to time (repeat or comma-separate); default: the three study models.
-    #[arg(long = "model", visible_alias = "model-str", value_delimiter = ',', env = "PEERLESS_MODEL")]
+    #[arg(
+        long = "model",
+        visible_alias = "model-str",
+        value_delimiter = ',',
+        env = "PEERLESS_MODEL"
+    )]
     pub models: Vec<Architecture>,
 
     /// Batch sizes to time (repeat or comma-separate); default: 16 and 64.

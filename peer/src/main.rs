@@ -4,6 +4,9 @@
 mod cli;
 mod cmd;
 mod config;
+mod eval;
+mod progress;
+mod setup;
 
 use std::process::ExitCode;
 
@@ -24,6 +27,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Models(a) => cmd::models::run(a),
         Command::Bench(a) => cmd::bench::run(a, cli.device),
+        Command::Train(a) => cmd::train::run(a, cli.device),
+        Command::Data(cli::DataCommand::Split(a)) => cmd::split::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -152,10 +152,14 @@ impl ModelSpec {
 
     pub(crate) fn validate(&self) -> Result<(), ModelError> {
         if self.num_classes == 0 {
-            return Err(ModelError::InvalidConfig("num_classes must be at least 1".into()));
+            return Err(ModelError::InvalidConfig(
+                "num_classes must be at least 1".into(),
+            ));
         }
         if self.in_channels == 0 {
-            return Err(ModelError::InvalidConfig("in_channels must be at least 1".into()));
+            return Err(ModelError::InvalidConfig(
+                "in_channels must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -171,7 +175,9 @@ impl ModelSpec {
 pub(crate) enum Init {
     Zeros,
     Ones,
-    Normal { std: f32 },
+    Normal {
+        std: f32,
+    },
     /// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: `N(0, sqrt(2 / fan_out))`.
     KaimingNormalFanOut,
     /// `kaiming_uniform_()` with its defaults (a = 0): `U(±sqrt(6 / fan_in))`.

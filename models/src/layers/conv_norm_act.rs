@@ -30,7 +30,16 @@ impl ConvNormAct {
         device: &Device,
     ) -> Self {
         ConvNormAct {
-            conv: conv2d(cin, cout, kernel, stride, (kernel - 1) / 2, groups, false, device),
+            conv: conv2d(
+                cin,
+                cout,
+                kernel,
+                stride,
+                (kernel - 1) / 2,
+                groups,
+                false,
+                device,
+            ),
             bn: BatchNormConfig::new(cout)
                 .with_epsilon(1e-3)
                 .with_momentum(0.01)

@@ -16,7 +16,13 @@ pub struct Adam {
 
 impl Adam {
     /// Adam (`decoupled = false`) or AdamW (`decoupled = true`) for `len` weights.
-    pub fn new(len: usize, betas: (f32, f32), eps: f32, weight_decay: f32, decoupled: bool) -> Self {
+    pub fn new(
+        len: usize,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+        decoupled: bool,
+    ) -> Self {
         Adam {
             beta1: betas.0,
             beta2: betas.1,

@@ -115,8 +115,17 @@ impl OptimizerConfig {
             }
         };
         let momentum = check("momentum", self.momentum.unwrap_or(0.0), 0.0, 1.0)?;
-        let dampening = check("dampening", self.dampening.unwrap_or(0.0), 0.0, 1.0 + f32::EPSILON)?;
-        let default_wd = if kind == OptimizerKind::AdamW { 0.01 } else { 0.0 };
+        let dampening = check(
+            "dampening",
+            self.dampening.unwrap_or(0.0),
+            0.0,
+            1.0 + f32::EPSILON,
+        )?;
+        let default_wd = if kind == OptimizerKind::AdamW {
+            0.01
+        } else {
+            0.0
+        };
         let weight_decay = check(
             "weight decay",
             self.weight_decay.unwrap_or(default_wd),
@@ -125,7 +134,11 @@ impl OptimizerConfig {
         )?;
         let (b1, b2) = self.betas.unwrap_or((0.9, 0.999));
         let betas = (check("beta1", b1, 0.0, 1.0)?, check("beta2", b2, 0.0, 1.0)?);
-        let default_eps = if kind == OptimizerKind::Adagrad { 1e-10 } else { 1e-8 };
+        let default_eps = if kind == OptimizerKind::Adagrad {
+            1e-10
+        } else {
+            1e-8
+        };
         let eps = check("eps", self.eps.unwrap_or(default_eps), 0.0, f32::INFINITY)?;
         let alpha = check("alpha", self.alpha.unwrap_or(0.99), 0.0, 1.0)?;
         if self.nesterov && (momentum == 0.0 || dampening != 0.0) {

@@ -20,7 +20,11 @@ impl RmsProp {
             weight_decay,
             momentum,
             square_avg: vec![0.0; len],
-            buffer: if momentum > 0.0 { vec![0.0; len] } else { Vec::new() },
+            buffer: if momentum > 0.0 {
+                vec![0.0; len]
+            } else {
+                Vec::new()
+            },
         }
     }
 }

@@ -14,13 +14,23 @@ pub struct Sgd {
 
 impl Sgd {
     /// SGD for `len` weights.
-    pub fn new(len: usize, momentum: f32, dampening: f32, nesterov: bool, weight_decay: f32) -> Self {
+    pub fn new(
+        len: usize,
+        momentum: f32,
+        dampening: f32,
+        nesterov: bool,
+        weight_decay: f32,
+    ) -> Self {
         Sgd {
             momentum,
             dampening,
             nesterov,
             weight_decay,
-            buffer: if momentum > 0.0 { vec![0.0; len] } else { Vec::new() },
+            buffer: if momentum > 0.0 {
+                vec![0.0; len]
+            } else {
+                Vec::new()
+            },
             len,
             started: false,
         }
@@ -42,7 +52,11 @@ impl Optimizer for Sgd {
                 let mut d = g[i] + wd * w[i];
                 if m > 0.0 {
                     // PyTorch seeds the buffer with the first gradient, undampened.
-                    buf[i] = if first { d } else { m * buf[i] + (1.0 - damp) * d };
+                    buf[i] = if first {
+                        d
+                    } else {
+                        m * buf[i] + (1.0 - damp) * d
+                    };
                     d = if nesterov { d + m * buf[i] } else { buf[i] };
                 }
                 w[i] -= lr * d;

@@ -20,7 +20,10 @@ fn assert_close(got: &[f32], want: &[f32]) {
 
 #[test]
 fn sgd_plain() {
-    assert_close(&run(OptimizerKind::Sgd, OptimizerConfig::default(), 0.1, 1), &[0.95, -1.975]);
+    assert_close(
+        &run(OptimizerKind::Sgd, OptimizerConfig::default(), 0.1, 1),
+        &[0.95, -1.975],
+    );
 }
 
 #[test]
@@ -33,12 +36,18 @@ fn sgd_momentum_and_weight_decay_two_steps() {
     // step 1: d = g + 0.1 w = [0.6, -0.45]; buf = d; w = [0.94, -1.955]
     // step 2: d = [0.594, -0.4455]; buf = 0.9 [0.6, -0.45] + d = [1.134, -0.8505]
     //         w = [0.94 - 0.1134, -1.955 + 0.08505]
-    assert_close(&run(OptimizerKind::Sgd, config, 0.1, 2), &[0.8266, -1.86995]);
+    assert_close(
+        &run(OptimizerKind::Sgd, config, 0.1, 2),
+        &[0.8266, -1.86995],
+    );
 }
 
 #[test]
 fn adam_first_step_is_lr_times_sign() {
-    assert_close(&run(OptimizerKind::Adam, OptimizerConfig::default(), 0.1, 1), &[0.9, -1.9]);
+    assert_close(
+        &run(OptimizerKind::Adam, OptimizerConfig::default(), 0.1, 1),
+        &[0.9, -1.9],
+    );
 }
 
 #[test]
@@ -53,7 +62,10 @@ fn adamw_decays_weights_before_the_adam_step() {
 #[test]
 fn rmsprop_first_step() {
     // sq = 0.01 g^2, g / sqrt(sq) = 10 sign(g)
-    assert_close(&run(OptimizerKind::RmsProp, OptimizerConfig::default(), 0.01, 1), &[0.9, -1.9]);
+    assert_close(
+        &run(OptimizerKind::RmsProp, OptimizerConfig::default(), 0.01, 1),
+        &[0.9, -1.9],
+    );
 }
 
 #[test]
@@ -68,10 +80,14 @@ fn adagrad_two_steps() {
 #[test]
 fn parallel_chunks_give_the_same_result_as_one_loop() {
     let n = 3 * CHUNK + 17;
-    let g: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let g: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     let mut w: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.1).collect();
     let mut reference = w.clone();
-    let mut opt = OptimizerConfig::default().build(OptimizerKind::Adam, n).unwrap();
+    let mut opt = OptimizerConfig::default()
+        .build(OptimizerKind::Adam, n)
+        .unwrap();
     opt.step(&mut w, &g, 0.01).unwrap();
     for i in 0..n {
         let (b1, b2) = (0.9f32, 0.999f32);
@@ -85,8 +101,13 @@ fn parallel_chunks_give_the_same_result_as_one_loop() {
 
 #[test]
 fn wrong_gradient_length_names_both_lengths() {
-    let mut opt = OptimizerConfig::default().build(OptimizerKind::Sgd, 3).unwrap();
-    let err = opt.step(&mut [0.0; 3], &[0.0; 2], 0.1).unwrap_err().to_string();
+    let mut opt = OptimizerConfig::default()
+        .build(OptimizerKind::Sgd, 3)
+        .unwrap();
+    let err = opt
+        .step(&mut [0.0; 3], &[0.0; 2], 0.1)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains('2') && err.contains('3'), "{err}");
 }
 

@@ -2,3 +2,5 @@
 
 pub mod bench;
 pub mod models;
+pub mod split;
+pub mod train;

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: sets up the machine, then runs every test of the workspace against the
+# real local services, and checks that the GPU (wgpu) build still compiles.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$PEERLESS_ROOT"
+"$PEERLESS_ROOT/scripts/setup.sh"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo test --workspace"
+cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/peerless-test.log
+status=${PIPESTATUS[0]}
+
+echo "== cargo check -p peerless --features wgpu (GPU build)"
+cargo check -p peerless --features wgpu
+
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' /tmp/peerless-test.log | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '; ([0-9]+) failed' /tmp/peerless-test.log | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
+echo "${passed} passed, ${failed} failed"
+exit "$status"
