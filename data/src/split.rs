@@ -138,6 +138,20 @@ pub enum SplitError {
     Index(#[from] IndexOutOfRange),
 }
 
+/// How a training part of `n` samples is cut into `k` near-equal contiguous batches (the
+/// first `n % k` one sample longer): the layout of the batch objects, which peers computing
+/// locally reproduce so both architectures see the same batches.
+pub fn batch_ranges(n: usize, k: usize) -> Vec<std::ops::Range<usize>> {
+    let mut start = 0;
+    (0..k)
+        .map(|b| {
+            let len = n / k + usize::from(b < n % k);
+            start += len;
+            start - len..start
+        })
+        .collect()
+}
+
 /// Smallest shard whose training part holds `batches` samples and whose validation part
 /// is non-empty.
 fn min_shard_for(batches: usize) -> usize {
@@ -280,13 +294,9 @@ async fn write_objects(
         let val_entry = staged.put(val_key(rank), &val_part).await?;
         let mut batches = Vec::new();
         if let Some(k) = config.batches_per_peer {
-            let n = train_part.len();
-            let mut start = 0;
-            for b in 0..k {
-                let len = n / k + usize::from(b < n % k);
-                let batch = train_part.slice(start..start + len)?;
+            for (b, range) in batch_ranges(train_part.len(), k).into_iter().enumerate() {
+                let batch = train_part.slice(range)?;
                 batches.push(staged.put(batch_key(rank, b), &batch).await?);
-                start += len;
             }
         }
         peers.push(PeerEntry {

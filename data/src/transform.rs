@@ -46,7 +46,7 @@ impl Normalization {
 
 /// What a model wants from the raw images: channel count, spatial size, whether to
 /// normalise and whether to apply training augmentation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TransformSpec {
     /// Output channels: the input's, or 3 for a 1-channel input (repeated).
     pub out_channels: usize,

@@ -46,6 +46,119 @@ pub enum Command {
     /// Dataset tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Run one peer of a data-parallel run (one per machine, or several over a broker).
+    Peer(PeerArgs),
+    /// Run N peers on this machine (threads) and print a per-round summary.
+    Run(RunArgs),
+}
+
+/// How peers exchange gradients and evaluate: shared by `peer` and `run`.
+#[derive(Debug, Args, Clone)]
+pub struct ExchangeArgs {
+    /// Store holding the split (a directory, file:///dir or s3://bucket/prefix); `run`
+    /// writes the split there first when it has none.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "peerless-store",
+        env = "PEERLESS_STORE"
+    )]
+    pub store: String,
+
+    /// RabbitMQ URL (amqp:// or amqps://); without it peers exchange in-process.
+    #[arg(long, value_name = "URL", env = "PEERLESS_BROKER")]
+    pub broker: Option<String>,
+
+    /// Name of the run: every peer of one run must use the same, and no other run may
+    /// (messages of other runs are ignored). `run` makes a fresh one when absent.
+    #[arg(long, value_name = "NAME", env = "PEERLESS_RUN_ID")]
+    pub run_id: Option<String>,
+
+    /// Gradient compression: none, qsgd8 or topk:RATIO (error feedback).
+    #[arg(long, default_value = "none", env = "PEERLESS_COMPRESSION")]
+    pub compression: peerless_comm::CodecSpec,
+
+    /// Evaluate every round (validation over all peers' validation shards, test accuracy);
+    /// drives ReduceLROnPlateau and early stopping.
+    #[arg(long)]
+    pub evaluation: bool,
+
+    /// Evaluate on at most N images of each set.
+    #[arg(long, value_name = "N")]
+    pub eval_limit: Option<usize>,
+
+    /// Rounds per pass over the shard (1 = the original: one step per epoch).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds_per_epoch: u32,
+
+    /// Seconds a round waits for the other peers.
+    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
+    pub round_timeout: f64,
+
+    /// What a round does when a peer is missing at the timeout: fail, or partial (average
+    /// what arrived and log the missing ranks).
+    #[arg(long, default_value = "fail", value_parser = ["fail", "partial"])]
+    pub on_timeout: String,
+
+    /// Largest message payload in MiB; bigger gradients are sent in chunks.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub chunk_mib: u32,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// Number of peers in the run.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), env = "PEERLESS_SIZE")]
+    pub size: u32,
+
+    /// This peer's rank, 0 .. size-1.
+    #[arg(long, env = "PEERLESS_RANK")]
+    pub rank: u32,
+
+    /// Dataset the split must hold (checked against its manifest).
+    #[arg(long)]
+    pub dataset: Option<DatasetKind>,
+
+    /// Square input size fed to the model (default: the model's study size).
+    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(1..))]
+    pub resize: Option<u32>,
+
+    #[command(flatten)]
+    pub training: TrainingArgs,
+
+    #[command(flatten)]
+    pub exchange: ExchangeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Number of peers to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub peers: u32,
+
+    /// Write each peer's metrics to DIR/peer-<rank>.jsonl.
+    #[arg(long, value_name = "DIR", default_value = "peerless-metrics")]
+    pub metrics_dir: PathBuf,
+
+    /// Batch objects per peer when `run` writes the split itself.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches: Option<u64>,
+
+    /// Partition when `run` writes the split itself: iid or dirichlet:ALPHA.
+    #[arg(long, default_value = "iid")]
+    pub partition: Partition,
+
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    #[command(flatten)]
+    pub training: TrainingArgs,
+
+    #[command(flatten)]
+    pub exchange: ExchangeArgs,
 }
 
 #[derive(Debug, Subcommand)]

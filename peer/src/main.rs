@@ -5,8 +5,10 @@ mod cli;
 mod cmd;
 mod config;
 mod eval;
+mod node;
 mod progress;
 mod setup;
+mod source;
 
 use std::process::ExitCode;
 
@@ -29,6 +31,8 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::run(a, cli.device),
         Command::Train(a) => cmd::train::run(a, cli.device),
         Command::Data(cli::DataCommand::Split(a)) => cmd::split::run(a),
+        Command::Peer(a) => cmd::peer::run(a, cli.device),
+        Command::Run(a) => cmd::run::run(a, cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -82,7 +82,7 @@ fn unknown_names_list_the_valid_ones() {
         .code(2)
         .stderr(predicate::str::contains("fashion-mnist"));
     peerless()
-        .args(["train", "--lr", "-1"])
+        .args(["train", "--lr=-1"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("positive"));

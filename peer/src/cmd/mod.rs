@@ -2,5 +2,7 @@
 
 pub mod bench;
 pub mod models;
+pub mod peer;
+pub mod run;
 pub mod split;
 pub mod train;

@@ -1,0 +1,287 @@
+//! One peer of a data-parallel run: load its shard, and every round compute the shard
+//! gradient, exchange it with the other peers, average, and take one optimizer step, so all
+//! peers keep bit-identical weights.
+
+pub mod metrics;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use peerless_comm::{
+    Averager, CodecSpec, OnTimeout, RoundConfig, RunId, Transport, model_fingerprint,
+};
+use peerless_data::split::batch_ranges;
+use peerless_data::{Dataset, SplitReader, StoreOptions};
+use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
+use peerless_models::{Device, Model};
+
+use crate::cli::TrainingArgs;
+use crate::eval::evaluate;
+use crate::setup::Pipeline;
+use crate::source::{GradientSource, LocalSource, RoundWork};
+use metrics::{MetricsWriter, RoundMetrics, weights_hash};
+
+/// Everything a peer needs to know; identical on every peer of a run except `rank`.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub rank: u32,
+    pub size: u32,
+    pub run_id: RunId,
+    /// Store holding the split written by `peerless data split`.
+    pub store: String,
+    pub store_options: StoreOptions,
+    pub training: TrainingArgs,
+    pub resize: Option<usize>,
+    /// Evaluate every round: validation loss over every peer's validation shard (drives
+    /// the schedule and early stopping identically on all peers) and test accuracy.
+    pub evaluation: bool,
+    /// Evaluate on at most this many images of each set (faster rounds for big models).
+    pub eval_limit: Option<usize>,
+    pub codec: CodecSpec,
+    /// Rounds per pass over the shard; 1 is the original (one step per epoch).
+    pub rounds_per_epoch: usize,
+    pub round_timeout: Duration,
+    pub on_timeout: OnTimeout,
+    pub max_chunk_bytes: usize,
+    pub metrics_out: Option<PathBuf>,
+}
+
+/// How a peer's run ended.
+#[derive(Clone, Debug)]
+pub struct NodeSummary {
+    pub rank: u32,
+    pub rounds: Vec<RoundMetrics>,
+}
+
+/// A peer with its shard loaded and its replica built, ready to join the exchange: preparing
+/// comes first so a bad split or model is reported before any connection is made.
+pub struct Node {
+    config: NodeConfig,
+    model: Model,
+    weights: Vec<f32>,
+    source: LocalSource,
+    ranges: Vec<std::ops::Range<usize>>,
+    per_round: usize,
+    val_sets: Vec<Dataset>,
+    test: Dataset,
+    eval_tf: peerless_data::Transform,
+}
+
+impl Node {
+    /// Loads the peer's shard (and evaluation sets) from the store and builds its replica.
+    pub async fn prepare(config: &NodeConfig, device: &Device) -> Result<Node> {
+        let t = &config.training;
+        let reader = SplitReader::open_url(&config.store, &config.store_options)
+            .await
+            .with_context(|| format!("opening the split in {}", config.store))?;
+        let manifest = reader.manifest().clone();
+        if manifest.peers != config.size as usize {
+            bail!(
+                "the split in {} has {} peer shards but this run has --size {}; split again \
+                 with `peerless data split --size {}`",
+                config.store,
+                manifest.peers,
+                config.size,
+                config.size
+            );
+        }
+        let rank = config.rank as usize;
+        let train = reader.train(rank).await?;
+        let test = limit(reader.test().await?, config.eval_limit)?;
+        let mut val_sets = Vec::new();
+        if config.evaluation {
+            for r in 0..manifest.peers {
+                val_sets.push(limit(reader.val(r).await?, config.eval_limit)?);
+            }
+        }
+        let kind = manifest.dataset;
+        let pipeline = Pipeline::new(
+            t.model,
+            kind,
+            train.shape(),
+            manifest.num_classes,
+            config.resize,
+        )?;
+        let (train_tf, eval_tf) = pipeline.transforms(kind, train.shape())?;
+        let model = Model::new(pipeline.spec, device, t.seed)?;
+        let weights = model.params()?;
+        // Batches: the stored batch objects when the split has them, else batch-size chunks.
+        let ranges: Vec<_> = match manifest.batches_per_peer {
+            Some(k) => batch_ranges(train.len(), k),
+            None => (0..train.len())
+                .step_by(t.batch_size as usize)
+                .map(|s| s..(s + t.batch_size as usize).min(train.len()))
+                .collect(),
+        };
+        let per_round = ranges
+            .len()
+            .div_ceil(config.rounds_per_epoch.clamp(1, ranges.len()));
+        let source = LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed);
+        Ok(Node {
+            config: config.clone(),
+            model,
+            weights,
+            source,
+            ranges,
+            per_round,
+            val_sets,
+            test,
+            eval_tf,
+        })
+    }
+
+    /// Trains to the end over `transport`.
+    pub async fn run<T: Transport>(self, transport: T) -> Result<NodeSummary> {
+        let Node {
+            config,
+            mut model,
+            mut weights,
+            mut source,
+            ranges,
+            per_round,
+            val_sets,
+            test,
+            mut eval_tf,
+        } = self;
+        let config = &config;
+        let t = &config.training;
+        let n = weights.len();
+        let mut optimizer = crate::cmd::train::optimizer_config(t).build(t.optimizer, n)?;
+        let mut plateau = ReduceLrOnPlateau::new(
+            t.lr,
+            t.plateau_factor,
+            t.plateau_patience as usize,
+            t.min_lr,
+        )?;
+        let mut stopper = EarlyStopping::new(t.patience as usize, 0.0);
+
+        let mut round_config = RoundConfig::new(
+            config.run_id,
+            config.rank,
+            config.size,
+            model_fingerprint(t.model.name(), n as u64),
+            n,
+        );
+        round_config.timeout = config.round_timeout;
+        round_config.on_timeout = config.on_timeout;
+        round_config.max_chunk_bytes = config.max_chunk_bytes;
+        let codec = config.codec.build(t.seed ^ u64::from(config.rank));
+        let mut averager = Averager::new(round_config, codec, transport)?;
+
+        let mut metrics_out = MetricsWriter::create(config.metrics_out.as_deref())?;
+        let mut grad = vec![0.0f32; n];
+        let mut avg = vec![0.0f32; n];
+        let mut rounds = Vec::new();
+        let mut round = 0u64;
+        'epochs: for epoch in 1..=t.epochs {
+            for (c, chunk) in ranges.chunks(per_round).enumerate() {
+                let start = Instant::now();
+                let lr = plateau.lr();
+                let work = RoundWork {
+                    round,
+                    batches: chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (c * per_round + i, r.clone()))
+                        .collect(),
+                };
+                let report = source.compute(&work, &model, &weights, &mut grad)?;
+                let stats = averager
+                    .average(round, &grad, &mut avg)
+                    .await
+                    .with_context(|| format!("peer {}: averaging round {round}", config.rank))?;
+                if !stats.missing.is_empty() {
+                    tracing::warn!(
+                        "round {round}: averaged without rank(s) {:?} (--on-timeout partial)",
+                        stats.missing
+                    );
+                }
+                let update_start = Instant::now();
+                optimizer.step(&mut weights, &avg, lr)?;
+                model.set_params(&weights)?;
+                let update_time = update_start.elapsed().as_secs_f64();
+
+                let eval_start = Instant::now();
+                let (mut val, mut test_eval) = (None, None);
+                if config.evaluation {
+                    let (mut loss, mut correct, mut count) = (0.0, 0.0, 0usize);
+                    for set in &val_sets {
+                        let e = evaluate(&model, set, &mut eval_tf, t.loss, 256)?;
+                        loss += e.loss * e.samples as f64;
+                        correct += e.accuracy * e.samples as f64;
+                        count += e.samples;
+                    }
+                    val = Some((loss / count.max(1) as f64, correct / count.max(1) as f64));
+                    test_eval = Some(evaluate(&model, &test, &mut eval_tf, t.loss, 256)?);
+                }
+                let eval_time = eval_start.elapsed().as_secs_f64();
+                let m = RoundMetrics {
+                    rank: config.rank,
+                    round,
+                    epoch,
+                    lr,
+                    samples: report.samples,
+                    local_batches: report.local_batches,
+                    offloaded_batches: report.offloaded_batches,
+                    compute_time_s: report.compute_time_s,
+                    encode_time_s: stats.encode_time.as_secs_f64(),
+                    send_time_s: stats.send_time.as_secs_f64(),
+                    receive_time_s: stats.receive_time.as_secs_f64(),
+                    decode_time_s: stats.decode_time.as_secs_f64(),
+                    update_time_s: update_time,
+                    eval_time_s: eval_time,
+                    round_time_s: start.elapsed().as_secs_f64(),
+                    bytes_sent: stats.bytes_sent,
+                    bytes_received: stats.bytes_received,
+                    messages_sent: stats.messages_sent,
+                    messages_received: stats.messages_received,
+                    rejected_messages: stats.rejected.total(),
+                    contributors: stats.contributors,
+                    missing_ranks: stats.missing.clone(),
+                    train_loss: report.loss,
+                    train_accuracy: report.correct as f64 / report.samples.max(1) as f64,
+                    val_loss: val.map(|v| v.0),
+                    val_accuracy: val.map(|v| v.1),
+                    test_loss: test_eval.map(|e| e.loss),
+                    test_accuracy: test_eval.map(|e| e.accuracy),
+                    weights_hash: weights_hash(&weights),
+                    peak_rss_bytes: peerless_bench::sys::peak_rss_bytes(),
+                    cpu_time_s: peerless_bench::sys::cpu_time_s(),
+                };
+                tracing::info!(
+                    rank = config.rank,
+                    round,
+                    train_loss = format!("{:.4}", m.train_loss),
+                    test_accuracy = m.test_accuracy.map(|a| format!("{:.2}%", 100.0 * a)),
+                    weights = %m.weights_hash,
+                    "round done in {:.2}s",
+                    m.round_time_s
+                );
+                metrics_out.write(&m)?;
+                rounds.push(m);
+                round += 1;
+                if let Some((val_loss, _)) = val {
+                    // The same value on every peer (same weights, same validation sets), so
+                    // every peer takes the same schedule decisions and weights stay identical.
+                    plateau.step(val_loss as f32);
+                    if stopper.should_stop(val_loss as f32) {
+                        tracing::info!(rank = config.rank, "early stopping after round {round}");
+                        break 'epochs;
+                    }
+                }
+            }
+        }
+        Ok(NodeSummary {
+            rank: config.rank,
+            rounds,
+        })
+    }
+}
+
+fn limit(set: Dataset, max: Option<usize>) -> Result<Dataset> {
+    match max {
+        Some(m) if m < set.len() => Ok(set.slice(0..m)?),
+        _ => Ok(set),
+    }
+}

@@ -1,0 +1,96 @@
+use std::time::Instant;
+
+use anyhow::Result;
+use peerless_data::{Dataset, Transform};
+use peerless_models::{Batch, Loss, Model};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{GradientSource, RoundWork, SourceReport, accumulate, finish_mean};
+
+/// Computes every batch on this peer's CPU (the architecture without serverless).
+pub struct LocalSource {
+    shard: Dataset,
+    transform: Transform,
+    loss: Loss,
+    seed: u64,
+    batch_grad: Vec<f32>,
+    images: Vec<f32>,
+    labels_u8: Vec<u8>,
+    labels: Vec<i64>,
+}
+
+impl LocalSource {
+    /// A source over `shard` for a model of `num_params` weights.
+    pub fn new(
+        num_params: usize,
+        shard: Dataset,
+        transform: Transform,
+        loss: Loss,
+        seed: u64,
+    ) -> Self {
+        LocalSource {
+            batch_grad: vec![0.0; num_params],
+            shard,
+            transform,
+            loss,
+            seed,
+            images: Vec::new(),
+            labels_u8: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+}
+
+/// The augmentation seed of one batch: the same wherever the batch is computed.
+pub fn batch_seed(seed: u64, round: u64, batch: usize) -> u64 {
+    seed ^ (round.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        ^ (batch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+impl GradientSource for LocalSource {
+    fn compute(
+        &mut self,
+        work: &RoundWork,
+        model: &Model,
+        _weights: &[f32],
+        grad: &mut [f32],
+    ) -> Result<SourceReport> {
+        let start = Instant::now();
+        grad.fill(0.0);
+        let mut report = SourceReport::default();
+        let mut loss_sum = 0.0f64;
+        for (index, range) in &work.batches {
+            let indices: Vec<usize> = range.clone().collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(batch_seed(self.seed, work.round, *index));
+            self.transform.fill_batch(
+                &self.shard,
+                &indices,
+                &mut rng,
+                &mut self.images,
+                &mut self.labels_u8,
+            )?;
+            self.labels.clear();
+            self.labels.extend(self.labels_u8.iter().map(|&l| l as i64));
+            let s = self.transform.output_shape();
+            let stats = model.grad_step(
+                &Batch {
+                    images: &self.images,
+                    labels: &self.labels,
+                    shape: [indices.len(), s.channels, s.height, s.width],
+                },
+                self.loss,
+                &mut self.batch_grad,
+            )?;
+            accumulate(grad, &self.batch_grad, stats.samples);
+            loss_sum += stats.loss as f64 * stats.samples as f64;
+            report.correct += stats.correct;
+            report.samples += stats.samples;
+            report.local_batches += 1;
+        }
+        finish_mean(grad, report.samples);
+        report.loss = loss_sum / report.samples.max(1) as f64;
+        report.compute_time_s = start.elapsed().as_secs_f64();
+        Ok(report)
+    }
+}

@@ -1,0 +1,430 @@
+//! Peer-to-peer training without serverless, end to end through the `peerless` binary: peers
+//! as threads over the in-process transport and over the real RabbitMQ on 127.0.0.1:5672,
+//! peers as separate processes, compression, timeouts and refusals.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use assert_cmd::cargo::CommandCargoExt;
+use predicates::prelude::*;
+use serde_json::Value;
+
+const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn broker() -> String {
+    std::env::var("PEERLESS_AMQP_URL").unwrap_or_else(|_| BROKER.to_string())
+}
+
+fn peerless() -> Command {
+    let mut cmd = Command::cargo_bin("peerless").unwrap();
+    cmd.env_remove("PEERLESS_CONFIG")
+        .env("PEERLESS_LOG", "warn");
+    cmd
+}
+
+fn metrics(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Runs `peerless run` with the small CNN on synthetic data and checks the outcome: every
+/// peer has every round, identical weights after each round, and a lower loss at the end.
+fn run_and_check(extra: &[&str], rounds: usize) -> Vec<Vec<Value>> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mdir = dir.path().join("metrics");
+    peerless()
+        .args([
+            "run",
+            "--peers",
+            "3",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "tiny_cnn",
+            "--epochs",
+            "3",
+            "--rounds-per-epoch",
+            "3",
+            "--lr",
+            "0.1",
+            "--momentum",
+            "0.9",
+            "--store",
+        ])
+        .arg(&store)
+        .arg("--metrics-dir")
+        .arg(&mdir)
+        .args(extra)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("identical").and(predicate::str::contains("DIFFER").not()),
+        );
+    let peers: Vec<Vec<Value>> = (0..3)
+        .map(|r| metrics(&mdir.join(format!("peer-{r}.jsonl"))))
+        .collect();
+    for (rank, p) in peers.iter().enumerate() {
+        assert_eq!(p.len(), rounds, "peer {rank} rounds");
+        let keys: BTreeSet<_> = p[0].as_object().unwrap().keys().cloned().collect();
+        let keys0: BTreeSet<_> = peers[0][0].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, keys0, "field names differ between peers");
+    }
+    for round in 0..rounds {
+        let hashes: BTreeSet<_> = peers
+            .iter()
+            .map(|p| p[round]["weights_hash"].to_string())
+            .collect();
+        assert_eq!(
+            hashes.len(),
+            1,
+            "round {round}: weights differ across peers: {hashes:?}"
+        );
+    }
+    let loss = |round: usize| {
+        peers
+            .iter()
+            .map(|p| p[round]["train_loss"].as_f64().unwrap())
+            .sum::<f64>()
+            / 3.0
+    };
+    assert!(
+        loss(rounds - 1) < 0.8 * loss(0),
+        "mean train loss {} -> {}",
+        loss(0),
+        loss(rounds - 1)
+    );
+    for p in &peers {
+        assert!(
+            p[0]["bytes_sent"].as_u64().unwrap() > 4 * 38_000,
+            "{}",
+            p[0]
+        );
+        assert_eq!(p[0]["contributors"], 3);
+    }
+    peers
+}
+
+#[test]
+fn three_peers_in_process_keep_identical_weights_and_learn() {
+    run_and_check(&[], 24);
+}
+
+#[test]
+fn three_peers_over_rabbitmq_keep_identical_weights_and_learn() {
+    let peers = run_and_check(
+        &["--broker", &broker(), "--evaluation", "--eval-limit", "200"],
+        9,
+    );
+    let acc = peers[0].last().unwrap()["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.2, "test accuracy {acc}");
+}
+
+#[test]
+fn qsgd8_compression_over_rabbitmq() {
+    let peers = run_and_check(&["--broker", &broker(), "--compression", "qsgd8"], 24);
+    // 8-bit levels plus a sign bitmap: well under half the raw f32 size.
+    let raw = 4 * 38_282u64;
+    assert!(peers[0][0]["bytes_sent"].as_u64().unwrap() < raw / 2);
+}
+
+#[test]
+fn topk_compression_over_rabbitmq() {
+    let peers = run_and_check(&["--broker", &broker(), "--compression", "topk:0.1"], 24);
+    let raw = 4 * 38_282u64;
+    assert!(peers[0][0]["bytes_sent"].as_u64().unwrap() < raw / 2);
+}
+
+#[test]
+fn gradients_larger_than_a_chunk_cross_the_broker_in_pieces() {
+    // squeezenet1_1: 2.9 MB gradients in 1 MiB chunks.
+    let dir = tempfile::tempdir().unwrap();
+    let mdir = dir.path().join("m");
+    peerless()
+        .args([
+            "run",
+            "--peers",
+            "2",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "squeezenet1_1",
+            "--resize",
+            "17",
+            "--epochs",
+            "1",
+            "--rounds-per-epoch",
+            "2",
+            "--chunk-mib",
+            "1",
+            "--broker",
+            &broker(),
+            "--store",
+        ])
+        .arg(dir.path().join("store"))
+        .arg("--metrics-dir")
+        .arg(&mdir)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("identical"));
+    let m = metrics(&mdir.join("peer-0.jsonl"));
+    assert!(m[0]["messages_sent"].as_u64().unwrap() >= 3, "{}", m[0]);
+    assert_eq!(
+        m[0]["weights_hash"],
+        metrics(&mdir.join("peer-1.jsonl"))[0]["weights_hash"]
+    );
+}
+
+fn split(store: &Path, peers: &str) {
+    peerless()
+        .args([
+            "data",
+            "split",
+            "--dataset",
+            "synthetic",
+            "--size",
+            peers,
+            "--to",
+        ])
+        .arg(store)
+        .assert()
+        .success();
+}
+
+fn spawn_peer(store: &Path, size: &str, rank: u32, run_id: &str, extra: &[&str]) -> Child {
+    std::process::Command::cargo_bin("peerless")
+        .unwrap()
+        .env("PEERLESS_LOG", "warn")
+        .env_remove("PEERLESS_CONFIG")
+        .args([
+            "peer",
+            "--size",
+            size,
+            "--rank",
+            &rank.to_string(),
+            "--run-id",
+            run_id,
+        ])
+        .args([
+            "--broker",
+            &broker(),
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.1",
+        ])
+        .args(["--rounds-per-epoch", "2", "--store"])
+        .arg(store)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn separate_peer_processes_over_rabbitmq_end_with_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    split(&store, "3");
+    let run_id = unique("procs");
+    let children: Vec<Child> = (0..3)
+        .map(|r| spawn_peer(&store, "3", r, &run_id, &[]))
+        .collect();
+    let mut finals = BTreeSet::new();
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "peer {rank}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hash = stdout.split("weights ").nth(1).unwrap().trim().to_string();
+        finals.insert(hash);
+    }
+    assert_eq!(finals.len(), 1, "{finals:?}");
+}
+
+#[test]
+fn a_peer_that_never_arrives_times_out_or_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    split(&store, "3");
+
+    // Fail mode: ranks 0 and 1 run, rank 2 never starts.
+    let run_id = unique("timeout");
+    let started = Instant::now();
+    let children: Vec<Child> = (0..2)
+        .map(|r| spawn_peer(&store, "3", r, &run_id, &["--round-timeout", "3"]))
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("rank(s) 2"), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    // Partial mode: the two present peers average each other and record who was missing.
+    let run_id = unique("partial");
+    let m0 = dir.path().join("p0.jsonl");
+    let m1 = dir.path().join("p1.jsonl");
+    let a = spawn_peer(
+        &store,
+        "3",
+        0,
+        &run_id,
+        &[
+            "--round-timeout",
+            "2",
+            "--on-timeout",
+            "partial",
+            "--metrics-out",
+            m0.to_str().unwrap(),
+        ],
+    );
+    let b = spawn_peer(
+        &store,
+        "3",
+        1,
+        &run_id,
+        &[
+            "--round-timeout",
+            "2",
+            "--on-timeout",
+            "partial",
+            "--metrics-out",
+            m1.to_str().unwrap(),
+        ],
+    );
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (p0, p1) = (metrics(&m0), metrics(&m1));
+    assert_eq!(p0.len(), 4);
+    for (x, y) in p0.iter().zip(&p1) {
+        assert_eq!(x["missing_ranks"], serde_json::json!([2]));
+        assert_eq!(x["contributors"], 2);
+        assert_eq!(x["weights_hash"], y["weights_hash"]);
+    }
+}
+
+#[test]
+fn a_peer_with_another_model_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    split(&store, "2");
+    let run_id = unique("model");
+    let a = spawn_peer(&store, "2", 0, &run_id, &["--round-timeout", "20"]);
+    let b = spawn_peer(
+        &store,
+        "2",
+        1,
+        &run_id,
+        &[
+            "--round-timeout",
+            "20",
+            "--model",
+            "squeezenet1_1",
+            "--resize",
+            "17",
+        ],
+    );
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(!a.status.success() && !b.status.success());
+    let err = String::from_utf8_lossy(&a.stderr);
+    assert!(err.contains("fingerprint"), "{err}");
+}
+
+#[test]
+fn a_split_for_another_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    split(&store, "2");
+    peerless()
+        .args([
+            "peer",
+            "--size",
+            "3",
+            "--rank",
+            "0",
+            "--run-id",
+            "x",
+            "--broker",
+            &broker(),
+            "--store",
+        ])
+        .arg(&store)
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("2 peer shards").and(predicate::str::contains("--size 3")),
+        );
+}
+
+#[test]
+fn an_unreachable_broker_fails_fast_without_showing_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    split(&store, "2");
+    let started = Instant::now();
+    peerless()
+        .args([
+            "peer",
+            "--size",
+            "2",
+            "--rank",
+            "0",
+            "--run-id",
+            "x",
+            "--broker",
+            "amqp://user:hunter2@127.0.0.1:1/%2f",
+            "--store",
+        ])
+        .arg(&store)
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("127.0.0.1:1").and(predicate::str::contains("hunter2").not()),
+        );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn multi_peer_runs_need_a_broker_and_a_run_id() {
+    peerless()
+        .args(["peer", "--size", "2", "--rank", "0", "--broker", &broker()])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--run-id"));
+    peerless()
+        .args(["peer", "--size", "2", "--rank", "5", "--run-id", "x"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("below --size 2"));
+}
