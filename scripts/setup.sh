@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what peerless and its tests need on a Debian machine (idempotent) and makes sure
-# the local services run: Fashion-MNIST, RabbitMQ on 127.0.0.1:5672, moto's S3 server.
+# the local services run: Fashion-MNIST, RabbitMQ on 127.0.0.1:5672, moto's S3 server,
+# the Lambda Runtime API emulator (cargo-lambda) and the ASL validator (npm asl-validator).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
@@ -42,3 +43,21 @@ if ! python3 -c 'import moto.server' 2>/dev/null; then
   python3 -m pip install -q --root-user-action=ignore 'moto[server]==5.2.1'
 fi
 log "moto $(python3 -c 'import moto; print(moto.__version__)') is available"
+
+# cargo-lambda from PyPI: its `cargo lambda watch` is the Lambda Runtime API emulator the
+# function tests run the real `compute_gradient` binary behind.
+CARGO_LAMBDA_VENV="${PEERLESS_CARGO_LAMBDA:-$HOME/.cache/peerless/cargo-lambda}"
+if [ ! -x "$CARGO_LAMBDA_VENV/bin/cargo-lambda" ]; then
+  log "installing cargo-lambda 1.9.2 into $CARGO_LAMBDA_VENV"
+  python3 -m venv "$CARGO_LAMBDA_VENV"
+  "$CARGO_LAMBDA_VENV/bin/pip" install -q cargo-lambda==1.9.2
+fi
+
+# asl-validator from npm validates the generated Step Functions definitions.
+ASL_PREFIX="${PEERLESS_ASL_VALIDATOR:-$HOME/.cache/peerless/node}"
+if [ ! -x "$ASL_PREFIX/node_modules/.bin/asl-validator" ]; then
+  command -v npm >/dev/null || { log "installing npm"; apt_install npm; }
+  log "installing asl-validator 4.0.0 into $ASL_PREFIX"
+  mkdir -p "$ASL_PREFIX"
+  npm install --silent --prefix "$ASL_PREFIX" asl-validator@4.0.0 >/dev/null
+fi

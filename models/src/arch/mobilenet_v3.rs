@@ -10,6 +10,8 @@ use crate::layers::{
 
 /// A layer of MobileNetV3's `features` sequence (indices as in torchvision).
 #[derive(Module, Debug)]
+// Built once per model and never moved in a hot path: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum FeatureLayer {
     Conv(ConvNormAct),
     Block(InvertedResidual),

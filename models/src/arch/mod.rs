@@ -190,6 +190,8 @@ pub(crate) enum Init {
 
 /// Any of the architectures, as one Burn module.
 #[derive(Module, Debug)]
+// Built once per model and never moved in a hot path: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Net {
     TinyCnn(TinyCnn),
     SqueezeNet(SqueezeNet),

@@ -9,6 +9,8 @@ use crate::layers::{Fire, conv2d};
 
 /// A layer of SqueezeNet's `features` sequence (indices as in torchvision).
 #[derive(Module, Debug)]
+// Built once per model and never moved in a hot path: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum FeatureLayer {
     Conv(Conv2d),
     Relu(Relu),

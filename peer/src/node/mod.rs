@@ -62,7 +62,7 @@ pub struct Node {
     weights: Vec<f32>,
     source: LocalSource,
     ranges: Vec<std::ops::Range<usize>>,
-    per_round: usize,
+    round_batches: Vec<std::ops::Range<usize>>,
     val_sets: Vec<Dataset>,
     test: Dataset,
     eval_tf: peerless_data::Transform,
@@ -114,17 +114,18 @@ impl Node {
                 .map(|s| s..(s + t.batch_size as usize).min(train.len()))
                 .collect(),
         };
-        let per_round = ranges
-            .len()
-            .div_ceil(config.rounds_per_epoch.clamp(1, ranges.len()));
-        let source = LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed);
+        // Exactly `rounds_per_epoch` rounds per pass (at most one per batch), each a
+        // contiguous run of batches.
+        let round_batches =
+            batch_ranges(ranges.len(), config.rounds_per_epoch.clamp(1, ranges.len()));
+        let source = LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed, config.rank);
         Ok(Node {
             config: config.clone(),
             model,
             weights,
             source,
             ranges,
-            per_round,
+            round_batches,
             val_sets,
             test,
             eval_tf,
@@ -139,7 +140,7 @@ impl Node {
             mut weights,
             mut source,
             ranges,
-            per_round,
+            round_batches,
             val_sets,
             test,
             mut eval_tf,
@@ -175,15 +176,14 @@ impl Node {
         let mut rounds = Vec::new();
         let mut round = 0u64;
         'epochs: for epoch in 1..=t.epochs {
-            for (c, chunk) in ranges.chunks(per_round).enumerate() {
+            for batch_indices in &round_batches {
                 let start = Instant::now();
                 let lr = plateau.lr();
                 let work = RoundWork {
                     round,
-                    batches: chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| (c * per_round + i, r.clone()))
+                    batches: batch_indices
+                        .clone()
+                        .map(|b| (b, ranges[b].clone()))
                         .collect(),
                 };
                 let report = source.compute(&work, &model, &weights, &mut grad)?;

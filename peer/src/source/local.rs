@@ -2,6 +2,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use peerless_data::{Dataset, Transform};
+use peerless_lambda::process_input::batch_seed;
 use peerless_models::{Batch, Loss, Model};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -14,6 +15,7 @@ pub struct LocalSource {
     transform: Transform,
     loss: Loss,
     seed: u64,
+    rank: u32,
     batch_grad: Vec<f32>,
     images: Vec<f32>,
     labels_u8: Vec<u8>,
@@ -62,7 +64,9 @@ impl GradientSource for LocalSource {
         let mut loss_sum = 0.0f64;
         for (index, range) in &work.batches {
             let indices: Vec<usize> = range.clone().collect();
-            let mut rng = ChaCha8Rng::seed_from_u64(batch_seed(self.seed, work.round, *index));
+            // The seed a function computing this batch would use, so augmentation matches.
+            let seed = batch_seed(self.seed, work.round, self.rank, *index as u32);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
             self.transform.fill_batch(
                 &self.shard,
                 &indices,

@@ -1,0 +1,42 @@
+//! The `compute_gradient` Lambda function (deployed as `bootstrap` on `provided.al2023`).
+//! One handler state lives for the whole execution environment, so warm invocations reuse
+//! the store client, the model and the round's weights.
+
+use std::sync::Arc;
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use peerless_lambda::{ComputeGradient, ComputeGradientError, ComputeGradientEvent};
+use tokio::sync::Mutex;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let state = Arc::new(Mutex::new(ComputeGradient::new()));
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ComputeGradientEvent>| {
+            let state = state.clone();
+            async move {
+                let mut handler = state.lock().await;
+                let result = handler.handle(&event.payload).await;
+                match result {
+                    Ok(mut response) => {
+                        let config = &event.context.env_config;
+                        response.runtime.function_name = Some(config.function_name.clone());
+                        response.runtime.request_id = Some(event.context.request_id.clone());
+                        response.runtime.memory_limit_mb = u32::try_from(config.memory).ok();
+                        Ok(response)
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            error_type = error.error_type(),
+                            batch_key = %event.payload.batch_key,
+                            "{error}"
+                        );
+                        Err::<_, ComputeGradientError>(error)
+                    }
+                }
+            }
+        },
+    ))
+    .await
+}

@@ -1,0 +1,106 @@
+//! `process_input`: expands a peer's request into one `compute_gradient` event per batch,
+//! as the original's `ProcessInputFunction` did for its Parallel state.
+
+use peerless_comm::RunId;
+use peerless_data::manifest::batch_key;
+use peerless_data::store::validate_key;
+
+use crate::error::ProcessInputError;
+use crate::event::{ComputeGradientEvent, ProcessInputOutput, ProcessInputRequest};
+
+/// Step Functions' limit on one state's input or output.
+pub const STEP_FUNCTIONS_STATE_LIMIT: usize = 256 * 1024;
+
+/// Largest value that survives a round trip through a JSON number read as a double.
+const JSON_SAFE_MASK: u64 = (1 << 53) - 1;
+
+/// The augmentation seed of one batch, derived from the run's base seed, so a function
+/// and a peer computing the same batch locally draw the same crops and flips. Values stay
+/// below 2^53 so JSON tools that read numbers as doubles keep them exact.
+pub fn batch_seed(seed: u64, round: u64, rank: u32, batch: u32) -> u64 {
+    let mut x = seed;
+    for word in [round, u64::from(rank), u64::from(batch)] {
+        x = splitmix64(x ^ splitmix64(word));
+    }
+    x & JSON_SAFE_MASK
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Key of the gradient of batch `batch` of peer `rank` in round `round`, under `prefix`
+/// (which may be empty): `PREFIX/round-000042/rank-001/batch-0003.grad`.
+pub fn gradient_key(prefix: &str, round: u64, rank: u32, batch: u32) -> String {
+    join_key(
+        prefix,
+        &format!("round-{round:06}/rank-{rank:03}/batch-{batch:04}.grad"),
+    )
+}
+
+/// `prefix/key`, or `key` when the prefix is empty (trailing slashes ignored).
+fn join_key(prefix: &str, key: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}/{key}")
+    }
+}
+
+/// Expands `request` into events for batches `first_batch .. first_batch + batch_count`,
+/// with the split's batch keys, per-batch seeds and gradient keys; refuses requests whose
+/// output would not fit into a Step Functions state.
+pub fn expand(request: &ProcessInputRequest) -> Result<ProcessInputOutput, ProcessInputError> {
+    let bad = |m: String| Err(ProcessInputError::InvalidRequest(m));
+    let ctx = &request.context;
+    if request.batch_count == 0 {
+        return bad("batch_count is 0: there is nothing to compute".into());
+    }
+    if ctx.run_id.parse::<RunId>().is_err() {
+        return bad(format!("run_id {:?} is not 32 hex digits", ctx.run_id));
+    }
+    if ctx.world_size == 0 || ctx.rank >= ctx.world_size {
+        return bad(format!(
+            "rank {} is not below world_size {}",
+            ctx.rank, ctx.world_size
+        ));
+    }
+    let Some(end) = request.first_batch.checked_add(request.batch_count) else {
+        return bad("first_batch + batch_count overflows".into());
+    };
+    let mut events = Vec::with_capacity(request.batch_count as usize);
+    for batch in request.first_batch..end {
+        let event = ComputeGradientEvent {
+            context: ctx.clone(),
+            batch,
+            augment_seed: batch_seed(request.seed, ctx.round, ctx.rank, batch),
+            batch_key: join_key(
+                &request.batch_prefix,
+                &batch_key(ctx.rank as usize, batch as usize),
+            ),
+            gradient_key: gradient_key(&request.gradient_prefix, ctx.round, ctx.rank, batch),
+        };
+        for key in [&event.batch_key, &event.gradient_key] {
+            if let Err(e) = validate_key(key) {
+                return bad(e.to_string());
+            }
+        }
+        events.push(event);
+    }
+    let output = ProcessInputOutput { events };
+    let bytes = serde_json::to_vec(&output)
+        .map_err(|e| ProcessInputError::InvalidRequest(e.to_string()))?
+        .len();
+    if bytes > STEP_FUNCTIONS_STATE_LIMIT {
+        return Err(ProcessInputError::TooLarge {
+            batches: request.batch_count,
+            bytes,
+            limit: STEP_FUNCTIONS_STATE_LIMIT,
+        });
+    }
+    Ok(output)
+}
