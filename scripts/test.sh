@@ -10,13 +10,16 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo test --workspace"
-cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/peerless-test.log
+log="${TMPDIR:-/tmp}/peerless-test.log"
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+set -e
 
 echo "== cargo check -p peerless --features wgpu (GPU build)"
 cargo check -p peerless --features wgpu
 
-passed=$(grep -Eo '^test result: .* ([0-9]+) passed' /tmp/peerless-test.log | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '; ([0-9]+) failed' /tmp/peerless-test.log | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '; ([0-9]+) failed' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
 echo "${passed} passed, ${failed} failed"
 exit "$status"

@@ -23,15 +23,17 @@ pub struct LocalSource {
 }
 
 impl LocalSource {
-    /// A source over `shard` for a model of `num_params` weights.
+    /// A source over peer `rank`'s `shard` for a model of `num_params` weights.
     pub fn new(
         num_params: usize,
         shard: Dataset,
         transform: Transform,
         loss: Loss,
         seed: u64,
+        rank: u32,
     ) -> Self {
         LocalSource {
+            rank,
             batch_grad: vec![0.0; num_params],
             shard,
             transform,
@@ -42,12 +44,6 @@ impl LocalSource {
             labels: Vec::new(),
         }
     }
-}
-
-/// The augmentation seed of one batch: the same wherever the batch is computed.
-pub fn batch_seed(seed: u64, round: u64, batch: usize) -> u64 {
-    seed ^ (round.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        ^ (batch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
 }
 
 impl GradientSource for LocalSource {
