@@ -113,11 +113,7 @@ fn run_and_check(extra: &[&str], rounds: usize) -> Vec<Vec<Value>> {
     let (early, late) = (window(0..5), window(rounds - 10..rounds));
     assert!(late < 0.5 * early, "mean train loss {early} -> {late}");
     for p in &peers {
-        assert!(
-            p[0]["bytes_sent"].as_u64().unwrap() > 4 * 38_000,
-            "{}",
-            p[0]
-        );
+        assert!(p[0]["bytes_sent"].as_u64().unwrap() > 10_000, "{}", p[0]);
         assert_eq!(p[0]["contributors"], 3);
     }
     peers
