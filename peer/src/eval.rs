@@ -2,9 +2,11 @@
 
 use anyhow::Result;
 use peerless_data::{Dataset, Transform};
-use peerless_models::{Batch, Loss, Model};
+use peerless_models::{Loss, Model};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+use crate::setup::BatchBuffers;
 
 /// Mean loss and accuracy over a dataset.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -24,21 +26,11 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let indices: Vec<usize> = (0..dataset.len()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let (mut images, mut labels_u8, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let mut buffers = BatchBuffers::default();
     let (mut total_loss, mut correct) = (0.0f64, 0usize);
     for chunk in indices.chunks(batch_size.max(1)) {
-        transform.fill_batch(dataset, chunk, &mut rng, &mut images, &mut labels_u8)?;
-        labels.clear();
-        labels.extend(labels_u8.iter().map(|&l| l as i64));
-        let shape = transform.output_shape();
-        let stats = model.evaluate(
-            &Batch {
-                images: &images,
-                labels: &labels,
-                shape: [chunk.len(), shape.channels, shape.height, shape.width],
-            },
-            loss,
-        )?;
+        let batch = buffers.fill(transform, dataset, chunk, &mut rng)?;
+        let stats = model.evaluate(&batch, loss)?;
         total_loss += stats.loss as f64 * chunk.len() as f64;
         correct += stats.correct;
     }

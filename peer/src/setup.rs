@@ -2,8 +2,9 @@
 //! dataset: one place, so `train`, `peer` and the functions agree on what a batch is.
 
 use anyhow::{Result, bail};
-use peerless_data::{DatasetKind, ImageShape, Transform, TransformSpec};
-use peerless_models::{Architecture, ModelSpec};
+use peerless_data::{Dataset, DatasetKind, ImageShape, Transform, TransformSpec};
+use peerless_models::{Architecture, Batch, ModelSpec};
+use rand::Rng;
 
 /// The model and the image pipeline for one (model, dataset) pair.
 #[derive(Clone, Debug)]
@@ -55,5 +56,36 @@ impl Pipeline {
             Transform::new(&self.train, shape, kind)?,
             Transform::new(&self.eval, shape, kind)?,
         ))
+    }
+}
+
+/// Reusable buffers that turn dataset samples into a model batch (transformed pixels, `u8`
+/// labels widened to the models' `i64`), so every loop fills batches the same way.
+#[derive(Default)]
+pub struct BatchBuffers {
+    images: Vec<f32>,
+    labels_u8: Vec<u8>,
+    labels: Vec<i64>,
+}
+
+impl BatchBuffers {
+    /// Transforms the samples at `indices` of `dataset` and returns them as a batch.
+    pub fn fill<R: Rng + ?Sized>(
+        &mut self,
+        transform: &mut Transform,
+        dataset: &Dataset,
+        indices: &[usize],
+        rng: &mut R,
+    ) -> Result<Batch<'_>> {
+        transform.fill_batch(dataset, indices, rng, &mut self.images, &mut self.labels_u8)?;
+        self.labels.clear();
+        self.labels
+            .extend(self.labels_u8.iter().map(|&l| i64::from(l)));
+        let s = transform.output_shape();
+        Ok(Batch {
+            images: &self.images,
+            labels: &self.labels,
+            shape: [indices.len(), s.channels, s.height, s.width],
+        })
     }
 }

@@ -9,7 +9,7 @@ use peerless_data::partition::train_val_split;
 use peerless_data::{Partition, Split, load};
 use peerless_models::optim::OptimizerConfig;
 use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
-use peerless_models::{Batch, DeviceChoice, Model, Trainer, select_device};
+use peerless_models::{DeviceChoice, Model, Trainer, select_device};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::cli::{TrainArgs, TrainingArgs};
 use crate::eval::evaluate;
-use crate::setup::Pipeline;
+use crate::setup::{BatchBuffers, Pipeline};
 
 /// One line of `--metrics-out`.
 #[derive(Serialize)]
@@ -103,7 +103,7 @@ pub fn run(args: TrainArgs, device: DeviceChoice) -> Result<()> {
 
     let batch_size = t.batch_size as usize;
     let mut rng = ChaCha8Rng::seed_from_u64(t.seed);
-    let (mut images, mut labels_u8, mut labels) = (Vec::new(), Vec::new(), Vec::<i64>::new());
+    let mut buffers = BatchBuffers::default();
     let start = Instant::now();
     let mut order = train_idx;
     for epoch in 1..=t.epochs {
@@ -113,18 +113,8 @@ pub fn run(args: TrainArgs, device: DeviceChoice) -> Result<()> {
         let epoch_start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for chunk in order.chunks(batch_size) {
-            train_tf.fill_batch(&train_set, chunk, &mut rng, &mut images, &mut labels_u8)?;
-            labels.clear();
-            labels.extend(labels_u8.iter().map(|&l| l as i64));
-            let s = train_tf.output_shape();
-            let stats = trainer.step(
-                &Batch {
-                    images: &images,
-                    labels: &labels,
-                    shape: [chunk.len(), s.channels, s.height, s.width],
-                },
-                lr,
-            )?;
+            let batch = buffers.fill(&mut train_tf, &train_set, chunk, &mut rng)?;
+            let stats = trainer.step(&batch, lr)?;
             loss_sum += stats.loss as f64 * chunk.len() as f64;
             correct += stats.correct;
             seen += chunk.len();

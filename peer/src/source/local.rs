@@ -3,9 +3,11 @@ use std::time::Instant;
 use anyhow::Result;
 use peerless_data::{Dataset, Transform};
 use peerless_lambda::process_input::batch_seed;
-use peerless_models::{Batch, Loss, Model};
+use peerless_models::{Loss, Model};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+use crate::setup::BatchBuffers;
 
 use super::{GradientSource, RoundWork, SourceReport, accumulate, finish_mean};
 
@@ -17,9 +19,7 @@ pub struct LocalSource {
     seed: u64,
     rank: u32,
     batch_grad: Vec<f32>,
-    images: Vec<f32>,
-    labels_u8: Vec<u8>,
-    labels: Vec<i64>,
+    buffers: BatchBuffers,
 }
 
 impl LocalSource {
@@ -39,9 +39,7 @@ impl LocalSource {
             transform,
             loss,
             seed,
-            images: Vec::new(),
-            labels_u8: Vec::new(),
-            labels: Vec::new(),
+            buffers: BatchBuffers::default(),
         }
     }
 }
@@ -63,25 +61,10 @@ impl GradientSource for LocalSource {
             // The seed a function computing this batch would use, so augmentation matches.
             let seed = batch_seed(self.seed, work.round, self.rank, *index as u32);
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            self.transform.fill_batch(
-                &self.shard,
-                &indices,
-                &mut rng,
-                &mut self.images,
-                &mut self.labels_u8,
-            )?;
-            self.labels.clear();
-            self.labels.extend(self.labels_u8.iter().map(|&l| l as i64));
-            let s = self.transform.output_shape();
-            let stats = model.grad_step(
-                &Batch {
-                    images: &self.images,
-                    labels: &self.labels,
-                    shape: [indices.len(), s.channels, s.height, s.width],
-                },
-                self.loss,
-                &mut self.batch_grad,
-            )?;
+            let batch = self
+                .buffers
+                .fill(&mut self.transform, &self.shard, &indices, &mut rng)?;
+            let stats = model.grad_step(&batch, self.loss, &mut self.batch_grad)?;
             accumulate(grad, &self.batch_grad, stats.samples);
             loss_sum += stats.loss as f64 * stats.samples as f64;
             report.correct += stats.correct;
