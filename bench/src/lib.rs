@@ -2,4 +2,5 @@
 //! subcommand, so users and developers see the same numbers.
 
 pub mod gradstep;
+pub mod metrics;
 pub mod sys;

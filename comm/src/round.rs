@@ -147,6 +147,11 @@ pub struct RoundStats {
     pub decode_time: Duration,
     /// Messages not used, by reason.
     pub rejected: Rejections,
+    /// Time each rank spent computing its gradient, indexed by rank (length
+    /// `world_size`), as carried in the headers (this peer's own value
+    /// included), so a slow peer can size its serverless offload. `None` for
+    /// a rank that was not averaged or sent no compute time (0).
+    pub peer_compute: Vec<Option<Duration>>,
 }
 
 /// Why a round failed.
@@ -256,6 +261,7 @@ pub struct Averager<T> {
     encoded: Vec<u8>,
     outgoing: Vec<Bytes>,
     inbox: Inbox,
+    compute_micros: u64,
 }
 
 impl<T> fmt::Debug for Averager<T> {
@@ -294,7 +300,15 @@ impl<T: Transport> Averager<T> {
             encoded: Vec::new(),
             outgoing: Vec::new(),
             inbox,
+            compute_micros: 0,
         })
+    }
+
+    /// Sets the local gradient's compute time, sent in the header of the next
+    /// rounds' messages so the other peers learn how fast this one is; the
+    /// value set last is sent (microsecond precision, 0 meaning unknown).
+    pub fn set_compute_time(&mut self, compute: Duration) {
+        self.compute_micros = u64::try_from(compute.as_micros()).unwrap_or(u64::MAX);
     }
 
     /// The configuration.
@@ -355,20 +369,24 @@ impl<T: Transport> Averager<T> {
             encoded,
             outgoing,
             inbox,
+            compute_micros,
         } = self;
         let config: &RoundConfig = config;
 
         let started = Instant::now();
         codec.encode(local, encoded).map_err(RoundError::Encode)?;
-        let header = Header::gradient(
-            config.run_id,
-            round,
-            config.rank,
-            config.world_size,
-            config.model_fingerprint,
-            codec.spec(),
-            n as u64,
-        );
+        let header = Header {
+            compute_micros: *compute_micros,
+            ..Header::gradient(
+                config.run_id,
+                round,
+                config.rank,
+                config.world_size,
+                config.model_fingerprint,
+                codec.spec(),
+                n as u64,
+            )
+        };
         outgoing.clear();
         wire::chunk_messages(&header, encoded, config.max_chunk_bytes, outgoing);
         stats.messages_sent = outgoing.len() as u64;
@@ -449,6 +467,15 @@ impl<T: Transport> Averager<T> {
             codec.accumulate(payload, n, start, block, mode);
         });
         stats.contributors = contributors.len() as u32;
+        stats.peer_compute = vec![None; slots.len()];
+        for &rank in contributors {
+            let micros = if rank == own_rank {
+                *compute_micros
+            } else {
+                slots[rank as usize].compute_micros
+            };
+            stats.peer_compute[rank as usize] = (micros > 0).then(|| Duration::from_micros(micros));
+        }
         stats.decode_time = decode_start.elapsed();
         Ok(stats)
     }
@@ -470,6 +497,8 @@ struct Slot {
     remaining: u32,
     chunk_count: u32,
     total_len: u64,
+    /// The sender's compute time, from the first accepted chunk of the round.
+    compute_micros: u64,
 }
 
 impl Slot {
@@ -477,6 +506,7 @@ impl Slot {
         self.complete = false;
         self.started = false;
         self.single = None;
+        self.compute_micros = 0;
     }
 
     fn payload(&self) -> &[u8] {
@@ -670,6 +700,7 @@ fn file_chunk(slot: &mut Slot, h: &Header, payload: &[u8], bytes: &Bytes) -> Chu
                 return ChunkOutcome::Inconsistent("single chunk shorter than the payload");
             }
             slot.single = Some(bytes.slice(HEADER_LEN..));
+            slot.compute_micros = h.compute_micros;
             return ChunkOutcome::Complete;
         }
         let total = h.total_payload_len as usize;
@@ -681,6 +712,7 @@ fn file_chunk(slot: &mut Slot, h: &Header, payload: &[u8], bytes: &Bytes) -> Chu
         slot.received.clear();
         slot.received.resize(h.chunk_count as usize, false);
         slot.remaining = h.chunk_count;
+        slot.compute_micros = h.compute_micros;
     } else if slot.total_len != h.total_payload_len || slot.chunk_count != h.chunk_count {
         return ChunkOutcome::Inconsistent(
             "chunk disagrees with earlier chunks on the payload size",

@@ -1,12 +1,12 @@
-//! The binary wire format of every message between peers (version 1).
+//! The binary wire format of every message between peers (version 2).
 //!
-//! A message is a fixed 96-byte header followed by a payload. All integers are
+//! A message is a fixed 104-byte header followed by a payload. All integers are
 //! little-endian. Header layout:
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `PLSG` |
-//! | 4 | 2 | format version (1) |
+//! | 4 | 2 | format version (2) |
 //! | 6 | 1 | message kind ([`MessageKind`]) |
 //! | 7 | 1 | codec id ([`CodecSpec::id`]) |
 //! | 8 | 4 | codec parameter ([`CodecSpec::wire_param`]) |
@@ -22,7 +22,11 @@
 //! | 80 | 4 | chunk count |
 //! | 84 | 4 | payload length of this message |
 //! | 88 | 4 | CRC-32 of this message's payload |
-//! | 92 | 4 | CRC-32 of header bytes 0..92 |
+//! | 92 | 8 | sender's compute time for this gradient, in microseconds |
+//! | 100 | 4 | CRC-32 of header bytes 0..100 |
+//!
+//! Version 2 added the compute time; version 1 messages are refused as
+//! [`WireError::UnsupportedVersion`].
 //!
 //! A gradient is encoded by its codec into one payload, which is split into
 //! chunks of at most `max_chunk_bytes` (RabbitMQ refuses messages above
@@ -39,9 +43,11 @@ use crate::codec::{CodecError, CodecSpec};
 /// First four bytes of every message.
 pub const MAGIC: [u8; 4] = *b"PLSG";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Size of the fixed header in bytes.
-pub const HEADER_LEN: usize = 96;
+pub const HEADER_LEN: usize = 104;
+/// Offset of the header CRC, which covers every header byte before it.
+const HEADER_CRC_AT: usize = HEADER_LEN - 4;
 /// Default largest payload per message: well under RabbitMQ 4's 16 MiB limit.
 pub const DEFAULT_MAX_CHUNK_BYTES: usize = 8 << 20;
 
@@ -162,11 +168,16 @@ pub struct Header {
     pub payload_len: u32,
     /// CRC-32 of this message's payload (set by [`encode_message`]).
     pub payload_crc: u32,
+    /// Time the sender spent computing this gradient, in microseconds (0 when
+    /// unknown); lets slow peers size their serverless offload. Every chunk of
+    /// a message carries the same value.
+    pub compute_micros: u64,
 }
 
 impl Header {
-    /// A gradient header for a single-chunk payload; chunk and length fields
-    /// are filled in by [`encode_message`] and [`chunk_messages`].
+    /// A gradient header for a single-chunk payload with an unknown compute
+    /// time (0); chunk and length fields are filled in by [`encode_message`]
+    /// and [`chunk_messages`].
     pub fn gradient(
         run_id: RunId,
         round: u64,
@@ -191,6 +202,7 @@ impl Header {
             chunk_count: 1,
             payload_len: 0,
             payload_crc: 0,
+            compute_micros: 0,
         }
     }
 
@@ -213,6 +225,7 @@ impl Header {
         out.put_u32_le(self.chunk_count);
         out.put_u32_le(self.payload_len);
         out.put_u32_le(self.payload_crc);
+        out.put_u64_le(self.compute_micros);
         let crc = crc32fast::hash(&out[start..]);
         out.put_u32_le(crc);
         debug_assert_eq!(out.len() - start, HEADER_LEN);
@@ -378,8 +391,8 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
     if bytes.len() < HEADER_LEN {
         return Err(truncated(HEADER_LEN));
     }
-    let stored = u32_at(bytes, 92);
-    let computed = crc32fast::hash(&bytes[..92]);
+    let stored = u32_at(bytes, HEADER_CRC_AT);
+    let computed = crc32fast::hash(&bytes[..HEADER_CRC_AT]);
     if stored != computed {
         return Err(WireError::HeaderChecksum { stored, computed });
     }
@@ -398,6 +411,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
         chunk_count: u32_at(bytes, 80),
         payload_len: u32_at(bytes, 84),
         payload_crc: u32_at(bytes, 88),
+        compute_micros: u64_at(bytes, 92),
     };
     let payload = &bytes[HEADER_LEN..];
     if payload.len() as u64 != u64::from(header.payload_len) {
@@ -455,6 +469,7 @@ mod tests {
         let payload: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
         let mut h = header();
         h.total_payload_len = 1000;
+        h.compute_micros = 1_234_567_890_123;
         let bytes = encode_message(&h, &payload);
         assert_eq!(bytes.len(), HEADER_LEN + 1000);
         assert_eq!(&bytes[..4], b"PLSG");
@@ -462,6 +477,7 @@ mod tests {
         assert_eq!(message.payload, &payload[..]);
         assert_eq!(message.header.payload_len, 1000);
         assert_eq!(message.header.payload_crc, crc32fast::hash(&payload));
+        assert_eq!(message.header.compute_micros, 1_234_567_890_123);
         let mut expected = h.clone();
         expected.payload_len = 1000;
         expected.payload_crc = crc32fast::hash(&payload);
@@ -471,8 +487,12 @@ mod tests {
     #[test]
     fn chunks_reassemble_to_the_payload() {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let timed = Header {
+            compute_micros: 25_000,
+            ..header()
+        };
         let mut messages = Vec::new();
-        chunk_messages(&header(), &payload, 3000, &mut messages);
+        chunk_messages(&timed, &payload, 3000, &mut messages);
         assert_eq!(messages.len(), 4);
         let mut rebuilt = vec![0u8; payload.len()];
         for (i, bytes) in messages.iter().enumerate() {
@@ -480,6 +500,7 @@ mod tests {
             assert_eq!(m.header.chunk_index as usize, i);
             assert_eq!(m.header.chunk_count, 4);
             assert_eq!(m.header.total_payload_len, 10_000);
+            assert_eq!(m.header.compute_micros, 25_000);
             assert!(m.payload.len() <= 3000);
             let at = m.header.chunk_offset as usize;
             rebuilt[at..at + m.payload.len()].copy_from_slice(m.payload);
@@ -508,7 +529,7 @@ mod tests {
         assert!(matches!(
             decode(&bytes[..50]),
             Err(WireError::Truncated {
-                needed: 96,
+                needed: HEADER_LEN,
                 got: 50
             })
         ));
@@ -518,14 +539,21 @@ mod tests {
         assert!(matches!(decode(&bad), Err(WireError::BadMagic { .. })));
 
         let mut bad = bytes.clone();
-        bad[4] = 2;
+        bad[4] = 3;
         assert_eq!(
             decode(&bad),
             Err(WireError::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             })
         );
+
+        let mut bad = bytes.clone();
+        bad[HEADER_CRC_AT - 1] ^= 1; // compute time
+        assert!(matches!(
+            decode(&bad),
+            Err(WireError::HeaderChecksum { .. })
+        ));
 
         let mut bad = bytes.clone();
         bad[33] ^= 1; // round
@@ -554,6 +582,40 @@ mod tests {
             decode(&longer),
             Err(WireError::LengthMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn version_1_messages_are_refused() {
+        let payload = [5u8; 8];
+        let v2 = encode_message(
+            &Header {
+                total_payload_len: 8,
+                ..header()
+            },
+            &payload,
+        );
+        // Version 1 layout: the same first 92 bytes, then the CRC of bytes 0..92.
+        let mut v1 = v2[..92].to_vec();
+        v1[4..6].copy_from_slice(&1u16.to_le_bytes());
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        v1.extend_from_slice(&payload);
+        assert_eq!(v1.len(), 96 + 8);
+        let expected = Err(WireError::UnsupportedVersion {
+            found: 1,
+            supported: 2,
+        });
+        assert_eq!(decode(&v1), expected);
+        assert_eq!(decode(&v1[..96]), expected);
+        assert_eq!(decode(&v1[..6]), expected);
+    }
+
+    #[test]
+    fn gradient_header_has_unknown_compute_time() {
+        assert_eq!(header().compute_micros, 0);
+        let bytes = encode_message(&header(), &[]);
+        assert_eq!(bytes.len(), HEADER_LEN);
+        assert_eq!(decode(&bytes).unwrap().header.compute_micros, 0);
     }
 
     #[test]

@@ -103,6 +103,13 @@ async fn silent_rank_times_out_or_is_left_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_learn_each_others_compute_time() {
+    let run = RunId::random();
+    let t = compute_times(connect_all(run, 3).await, run, Duration::from_secs(1)).await;
+    cleanup(t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_foreign_corrupt_and_future_messages() {
     let run = RunId::random();
     let t = hostile_messages(connect_all(run, 3).await, run).await;

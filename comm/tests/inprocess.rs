@@ -88,6 +88,12 @@ async fn silent_rank_times_out_or_is_left_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_learn_each_others_compute_time() {
+    let t = compute_times(endpoints(3), RunId::random(), Duration::from_millis(300)).await;
+    assert_all_acked(&t[..2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_foreign_corrupt_and_future_messages() {
     let t = hostile_messages(endpoints(3), RunId::random()).await;
     assert_all_acked(&t[..2]);

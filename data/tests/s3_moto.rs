@@ -1,10 +1,9 @@
-//! The S3 store against a real S3-compatible server: moto's server, started by the test on
-//! a free loopback port and killed when the test ends (also on failure).
+//! The S3 store against a real S3-compatible server: moto's server ([`MotoServer`]), started
+//! by the test on a free loopback port and killed when the test ends (also on failure).
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,76 +12,9 @@ use aws_sdk_s3::config::Credentials;
 use bytes::Bytes;
 use common::{expected_keys, small_data, snapshot};
 use peerless_data::manifest::MANIFEST_KEY;
+use peerless_data::moto::MotoServer;
 use peerless_data::store::{LocalStore, S3Store};
 use peerless_data::{ObjectStore, S3Options, SplitConfig, SplitReader, StoreError, split};
-
-const INSTALL_HINT: &str = "the S3 tests need moto's server in the system python3: \
-    install it with `pip install 'moto[server]==5.2.1'` (or `python3 -m pip install ...`)";
-
-/// A running `python3 -m moto.server`, killed on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let check = Command::new("python3")
-            .args(["-c", "import moto, moto.server, flask"])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run python3 ({e}); {INSTALL_HINT}"));
-        assert!(
-            check.status.success(),
-            "moto is not importable: {}; {INSTALL_HINT}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free loopback port");
-        let mut child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start moto.server ({e}); {INSTALL_HINT}"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("moto.server exited early with {status}; {INSTALL_HINT}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("moto.server did not listen on {addr} within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto {
-            child,
-            endpoint: format!("http://{addr}"),
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// SDK configuration with test credentials set on the config (not via the process
 /// environment: tests run in parallel threads).
@@ -104,10 +36,10 @@ fn options(endpoint: &str) -> S3Options {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_to_moto_matches_local_layout_byte_for_byte() {
-    let moto = Moto::start();
+    let moto = MotoServer::start().unwrap_or_else(|e| panic!("{e}"));
     let sdk = test_sdk_config().await;
     let store =
-        S3Store::from_sdk_config(&sdk, "peerless-test", "runs/one", &options(&moto.endpoint))
+        S3Store::from_sdk_config(&sdk, "peerless-test", "runs/one", &options(moto.endpoint()))
             .unwrap();
     store
         .client()
@@ -170,7 +102,7 @@ async fn split_to_moto_matches_local_layout_byte_for_byte() {
 
     // A missing bucket: the split fails naming it, nothing is written.
     let missing =
-        S3Store::from_sdk_config(&sdk, "no-such-bucket", "", &options(&moto.endpoint)).unwrap();
+        S3Store::from_sdk_config(&sdk, "no-such-bucket", "", &options(moto.endpoint())).unwrap();
     let err = split(&train, &test, &cfg, &missing).await.unwrap_err();
     assert!(err.to_string().contains("s3://no-such-bucket"), "{err}");
     assert!(store.exists(MANIFEST_KEY).await.unwrap());
@@ -204,4 +136,26 @@ async fn unreachable_endpoint_fails_in_bounded_time() {
         "{msg}"
     );
     assert!(matches!(err, StoreError::Remote { .. }), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_control_requests_and_reset() {
+    let moto = MotoServer::start().unwrap_or_else(|e| panic!("{e}"));
+    assert!(moto.endpoint().starts_with("http://127.0.0.1:"));
+    let sdk = test_sdk_config().await;
+    let store = S3Store::from_sdk_config(&sdk, "reset-me", "", &options(moto.endpoint())).unwrap();
+    let create = || store.client().create_bucket().bucket("reset-me").send();
+    create().await.unwrap();
+    store.put("k", Bytes::from_static(b"v")).await.unwrap();
+    moto.enable_stepfunctions_execution().unwrap();
+    moto.queue_lambda_responses("us-east-1", &["{\"ok\":true}".to_owned()])
+        .unwrap();
+
+    // Reset drops every resource: the bucket is gone, and can be created again.
+    moto.reset().unwrap();
+    let err = store.list("").await.unwrap_err();
+    assert!(err.to_string().contains("NoSuchBucket"), "{err}");
+    create().await.unwrap();
+    assert!(store.list("").await.unwrap().is_empty());
+    assert!(moto.log().contains("/moto-api/reset"), "{}", moto.log());
 }

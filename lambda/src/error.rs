@@ -63,6 +63,15 @@ pub enum ComputeGradientError {
         /// Why.
         source: TransformError,
     },
+    /// A failure [`crate::faults`] was asked to inject.
+    #[error(
+        "injected failure of invocation {invocation} ({} is set)",
+        crate::faults::FAILURES_ENV
+    )]
+    Injected {
+        /// The invocation number of this handler state.
+        invocation: u64,
+    },
     /// Building the model or running the gradient step failed (e.g. the batch does not
     /// fit the model).
     #[error("gradient of batch {key:?} failed: {source}")]
@@ -87,12 +96,13 @@ impl ComputeGradientError {
             Self::InvalidBatch { .. } => "InvalidBatch",
             Self::Transform { .. } => "InvalidTransform",
             Self::Compute { .. } => "ComputeFailed",
+            Self::Injected { .. } => "InjectedFailure",
         }
     }
 
     /// Whether trying again may succeed (only store failures can be transient).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Store(_))
+        matches!(self, Self::Store(_) | Self::Injected { .. })
     }
 }
 

@@ -18,6 +18,7 @@ use crate::error::ComputeGradientError;
 use crate::event::{
     ComputeGradientEvent, ComputeGradientResponse, RuntimeInfo, StoreLocation, Timings,
 };
+use crate::faults::FaultPlan;
 use crate::gradient;
 
 /// Seed of the throwaway initial weights of a freshly built model (always overwritten by
@@ -63,6 +64,7 @@ pub struct ComputeGradient {
     grad: Vec<f32>,
     payload: Vec<u8>,
     invocations: u64,
+    faults: FaultPlan,
 }
 
 impl Default for ComputeGradient {
@@ -91,7 +93,17 @@ impl ComputeGradient {
             grad: Vec::new(),
             payload: Vec::new(),
             invocations: 0,
+            faults: FaultPlan::default(),
         }
+    }
+
+    /// The same state, injecting the failures and delays of `faults` (see [`crate::faults`]).
+    pub fn with_faults(mut self, faults: FaultPlan) -> Self {
+        if faults.is_active() {
+            tracing::warn!(?faults, "compute_gradient will inject failures");
+        }
+        self.faults = faults;
+        self
     }
 
     /// Computes the gradient of the event's batch with the event's round weights, writes
@@ -104,6 +116,14 @@ impl ComputeGradient {
     ) -> Result<ComputeGradientResponse, ComputeGradientError> {
         let start = Instant::now();
         self.invocations += 1;
+        if !self.faults.delay.is_zero() {
+            tokio::time::sleep(self.faults.delay).await;
+        }
+        if self.invocations <= self.faults.fail_first {
+            return Err(ComputeGradientError::Injected {
+                invocation: self.invocations,
+            });
+        }
         let ctx = &event.context;
         let run_id = check_event(event)?;
         let store = self.store(&ctx.store).await?;

@@ -50,6 +50,55 @@ pub enum Command {
     Peer(PeerArgs),
     /// Run N peers on this machine (threads) and print a per-round summary.
     Run(RunArgs),
+    /// Step Functions tools.
+    #[command(subcommand)]
+    Stepfn(StepfnCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StepfnCommand {
+    /// Print the Amazon States Language definition of the per-round state machine.
+    Generate(StepfnGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StepfnGenerateArgs {
+    /// Batches per peer (K of `peerless data split --batches K`).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batches: u32,
+
+    /// ARN of the deployed process_input function.
+    #[arg(long, value_name = "ARN")]
+    pub process_input_arn: String,
+
+    /// ARN of the deployed compute_gradient function.
+    #[arg(long, value_name = "ARN")]
+    pub compute_gradient_arn: String,
+
+    /// Largest number of batches computed at once (0: all K at once).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_concurrency: u32,
+
+    /// Retries of a failed task (transient Lambda errors, timeouts, store errors).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub retries: u32,
+
+    /// Seconds before the first retry (doubling after that).
+    #[arg(long, default_value_t = 1, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retry_interval: u32,
+
+    /// Time limit of one compute_gradient attempt in seconds.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub task_timeout: Option<u32>,
+
+    /// A batch that fails for good: fail the execution, or record it so the peer
+    /// computes it (use with --on-function-failure local).
+    #[arg(long, default_value = "fail", value_parser = ["fail", "record"])]
+    pub on_failure: String,
+
+    /// Write the definition to FILE instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// How peers exchange gradients and evaluate: shared by `peer` and `run`.
@@ -106,6 +155,91 @@ pub struct ExchangeArgs {
 
     #[command(flatten)]
     pub s3: S3Args,
+
+    #[command(flatten)]
+    pub serverless: ServerlessArgs,
+}
+
+/// Where a peer's batches may run besides its own CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerlessMode {
+    /// Every batch on the peer (the architecture without serverless).
+    #[default]
+    None,
+    /// An in-process pool running the compute_gradient handler (no cloud needed).
+    Local,
+    /// AWS Lambda: one invocation per batch.
+    Lambda,
+    /// AWS Step Functions: one execution per round (`peerless stepfn generate`).
+    Stepfn,
+}
+
+/// Serverless gradient offload: shared by `peer` and `run`.
+impl ServerlessMode {
+    /// The flag value, as metrics record it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Local => "local",
+            Self::Lambda => "lambda",
+            Self::Stepfn => "stepfn",
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerlessArgs {
+    /// Where batches may be computed besides the peer: none, local (in-process function
+    /// pool), lambda or stepfn. Needs a split with batch objects (`--batches K`).
+    #[arg(long, value_enum, default_value = "none", env = "PEERLESS_SERVERLESS")]
+    pub serverless: ServerlessMode,
+
+    /// Share of each round's batches sent to functions: a fraction from 0 to 1, or `auto`
+    /// (just enough to finish with the fastest peer). Default with --serverless: 1.
+    #[arg(long, value_name = "auto|F", env = "PEERLESS_OFFLOAD")]
+    pub offload: Option<crate::source::offload::OffloadPolicy>,
+
+    /// Function calls in flight at once (default: the cores for `local`, 64 otherwise).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub function_concurrency: Option<u32>,
+
+    /// Retries of a failed or timed-out function call.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub function_retries: u32,
+
+    /// Seconds one function call may take before it counts as failed.
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub function_timeout: f64,
+
+    /// What a round does with a batch whose function failed after its retries: fail, or
+    /// local (compute it on the peer).
+    #[arg(long, default_value = "fail", value_parser = ["fail", "local"])]
+    pub on_function_failure: String,
+
+    /// Function memory in MB, for billing when the platform does not report it (the pool,
+    /// Step Functions).
+    #[arg(long, default_value_t = 2048, value_name = "MB", value_parser = clap::value_parser!(u32).range(128..=10240))]
+    pub function_memory_mb: u32,
+
+    /// Name or ARN of the deployed compute_gradient function (`--serverless lambda`).
+    #[arg(
+        long,
+        default_value = "peerless-compute-gradient",
+        env = "PEERLESS_FUNCTION"
+    )]
+    pub function: String,
+
+    /// Custom Lambda endpoint, e.g. an emulator (`cargo lambda watch`).
+    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_LAMBDA")]
+    pub lambda_endpoint: Option<String>,
+
+    /// ARN of the state machine (`--serverless stepfn`).
+    #[arg(long, value_name = "ARN", env = "PEERLESS_STATE_MACHINE_ARN")]
+    pub state_machine_arn: Option<String>,
+
+    /// Custom Step Functions endpoint.
+    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_SFN")]
+    pub sfn_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]

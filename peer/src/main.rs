@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Data(cli::DataCommand::Split(a)) => cmd::split::run(a),
         Command::Peer(a) => cmd::peer::run(a, cli.device),
         Command::Run(a) => cmd::run::run(a, cli.device),
+        Command::Stepfn(cli::StepfnCommand::Generate(a)) => cmd::stepfn::generate(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

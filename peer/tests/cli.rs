@@ -1,26 +1,11 @@
 //! The `peerless` binary end to end: tables, JSON, training, splitting, config files and
 //! the error paths a user meets first.
 
-use std::path::Path;
+mod common;
 
-use assert_cmd::Command;
+use common::{json_lines, peerless};
 use predicates::prelude::*;
 use serde_json::Value;
-
-fn peerless() -> Command {
-    let mut cmd = Command::cargo_bin("peerless").unwrap();
-    cmd.env_remove("PEERLESS_CONFIG")
-        .env("PEERLESS_LOG", "warn");
-    cmd
-}
-
-fn json_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn models_json_gives_exact_parameter_counts() {
@@ -152,7 +137,7 @@ fn training_on_synthetic_data_lowers_the_loss_and_writes_metrics() {
 
 #[test]
 fn the_fashion_mnist_demo_reaches_85_percent() {
-    if !Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() {
+    if !std::path::Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() {
         panic!(
             "Fashion-MNIST is not installed: run scripts/setup.sh (apt-get install dataset-fashion-mnist)"
         );

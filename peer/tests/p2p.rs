@@ -7,8 +7,10 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
+mod common;
+
 use assert_cmd::cargo::CommandCargoExt;
+use common::{json_lines as metrics, peerless, unique};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -18,31 +20,6 @@ fn broker() -> String {
     std::env::var("PEERLESS_AMQP_URL").unwrap_or_else(|_| BROKER.to_string())
 }
 
-fn peerless() -> Command {
-    let mut cmd = Command::cargo_bin("peerless").unwrap();
-    cmd.env_remove("PEERLESS_CONFIG")
-        .env("PEERLESS_LOG", "warn");
-    cmd
-}
-
-fn metrics(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn unique(name: &str) -> String {
-    format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
 
 /// Runs `peerless run` with the small CNN on synthetic data and checks the outcome: every
 /// peer has every round, identical weights after each round, and a lower loss at the end.

@@ -180,6 +180,11 @@ pub async fn exact_mean<T: Transport + 'static>(
         first.get_or_insert_with(|| out.clone());
         assert_eq!(stats.contributors as usize, world);
         assert!(stats.missing.is_empty());
+        assert_eq!(
+            stats.peer_compute,
+            vec![None; world],
+            "no compute time was set"
+        );
         assert_eq!(stats.rejected.total(), 0, "{:?}", stats.rejected);
         let chunks = wire::chunk_count(
             stats.bytes_sent as usize - stats.messages_sent as usize * wire::HEADER_LEN,
@@ -453,5 +458,82 @@ pub async fn mismatches<T: Transport + 'static>(mut transports: Vec<T>, run_id: 
     }
     transports.push(averager.into_transport());
     transports.push(sender);
+    transports
+}
+
+/// Every peer learns every contributor's compute time from the headers (the
+/// last value set, at microsecond precision, in every chunk); a rank that
+/// sent 0 or was left out of a partial round (waiting `partial_timeout`) is
+/// `None`. The last transport stays silent in the partial round.
+pub async fn compute_times<T: Transport + 'static>(
+    transports: Vec<T>,
+    run_id: RunId,
+    partial_timeout: Duration,
+) -> Vec<T> {
+    let n = 10_000;
+    let world = transports.len();
+    assert_eq!(world, 3, "the scenario is written for three peers");
+    let ms = Duration::from_millis;
+    // 40 kB per gradient in chunks of 4 KiB: the value comes from the first chunk.
+    let mut peers = averagers(transports, run_id, n, CodecSpec::None, |c| {
+        c.max_chunk_bytes = 4096
+    });
+    for (rank, peer) in peers.iter_mut().enumerate() {
+        peer.set_compute_time(ms(10 * (rank as u64 + 1)));
+    }
+    let grads: Vec<Vec<f32>> = (0..world).map(|r| gradient(r as u64 + 200, n)).collect();
+    let outcomes = run_round(peers, 0, &grads).await;
+    for (rank, (_, result)) in outcomes.iter().enumerate() {
+        let (_, stats) = result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+        assert!(stats.messages_sent > 1, "{stats:?}");
+        assert_eq!(
+            stats.peer_compute,
+            vec![Some(ms(10)), Some(ms(20)), Some(ms(30))],
+            "rank {rank}"
+        );
+    }
+
+    // Rank 0 reports a time below the millisecond (truncated to microseconds),
+    // rank 1 an unknown one; rank 2 keeps the value it set last.
+    let mut peers: Vec<_> = outcomes.into_iter().map(|(a, _)| a).collect();
+    peers[0].set_compute_time(Duration::from_nanos(12_345_678));
+    peers[1].set_compute_time(Duration::ZERO);
+    let expected = vec![Some(Duration::from_micros(12_345)), None, Some(ms(30))];
+    let outcomes = run_round(peers, 1, &grads).await;
+    for (rank, (_, result)) in outcomes.iter().enumerate() {
+        let (_, stats) = result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("round 1 rank {rank}: {e}"));
+        assert_eq!(stats.contributors, 3);
+        assert_eq!(stats.peer_compute, expected, "round 1 rank {rank}");
+    }
+
+    // The last rank stays silent: the others average without it.
+    let mut transports = into_transports(outcomes);
+    let silent = transports.pop().expect("three peers");
+    let mut peers = averagers_of_world(transports, 3, run_id, n, CodecSpec::None, |c| {
+        c.max_chunk_bytes = 4096;
+        c.timeout = partial_timeout;
+        c.on_timeout = OnTimeout::AverageArrived;
+    });
+    peers[0].set_compute_time(Duration::from_nanos(12_345_678));
+    peers[1].set_compute_time(ms(20));
+    let outcomes = run_round(peers, 2, &grads[..2]).await;
+    for (rank, (_, result)) in outcomes.iter().enumerate() {
+        let (_, stats) = result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("partial round rank {rank}: {e}"));
+        assert_eq!(stats.missing, vec![2]);
+        assert_eq!(stats.contributors, 2);
+        assert_eq!(
+            stats.peer_compute,
+            vec![Some(Duration::from_micros(12_345)), Some(ms(20)), None],
+            "partial round rank {rank}"
+        );
+    }
+    let mut transports = into_transports(outcomes);
+    transports.push(silent);
     transports
 }

@@ -55,6 +55,20 @@ pub struct S3Store {
     url: String,
 }
 
+/// The AWS SDK configuration every peerless client starts from: credentials from the
+/// default chain (environment, profile, web identity, ECS, instance metadata) and the
+/// region from `region`, then `AWS_REGION`, the profile, and finally `us-east-1`.
+pub async fn load_sdk_config(region: Option<&str>) -> SdkConfig {
+    let region = RegionProviderChain::first_try(region.map(|r| Region::new(r.to_owned())))
+        .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
+        .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+        .or_else(Region::from_static(FALLBACK_REGION));
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .load()
+        .await
+}
+
 impl S3Store {
     /// Connect with credentials from the AWS default chain (environment, profile, web
     /// identity, ECS, instance metadata), applying `options`.
@@ -63,14 +77,7 @@ impl S3Store {
         prefix: &str,
         options: &S3Options,
     ) -> Result<Self, StoreError> {
-        let region = RegionProviderChain::first_try(options.region.clone().map(Region::new))
-            .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
-            .or_else(aws_config::profile::ProfileFileRegionProvider::new())
-            .or_else(Region::from_static(FALLBACK_REGION));
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .load()
-            .await;
+        let config = load_sdk_config(options.region.as_deref()).await;
         Self::from_sdk_config(&config, bucket, prefix, options)
     }
 

@@ -5,13 +5,15 @@
 use std::sync::Arc;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use peerless_lambda::faults::FaultPlan;
 use peerless_lambda::{ComputeGradient, ComputeGradientError, ComputeGradientEvent};
 use tokio::sync::Mutex;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let state = Arc::new(Mutex::new(ComputeGradient::new()));
+    let faults = FaultPlan::from_env()?;
+    let state = Arc::new(Mutex::new(ComputeGradient::new().with_faults(faults)));
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ComputeGradientEvent>| {
             let state = state.clone();

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use peerless_comm::RunId;
 use peerless_data::formats::synthetic::SyntheticConfig;
-use peerless_data::{
-    ObjectStore, SplitConfig, StoreOptions, Transform, TransformSpec, open_store, shard, split,
-};
+use peerless_data::{ObjectStore, SplitConfig, Transform, TransformSpec, open_store, shard, split};
 use peerless_lambda::gradient::{self, ExpectedGradient};
 use peerless_lambda::{ComputeGradientEvent, RoundContext, StoreLocation, batch_seed};
 use peerless_models::{Architecture, Batch, Device, Loss, Model, ModelSpec, StepStats, weights};
@@ -25,21 +23,31 @@ pub const BATCHES: usize = 3;
 /// Base augmentation seed of the test run.
 pub const SEED: u64 = 99;
 
-/// A split of synthetic 1x10x10 images for 2 peers with 3 batch objects each, in a
-/// temporary directory that also receives weights and gradients.
+/// A split of synthetic 1x10x10 images for 2 peers with 3 batch objects each, in a store
+/// that also receives weights and gradients.
 pub struct Fixture {
+    /// Temporary directory of a local store (unused for other stores), removed on drop.
     pub dir: TempDir,
-    pub url: String,
+    pub location: StoreLocation,
     pub store: Arc<dyn ObjectStore>,
     pub spec: ModelSpec,
     pub transform: TransformSpec,
     pub run_id: RunId,
 }
 
+/// The test split in a temporary local directory.
 pub async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().join("store").display());
-    let store = open_store(&url, &StoreOptions::default()).await.unwrap();
+    fixture_at(StoreLocation::new(url), dir).await
+}
+
+/// The test split in the store at `location` (e.g. `s3://bucket/prefix` on moto, whose
+/// bucket must exist; credentials from the AWS default chain).
+pub async fn fixture_at(location: StoreLocation, dir: TempDir) -> Fixture {
+    let store = open_store(&location.url, &location.store_options())
+        .await
+        .unwrap();
     let data = |count, seed| {
         SyntheticConfig {
             count,
@@ -60,7 +68,7 @@ pub async fn fixture() -> Fixture {
         .unwrap();
     Fixture {
         dir,
-        url,
+        location,
         store,
         spec: ModelSpec::new(Architecture::TinyCnn),
         // Augmentation on, so the test also checks that function and reference draw the
@@ -100,7 +108,7 @@ impl Fixture {
             model: self.spec,
             loss: Loss::CrossEntropy,
             transform: self.transform.clone(),
-            store: StoreLocation::new(self.url.clone()),
+            store: self.location.clone(),
             weights_key: weights_key.to_owned(),
         }
     }

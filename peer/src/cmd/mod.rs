@@ -5,4 +5,5 @@ pub mod models;
 pub mod peer;
 pub mod run;
 pub mod split;
+pub mod stepfn;
 pub mod train;

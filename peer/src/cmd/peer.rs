@@ -27,6 +27,7 @@ pub fn node_config(
     if !(exchange.round_timeout > 0.0 && exchange.round_timeout.is_finite()) {
         bail!("--round-timeout must be a positive number of seconds");
     }
+    crate::node::check_serverless_flags(&exchange.serverless, &exchange.store)?;
     Ok(NodeConfig {
         rank,
         size,
@@ -46,6 +47,7 @@ pub fn node_config(
         },
         max_chunk_bytes: exchange.chunk_mib as usize * (1 << 20),
         metrics_out: training.metrics_out.clone(),
+        serverless: exchange.serverless.clone(),
     })
 }
 

@@ -17,6 +17,7 @@ pub fn run(args: RunArgs, device: DeviceChoice) -> Result<()> {
     let device = select_device(device)?;
     let x = &args.exchange;
     let n = args.peers;
+    crate::node::check_serverless_flags(&x.serverless, &x.store)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(ensure_split(&args))?;
     let run_id = match &x.run_id {

@@ -5,49 +5,8 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
-/// What one peer measured in one round.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RoundMetrics {
-    pub rank: u32,
-    pub round: u64,
-    pub epoch: u32,
-    pub lr: f32,
-    pub samples: usize,
-    pub local_batches: usize,
-    pub offloaded_batches: usize,
-    /// Computing the round's gradient (locally or through functions).
-    pub compute_time_s: f64,
-    pub encode_time_s: f64,
-    pub send_time_s: f64,
-    /// From the end of encoding until every other rank had delivered: includes waiting for
-    /// slower peers.
-    pub receive_time_s: f64,
-    pub decode_time_s: f64,
-    /// Applying the averaged gradient with the optimizer.
-    pub update_time_s: f64,
-    pub eval_time_s: f64,
-    pub round_time_s: f64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub messages_sent: u64,
-    pub messages_received: u64,
-    pub rejected_messages: u64,
-    pub contributors: u32,
-    pub missing_ranks: Vec<u32>,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
-    pub test_loss: Option<f64>,
-    pub test_accuracy: Option<f64>,
-    /// SHA-256 (first 16 bytes, hex) of the flat weights after the update: equal on every
-    /// peer of a healthy run.
-    pub weights_hash: String,
-    pub peak_rss_bytes: Option<u64>,
-    pub cpu_time_s: Option<f64>,
-}
+pub use peerless_bench::metrics::RoundMetrics;
 
 /// Appends metrics lines to a file, flushing each so an interrupted run keeps them.
 pub struct MetricsWriter {

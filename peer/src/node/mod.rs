@@ -16,10 +16,15 @@ use peerless_data::{Dataset, SplitReader, StoreOptions};
 use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
 use peerless_models::{Device, Model};
 
-use crate::cli::TrainingArgs;
+use crate::cli::{ServerlessArgs, ServerlessMode, TrainingArgs};
 use crate::eval::evaluate;
 use crate::setup::Pipeline;
-use crate::source::{GradientSource, LocalSource, RoundWork};
+use crate::source::functions::{AnyFunctions, CallPolicy};
+use crate::source::lambda::{LambdaFunctions, LambdaSettings};
+use crate::source::offload::OffloadPolicy;
+use crate::source::pool::PoolFunctions;
+use crate::source::stepfn::{StepFnSettings, StepFunctions};
+use crate::source::{LocalSource, OnFunctionFailure, Offload, RoundSource, RoundWork};
 use metrics::{MetricsWriter, RoundMetrics, weights_hash};
 
 /// Everything a peer needs to know; identical on every peer of a run except `rank`.
@@ -45,6 +50,8 @@ pub struct NodeConfig {
     pub on_timeout: OnTimeout,
     pub max_chunk_bytes: usize,
     pub metrics_out: Option<PathBuf>,
+    /// Serverless offload (`--serverless none` keeps every batch on the peer).
+    pub serverless: ServerlessArgs,
 }
 
 /// How a peer's run ended.
@@ -60,7 +67,7 @@ pub struct Node {
     config: NodeConfig,
     model: Model,
     weights: Vec<f32>,
-    source: LocalSource,
+    source: RoundSource,
     ranges: Vec<std::ops::Range<usize>>,
     round_batches: Vec<std::ops::Range<usize>>,
     val_sets: Vec<Dataset>,
@@ -118,7 +125,9 @@ impl Node {
         // contiguous run of batches.
         let round_batches =
             batch_ranges(ranges.len(), config.rounds_per_epoch.clamp(1, ranges.len()));
-        let source = LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed, config.rank);
+        let local = LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed, config.rank);
+        let offload = offload(config, &pipeline, manifest.batches_per_peer, device).await?;
+        let source = RoundSource::new(local, offload);
         Ok(Node {
             config: config.clone(),
             model,
@@ -175,6 +184,8 @@ impl Node {
         let mut avg = vec![0.0f32; n];
         let mut rounds = Vec::new();
         let mut round = 0u64;
+        // The shortest gradient time any peer reported last round (`--offload auto`).
+        let mut fastest: Option<Duration> = None;
         'epochs: for epoch in 1..=t.epochs {
             for batch_indices in &round_batches {
                 let start = Instant::now();
@@ -186,7 +197,11 @@ impl Node {
                         .map(|b| (b, ranges[b].clone()))
                         .collect(),
                 };
-                let report = source.compute(&work, &model, &weights, &mut grad)?;
+                let report = source
+                    .compute(&work, &model, &weights, fastest, &mut grad)
+                    .await
+                    .with_context(|| format!("peer {}: computing round {round}", config.rank))?;
+                averager.set_compute_time(Duration::from_secs_f64(report.compute_time_s));
                 let stats = averager
                     .average(round, &grad, &mut avg)
                     .await
@@ -197,6 +212,7 @@ impl Node {
                         stats.missing
                     );
                 }
+                fastest = stats.peer_compute.iter().flatten().min().copied();
                 let update_start = Instant::now();
                 optimizer.step(&mut weights, &avg, lr)?;
                 model.set_params(&weights)?;
@@ -222,9 +238,22 @@ impl Node {
                     epoch,
                     lr,
                     samples: report.samples,
+                    serverless: config.serverless.serverless.name().to_string(),
                     local_batches: report.local_batches,
                     offloaded_batches: report.offloaded_batches,
+                    fallback_batches: report.fallback_batches,
                     compute_time_s: report.compute_time_s,
+                    local_time_s: report.local_time_s,
+                    functions_time_s: report.functions_time_s,
+                    weights_upload_time_s: report.upload_time_s,
+                    gradient_fetch_time_s: report.fetch_time_s,
+                    failed_attempts: report.failed_attempts,
+                    state_transitions: report.state_transitions,
+                    peer_compute_s: stats
+                        .peer_compute
+                        .iter()
+                        .map(|d| d.map(|d| d.as_secs_f64()))
+                        .collect(),
                     encode_time_s: stats.encode_time.as_secs_f64(),
                     send_time_s: stats.send_time.as_secs_f64(),
                     receive_time_s: stats.receive_time.as_secs_f64(),
@@ -248,6 +277,7 @@ impl Node {
                     weights_hash: weights_hash(&weights),
                     peak_rss_bytes: peerless_bench::sys::peak_rss_bytes(),
                     cpu_time_s: peerless_bench::sys::cpu_time_s(),
+                    invocations: report.invocations,
                 };
                 tracing::info!(
                     rank = config.rank,
@@ -277,6 +307,128 @@ impl Node {
             rounds,
         })
     }
+}
+
+/// Checks the serverless flags that need no store or service, so mistakes show before any
+/// data is split or loaded.
+pub fn check_serverless_flags(s: &ServerlessArgs, store: &str) -> Result<()> {
+    if s.serverless == ServerlessMode::None {
+        if s.offload.is_some() {
+            bail!("--offload needs --serverless local, lambda or stepfn");
+        }
+        return Ok(());
+    }
+    if !(s.function_timeout > 0.0 && s.function_timeout.is_finite()) {
+        bail!("--function-timeout must be a positive number of seconds");
+    }
+    if s.serverless != ServerlessMode::Local && !store.starts_with("s3://") {
+        bail!(
+            "--serverless {:?} runs functions in AWS, which cannot read the local store {store}: \
+             use an s3:// --store",
+            s.serverless
+        );
+    }
+    if s.serverless == ServerlessMode::Stepfn && s.state_machine_arn.is_none() {
+        bail!(
+            "--serverless stepfn needs --state-machine-arn ARN (a state machine made from \
+             `peerless stepfn generate`)"
+        );
+    }
+    Ok(())
+}
+
+/// The serverless side of the peer, or `None` with `--serverless none`.
+async fn offload(
+    config: &NodeConfig,
+    pipeline: &Pipeline,
+    batches_per_peer: Option<usize>,
+    device: &Device,
+) -> Result<Option<Offload>> {
+    let s = &config.serverless;
+    if s.serverless == ServerlessMode::None {
+        return Ok(None);
+    }
+    if batches_per_peer.is_none() {
+        bail!(
+            "--serverless {:?} needs a split with batch objects for the functions to read: \
+             split again with `peerless data split --batches K` (or `peerless run --batches K`)",
+            s.serverless
+        );
+    }
+    let policy = CallPolicy {
+        concurrency: s.function_concurrency.map_or_else(
+            || match s.serverless {
+                ServerlessMode::Local => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                _ => 64,
+            },
+            |n| n as usize,
+        ),
+        retries: s.function_retries,
+        timeout: Duration::from_secs_f64(s.function_timeout),
+        first_backoff: Duration::from_millis(200),
+    };
+    let region = config.store_options.s3.region.clone();
+    let functions = match s.serverless {
+        ServerlessMode::None => unreachable!("handled above"),
+        ServerlessMode::Local => AnyFunctions::Pool(std::sync::Arc::new(PoolFunctions::start(
+            device,
+            policy,
+            s.function_memory_mb,
+        )?)),
+        ServerlessMode::Lambda => AnyFunctions::Lambda(std::sync::Arc::new(
+            LambdaFunctions::connect(LambdaSettings {
+                function: s.function.clone(),
+                endpoint_url: s.lambda_endpoint.clone(),
+                region,
+                policy,
+                memory_mb: s.function_memory_mb,
+            })
+            .await,
+        )),
+        ServerlessMode::Stepfn => {
+            AnyFunctions::StepFn(std::sync::Arc::new(
+                StepFunctions::connect(StepFnSettings {
+                    state_machine_arn: s.state_machine_arn.clone().unwrap_or_default(),
+                    endpoint_url: s.sfn_endpoint.clone(),
+                    region,
+                    policy,
+                    memory_mb: s.function_memory_mb,
+                })
+                .await,
+            ))
+        }
+    };
+    let store = peerless_data::open_store(&config.store, &config.store_options)
+        .await
+        .with_context(|| format!("opening {} for the functions", config.store))?;
+    let location = peerless_lambda::StoreLocation {
+        url: config.store.clone(),
+        endpoint_url: config.store_options.s3.endpoint_url.clone(),
+        region: config.store_options.s3.region.clone(),
+    };
+    let context = peerless_lambda::RoundContext {
+        run_id: config.run_id.to_string(),
+        round: 0,
+        rank: config.rank,
+        world_size: config.size,
+        model: pipeline.spec,
+        loss: config.training.loss,
+        transform: pipeline.train.clone(),
+        store: location,
+        weights_key: String::new(),
+    };
+    Ok(Some(Offload {
+        functions,
+        store,
+        context,
+        seed: config.training.seed,
+        policy: s.offload.unwrap_or(OffloadPolicy::Fixed(1.0)),
+        on_failure: match s.on_function_failure.as_str() {
+            "local" => OnFunctionFailure::Local,
+            _ => OnFunctionFailure::Fail,
+        },
+        prefix: format!("exchange/{}", config.run_id),
+    }))
 }
 
 fn limit(set: Dataset, max: Option<usize>) -> Result<Dataset> {

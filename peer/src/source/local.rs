@@ -1,5 +1,3 @@
-use std::time::Instant;
-
 use anyhow::Result;
 use peerless_data::{Dataset, Transform};
 use peerless_lambda::process_input::batch_seed;
@@ -9,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::setup::BatchBuffers;
 
-use super::{GradientSource, RoundWork, SourceReport, accumulate, finish_mean};
+use super::{Totals, accumulate};
 
 /// Computes every batch on this peer's CPU (the architecture without serverless).
 pub struct LocalSource {
@@ -44,36 +42,29 @@ impl LocalSource {
     }
 }
 
-impl GradientSource for LocalSource {
-    fn compute(
+impl LocalSource {
+    /// Adds `samples x batch gradient` of each batch into `acc`, in the given order, and
+    /// returns the batches' totals.
+    pub fn accumulate(
         &mut self,
-        work: &RoundWork,
+        round: u64,
+        batches: &[(usize, std::ops::Range<usize>)],
         model: &Model,
-        _weights: &[f32],
-        grad: &mut [f32],
-    ) -> Result<SourceReport> {
-        let start = Instant::now();
-        grad.fill(0.0);
-        let mut report = SourceReport::default();
-        let mut loss_sum = 0.0f64;
-        for (index, range) in &work.batches {
+        acc: &mut [f32],
+    ) -> Result<Totals> {
+        let mut totals = Totals::default();
+        for (index, range) in batches {
             let indices: Vec<usize> = range.clone().collect();
             // The seed a function computing this batch would use, so augmentation matches.
-            let seed = batch_seed(self.seed, work.round, self.rank, *index as u32);
+            let seed = batch_seed(self.seed, round, self.rank, *index as u32);
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let batch = self
                 .buffers
                 .fill(&mut self.transform, &self.shard, &indices, &mut rng)?;
             let stats = model.grad_step(&batch, self.loss, &mut self.batch_grad)?;
-            accumulate(grad, &self.batch_grad, stats.samples);
-            loss_sum += stats.loss as f64 * stats.samples as f64;
-            report.correct += stats.correct;
-            report.samples += stats.samples;
-            report.local_batches += 1;
+            accumulate(acc, &self.batch_grad, stats.samples);
+            totals.add(stats.loss as f64, stats.correct, stats.samples);
         }
-        finish_mean(grad, report.samples);
-        report.loss = loss_sum / report.samples.max(1) as f64;
-        report.compute_time_s = start.elapsed().as_secs_f64();
-        Ok(report)
+        Ok(totals)
     }
 }

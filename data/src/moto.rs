@@ -1,0 +1,251 @@
+//! Test and demo support (feature `moto`): starts moto's server (`python3 -m moto.server`,
+//! moto 5.2.1) on a free loopback port as a local stand-in for S3, Lambda and Step
+//! Functions, and drives its `/moto-api` control endpoints; the server dies with the value.
+//!
+//! Facts about moto 5.2.1 this module relies on: after
+//! [`MotoServer::enable_stepfunctions_execution`] Step Functions really runs the definition,
+//! and its Lambda tasks return the responses queued by
+//! [`MotoServer::queue_lambda_responses`] (or echo their input when the queue is empty).
+//! Only the first `StartExecution` per region succeeds: later ones, on any state machine of
+//! that region, fail with HTTP 500 (moto deep-copies the state machine, which references
+//! the region's backend and through it the earlier execution's thread lock). Start each
+//! execution in a fresh region, or call [`MotoServer::reset`] in between.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+/// How to install what [`MotoServer::start`] needs.
+pub const INSTALL_HINT: &str = "moto's server must be importable by the system python3: \
+    install it with `python3 -m pip install 'moto[server]==5.2.1'`";
+
+/// The Python interpreter that runs moto.
+const PYTHON: &str = "python3";
+
+/// How long the server may take to listen.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time limit of one control request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why moto could not be started or a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MotoError {
+    /// `python3` cannot import moto's server (or python3 itself is missing).
+    #[error("moto is not available ({detail}); {INSTALL_HINT}")]
+    NotInstalled {
+        /// What python3 said.
+        detail: String,
+    },
+    /// Setting up the port, the log file or the process failed.
+    #[error("starting moto.server: {what}: {source}")]
+    Start {
+        /// The step that failed.
+        what: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The server exited before it listened.
+    #[error("moto.server exited with {status} before listening on {addr}; its log:\n{log}")]
+    Exited {
+        /// Its exit status.
+        status: ExitStatus,
+        /// The address it was to listen on.
+        addr: SocketAddr,
+        /// Its output.
+        log: String,
+    },
+    /// The server did not listen in time.
+    #[error("moto.server did not listen on {addr} within {timeout:?}; its log:\n{log}")]
+    NotReady {
+        /// The address it was to listen on.
+        addr: SocketAddr,
+        /// How long it was given.
+        timeout: Duration,
+        /// Its output.
+        log: String,
+    },
+    /// A control request failed or was refused.
+    #[error("POST {path} to moto at {endpoint} failed: {message}")]
+    Request {
+        /// The control path.
+        path: &'static str,
+        /// The server's endpoint.
+        endpoint: String,
+        /// The transport error or the HTTP status line and body.
+        message: String,
+    },
+}
+
+/// A running moto server on `127.0.0.1:<free port>`, killed on drop; shared by the tests of
+/// several crates so each starts its own isolated instance the same way.
+#[derive(Debug)]
+pub struct MotoServer {
+    child: Child,
+    addr: SocketAddr,
+    endpoint: String,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl MotoServer {
+    /// Starts moto's server on a free loopback port and waits until it accepts
+    /// connections; fails with [`INSTALL_HINT`] when moto is not importable.
+    pub fn start() -> Result<Self, MotoError> {
+        let check = Command::new(PYTHON)
+            .args(["-c", "import moto, moto.server, flask"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| MotoError::NotInstalled {
+                detail: format!("cannot run {PYTHON}: {e}"),
+            })?;
+        if !check.status.success() {
+            let stderr = String::from_utf8_lossy(&check.stderr);
+            let detail = stderr.lines().last().unwrap_or("import failed").to_owned();
+            return Err(MotoError::NotInstalled { detail });
+        }
+        let start = |what| move |source| MotoError::Start { what, source };
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(start("finding a free loopback port"))?;
+        let log_dir = tempfile::tempdir().map_err(start("creating the log directory"))?;
+        let log = log_dir.path().join("moto.log");
+        let out = File::create(&log).map_err(start("creating the log file"))?;
+        let err = out.try_clone().map_err(start("creating the log file"))?;
+        let port = addr.port().to_string();
+        let mut child = Command::new(PYTHON)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port])
+            // Where moto's Step Functions engine sends its own Lambda calls when they are
+            // not intercepted in-process (it defaults to port 5000).
+            .env("MOTO_PORT", &port)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(start("spawning python3 -m moto.server"))?;
+        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(MotoError::Exited {
+                    status,
+                    addr,
+                    log: read_log(),
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(MotoError::NotReady {
+                    addr,
+                    timeout: READY_TIMEOUT,
+                    log: read_log(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self {
+            child,
+            addr,
+            endpoint: format!("http://{addr}"),
+            log,
+            _log_dir: log_dir,
+        })
+    }
+
+    /// The endpoint URL for SDK clients, e.g. `http://127.0.0.1:41234`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Everything the server printed so far (one line per request, tracebacks), for
+    /// failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Makes Step Functions really execute definitions (instead of only recording
+    /// executions) and Lambda tasks answer without Docker, from the queued responses.
+    pub fn enable_stepfunctions_execution(&self) -> Result<(), MotoError> {
+        let body = json!({
+            "stepfunctions": { "execute_state_machine": true },
+            "lambda": { "use_docker": false },
+        });
+        self.post("/moto-api/config", &body)
+    }
+
+    /// Queues `results` as the next Lambda invocation results in `region` (the region of
+    /// the invoked function's ARN, not of the state machine), returned one per invocation
+    /// in order, whatever function is invoked. Each result is the raw response payload
+    /// (usually JSON text); moto treats every one as a success, except a payload over
+    /// 6,000,000 bytes, which it answers as the function error
+    /// `Function.ResponseSizeTooLarge`.
+    pub fn queue_lambda_responses(
+        &self,
+        region: &str,
+        results: &[String],
+    ) -> Result<(), MotoError> {
+        let body = json!({ "region": region, "results": results });
+        self.post("/moto-api/static/lambda-simple/response", &body)
+    }
+
+    /// Drops every resource of every service (buckets, state machines, executions, queued
+    /// Lambda responses); the configuration set by
+    /// [`MotoServer::enable_stepfunctions_execution`] stays.
+    pub fn reset(&self) -> Result<(), MotoError> {
+        self.post("/moto-api/reset", &json!({}))
+    }
+
+    /// One HTTP/1.1 POST of a JSON body over a fresh connection; any 2xx status succeeds.
+    fn post(&self, path: &'static str, body: &serde_json::Value) -> Result<(), MotoError> {
+        let fail = |message: String| MotoError::Request {
+            path,
+            endpoint: self.endpoint.clone(),
+            message,
+        };
+        let body = body.to_string();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let exchange = || -> io::Result<Vec<u8>> {
+            let mut stream = TcpStream::connect_timeout(&self.addr, REQUEST_TIMEOUT)?;
+            stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+            stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+            stream.write_all(request.as_bytes())?;
+            stream.write_all(body.as_bytes())?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response)?;
+            Ok(response)
+        };
+        let response = exchange().map_err(|e| fail(e.to_string()))?;
+        let text = String::from_utf8_lossy(&response);
+        let status_line = text.lines().next().unwrap_or_default();
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok());
+        match status {
+            Some(200..=299) => Ok(()),
+            _ => {
+                let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                let excerpt: String = body.chars().take(500).collect();
+                Err(fail(format!("{status_line}: {excerpt}")))
+            }
+        }
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,224 @@
+//! Where offloaded batches run. One trait, [`Functions`], with its implementations beside it:
+//! the in-process pool ([`super::pool`]), AWS Lambda ([`super::lambda`]) and Step Functions
+//! ([`super::stepfn`]). Each takes a round's per-batch `compute_gradient` events and reports,
+//! per batch, the function's response and what it cost; gradients stay in the store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::StreamExt;
+use peerless_lambda::{ComputeGradientEvent, ComputeGradientResponse, ProcessInputRequest};
+pub use peerless_bench::metrics::BillingSource;
+
+use super::lambda::LambdaFunctions;
+use super::pool::PoolFunctions;
+use super::stepfn::StepFunctions;
+
+/// One batch that a function computed: its response plus what the call cost.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    /// What the function returned.
+    pub response: ComputeGradientResponse,
+    /// Attempts made, the successful one included.
+    pub attempts: u32,
+    /// Wall time seen by the peer, from the first attempt to the response, milliseconds.
+    pub wall_ms: f64,
+    /// Billed duration, milliseconds (AWS rounds up to 1 ms).
+    pub billed_ms: u64,
+    /// Memory the function was configured with, MB (Lambda bills memory x duration).
+    pub memory_mb: u32,
+    /// Initialisation time of a cold start, when the platform reported one.
+    pub init_ms: Option<f64>,
+    /// Where `billed_ms` and `memory_mb` come from.
+    pub billing: BillingSource,
+}
+
+/// A batch that no function computed, after every attempt.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, with its cause chain.
+    pub message: String,
+}
+
+/// What happened to one offloaded batch.
+pub type Outcome = Result<Invocation, Failure>;
+
+/// Everything a whole round of functions reports.
+#[derive(Clone, Debug, Default)]
+pub struct FunctionsRound {
+    /// One outcome per event, in event order.
+    pub outcomes: Vec<Outcome>,
+    /// Step Functions state transitions billed for the round (0 for direct invocations).
+    pub state_transitions: u64,
+    /// Wall time from the start of the first call to the last outcome.
+    pub elapsed: Duration,
+}
+
+/// A place that runs `compute_gradient` for a round's offloaded batches.
+pub trait Functions: Send + Sync + 'static {
+    /// Runs every event; `request` is what `process_input` expanded into `events` (Step
+    /// Functions sends it instead of the events).
+    fn run(
+        &self,
+        request: &ProcessInputRequest,
+        events: &[ComputeGradientEvent],
+    ) -> impl Future<Output = FunctionsRound> + Send;
+
+    /// How many batches run at once, for the offload planner.
+    fn concurrency(&self) -> usize;
+}
+
+/// The backend a peer was configured with; an enum so a round can be spawned onto the
+/// runtime while the peer computes its own batches.
+#[derive(Clone)]
+pub enum AnyFunctions {
+    /// `--serverless local`.
+    Pool(Arc<PoolFunctions>),
+    /// `--serverless lambda`.
+    Lambda(Arc<LambdaFunctions>),
+    /// `--serverless stepfn`.
+    StepFn(Arc<StepFunctions>),
+}
+
+impl AnyFunctions {
+    /// Starts the round on the runtime and returns at once.
+    pub fn spawn(
+        &self,
+        request: ProcessInputRequest,
+        events: Vec<ComputeGradientEvent>,
+    ) -> tokio::task::JoinHandle<FunctionsRound> {
+        let functions = self.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut round = match functions {
+                Self::Pool(f) => f.run(&request, &events).await,
+                Self::Lambda(f) => f.run(&request, &events).await,
+                Self::StepFn(f) => f.run(&request, &events).await,
+            };
+            round.elapsed = start.elapsed();
+            round
+        })
+    }
+
+    /// Batches run at once.
+    pub fn concurrency(&self) -> usize {
+        match self {
+            Self::Pool(f) => f.concurrency(),
+            Self::Lambda(f) => f.concurrency(),
+            Self::StepFn(f) => f.concurrency(),
+        }
+    }
+}
+
+/// Retry and timeout rules of per-batch invocations.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CallPolicy {
+    /// Batches in flight at once.
+    pub concurrency: usize,
+    /// Retries after a failed attempt.
+    pub retries: u32,
+    /// Time limit of one attempt.
+    pub timeout: Duration,
+    /// Delay before the first retry (doubling after that).
+    pub first_backoff: Duration,
+}
+
+/// What one attempt produced when it succeeded: the response plus billing facts the
+/// backend could read.
+pub struct Attempt {
+    /// The function's response.
+    pub response: ComputeGradientResponse,
+    /// Billed duration, memory and init time when the platform reported them.
+    pub report: Option<peerless_lambda::billing::InvocationReport>,
+}
+
+/// Runs `call` on every event, at most `policy.concurrency` at once, retrying each failed or
+/// timed-out attempt up to `policy.retries` times with exponential backoff; outcomes come
+/// back in event order. `memory_mb` is used for billing when the platform does not report.
+pub async fn call_each<F, Fut>(
+    events: &[ComputeGradientEvent],
+    policy: CallPolicy,
+    memory_mb: u32,
+    call: F,
+) -> Vec<Outcome>
+where
+    F: Fn(ComputeGradientEvent) -> Fut + Send + Sync,
+    Fut: Future<Output = anyhow::Result<Attempt>> + Send,
+{
+    let call = &call;
+    let runs = events.iter().cloned().enumerate().map(|(index, event)| async move {
+        let start = Instant::now();
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let attempt = || {
+            let event = event.clone();
+            let attempts = &attempts;
+            async move {
+                let n = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                match tokio::time::timeout(policy.timeout, call(event.clone())).await {
+                    Ok(Ok(done)) => Ok(done),
+                    Ok(Err(e)) => {
+                        tracing::warn!(batch = event.batch, attempt = n, "invocation failed: {e:#}");
+                        Err(e)
+                    }
+                    Err(_) => {
+                        tracing::warn!(batch = event.batch, attempt = n, "invocation timed out");
+                        Err(anyhow::anyhow!(
+                            "timed out after {:.1} s (--function-timeout)",
+                            policy.timeout.as_secs_f64()
+                        ))
+                    }
+                }
+            }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(policy.first_backoff)
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(policy.retries as usize);
+        let result = attempt.retry(backoff).await;
+        let attempts = attempts.into_inner();
+        let outcome = match result {
+            Ok(done) => Ok(invocation(done, attempts, start, memory_mb)),
+            Err(e) => Err(Failure {
+                attempts,
+                message: format!("{e:#}"),
+            }),
+        };
+        (index, outcome)
+    });
+    let mut done: Vec<(usize, Outcome)> = futures::stream::iter(runs)
+        .buffer_unordered(policy.concurrency.max(1))
+        .collect()
+        .await;
+    done.sort_by_key(|(index, _)| *index);
+    done.into_iter().map(|(_, outcome)| outcome).collect()
+}
+
+/// An [`Invocation`] from a successful attempt, with billing from the platform's report or
+/// estimated from the handler's own duration.
+pub fn invocation(done: Attempt, attempts: u32, start: Instant, memory_mb: u32) -> Invocation {
+    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+    match done.report {
+        Some(r) => Invocation {
+            billed_ms: r.billed_duration_ms,
+            memory_mb: r.memory_size_mb,
+            init_ms: r.init_duration_ms,
+            billing: BillingSource::Report,
+            response: done.response,
+            attempts,
+            wall_ms,
+        },
+        None => Invocation {
+            billed_ms: peerless_lambda::billing::billed_ms(done.response.timings.total_ms),
+            memory_mb: done.response.runtime.memory_limit_mb.unwrap_or(memory_mb),
+            init_ms: None,
+            billing: BillingSource::Estimate,
+            response: done.response,
+            attempts,
+            wall_ms,
+        },
+    }
+}

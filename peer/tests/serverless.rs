@@ -1,0 +1,251 @@
+//! Peer-to-peer training with serverless offload, end to end through the `peerless` binary
+//! on the embedded default (in-process exchange, local store, in-process function pool
+//! running the real `compute_gradient` handler): the same losses and weights as the
+//! instance-only run, hybrid offload, retries, timeouts, fallback and bad flags.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::{json_lines, peerless};
+use predicates::prelude::*;
+use serde_json::Value;
+
+/// Batch objects per peer, and rounds per pass: two batches per round.
+const BATCHES: &str = "4";
+const ROUNDS_PER_EPOCH: &str = "2";
+
+/// `peerless run` of 2 peers (small CNN, synthetic data, 2 epochs of 2 rounds) with
+/// `extra` flags, metrics into `metrics`.
+fn training(store: &Path, metrics: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = peerless();
+    cmd.args([
+        "run",
+        "--peers",
+        "2",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "tiny_cnn",
+        "--batches",
+        BATCHES,
+        "--rounds-per-epoch",
+        ROUNDS_PER_EPOCH,
+        "--epochs",
+        "2",
+        "--lr",
+        "0.05",
+        "--store",
+    ])
+    .arg(store)
+    .arg("--metrics-dir")
+    .arg(metrics)
+    .args(extra);
+    cmd
+}
+
+/// Runs `cmd` (made by [`training`]), expects success with identical weights on both
+/// peers, and returns each peer's metrics.
+fn finish(mut cmd: assert_cmd::Command, metrics: &Path) -> Vec<Vec<Value>> {
+    cmd.assert()
+        .success()
+        .stdout(predicate::str::contains("identical").and(predicate::str::contains("DIFFER").not()));
+    (0..2)
+        .map(|r| json_lines(&metrics.join(format!("peer-{r}.jsonl"))))
+        .collect()
+}
+
+fn run(store: &Path, metrics: &Path, extra: &[&str]) -> Vec<Vec<Value>> {
+    finish(training(store, metrics, extra), metrics)
+}
+
+/// Runs the instance-only architecture and the given serverless variant on the same split
+/// and seed; returns (instance, serverless) metrics.
+fn compare(extra: &[&str]) -> (Vec<Vec<Value>>, Vec<Vec<Value>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let instance = run(&store, &dir.path().join("instance"), &[]);
+    let serverless = run(&store, &dir.path().join("serverless"), extra);
+    (instance, serverless)
+}
+
+/// Same number of rounds, identical weights across peers each round, and the same loss
+/// curve and weights as the instance-only run.
+fn assert_same_training(instance: &[Vec<Value>], serverless: &[Vec<Value>]) {
+    assert_eq!(instance[0].len(), 4);
+    for rank in 0..2 {
+        assert_eq!(serverless[rank].len(), instance[rank].len(), "rank {rank} rounds");
+        for (a, b) in instance[rank].iter().zip(&serverless[rank]) {
+            let (la, lb) = (
+                a["train_loss"].as_f64().unwrap(),
+                b["train_loss"].as_f64().unwrap(),
+            );
+            assert!(
+                (la - lb).abs() <= 1e-5 * la.abs().max(1.0),
+                "round {}: train loss {la} (instance) vs {lb} (serverless)",
+                a["round"]
+            );
+            assert_eq!(
+                a["weights_hash"], b["weights_hash"],
+                "round {}: the serverless gradient differs from the local one",
+                a["round"]
+            );
+            assert_eq!(a["samples"], b["samples"]);
+        }
+    }
+    for round in 0..serverless[0].len() {
+        let hashes: BTreeSet<_> = serverless
+            .iter()
+            .map(|p| p[round]["weights_hash"].to_string())
+            .collect();
+        assert_eq!(hashes.len(), 1, "round {round}: peers differ: {hashes:?}");
+    }
+    let first = instance[0][0]["train_loss"].as_f64().unwrap();
+    let last = instance[0][3]["train_loss"].as_f64().unwrap();
+    assert!(last < first, "loss did not go down: {first} -> {last}");
+}
+
+#[test]
+fn local_function_pool_trains_exactly_like_the_instance_run() {
+    let (instance, serverless) = compare(&["--serverless", "local"]);
+    assert_same_training(&instance, &serverless);
+    for peer in &serverless {
+        for m in peer {
+            assert_eq!(m["serverless"], "local");
+            assert_eq!(m["offloaded_batches"], 2, "{m}");
+            assert_eq!(m["local_batches"], 0, "{m}");
+            let calls = m["invocations"].as_array().unwrap();
+            assert_eq!(calls.len(), 2, "{m}");
+            for c in calls {
+                let handler = c["handler_ms"].as_f64().unwrap();
+                let billed = c["billed_ms"].as_u64().unwrap();
+                assert!(billed as f64 >= handler && (billed as f64) < handler + 1.0, "{c}");
+                assert_eq!(c["memory_mb"], 2048);
+                assert_eq!(c["attempts"], 1);
+            }
+            assert!(m["functions_time_s"].as_f64().unwrap() > 0.0);
+        }
+    }
+    for m in &instance[0] {
+        assert_eq!(m["serverless"], "none");
+        assert_eq!(m["offloaded_batches"], 0);
+        assert_eq!(m["local_batches"], 2);
+    }
+}
+
+#[test]
+fn hybrid_offload_splits_each_round_and_keeps_the_result() {
+    let (instance, serverless) = compare(&["--serverless", "local", "--offload", "0.5"]);
+    assert_same_training(&instance, &serverless);
+    for m in &serverless[1] {
+        assert_eq!(m["local_batches"], 1, "{m}");
+        assert_eq!(m["offloaded_batches"], 1, "{m}");
+        assert!(m["local_time_s"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn a_failed_invocation_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let instance = run(&store, &dir.path().join("instance"), &[]);
+    // The pool's one worker fails its first call; the retry succeeds.
+    let out = dir.path().join("serverless");
+    let mut cmd = training(
+        &store,
+        &out,
+        &["--serverless", "local", "--function-concurrency", "1"],
+    );
+    cmd.env("PEERLESS_INJECT_FAILURES", "1");
+    let serverless = finish(cmd, &out);
+    assert_same_training(&instance, &serverless);
+    for peer in &serverless {
+        assert_eq!(peer[0]["failed_attempts"], 1, "{}", peer[0]);
+        let attempts: Vec<_> = peer[0]["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["attempts"].as_u64().unwrap())
+            .collect();
+        assert_eq!(attempts, [2, 1], "{}", peer[0]);
+        for later in &peer[1..] {
+            assert_eq!(later["failed_attempts"], 0, "{later}");
+        }
+    }
+}
+
+#[test]
+fn a_function_that_times_out_fails_the_round_or_falls_back_to_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let instance = run(&store, &dir.path().join("instance"), &[]);
+    let slow = [
+        "--serverless",
+        "local",
+        "--function-timeout",
+        "0.3",
+        "--function-retries",
+        "0",
+        "--epochs",
+        "1",
+    ];
+    let mut cmd = training(&store, &dir.path().join("failing"), &slow);
+    cmd.env("PEERLESS_INJECT_DELAY_MS", "1500")
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("timed out after 0.3 s")
+                .and(predicate::str::contains("--on-function-failure local")),
+        );
+
+    let out = dir.path().join("fallback");
+    let mut fallback = slow.to_vec();
+    fallback.extend(["--on-function-failure", "local"]);
+    let mut cmd = training(&store, &out, &fallback);
+    cmd.env("PEERLESS_INJECT_DELAY_MS", "1500");
+    let serverless = finish(cmd, &out);
+    for (rank, peer) in serverless.iter().enumerate() {
+        assert_eq!(peer.len(), 2);
+        for (m, reference) in peer.iter().zip(&instance[rank]) {
+            assert_eq!(m["fallback_batches"], 2, "{m}");
+            assert_eq!(m["weights_hash"], reference["weights_hash"], "{m}");
+        }
+    }
+}
+
+#[test]
+fn serverless_flags_are_checked_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // A split without batch objects cannot feed functions.
+    peerless()
+        .args(["run", "--peers", "2", "--dataset", "synthetic", "--epochs", "1"])
+        .args(["--serverless", "local", "--store"])
+        .arg(&store)
+        .arg("--metrics-dir")
+        .arg(dir.path().join("m"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--batches K"));
+    let m = dir.path().join("m2");
+    training(&store.with_extension("b"), &m, &["--offload", "0.5"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--offload needs --serverless"));
+    training(&store.with_extension("c"), &m, &["--serverless", "local", "--offload", "1.5"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("fraction between 0 and 1"));
+    training(&store.with_extension("d"), &m, &["--serverless", "lambda"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("use an s3:// --store"));
+    training(&store.with_extension("e"), &m, &["--serverless", "stepfn"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("use an s3:// --store"));
+    for dir in ["b", "c", "d", "e"] {
+        assert!(!store.with_extension(dir).exists(), "a split was written before the check");
+    }
+}
