@@ -71,10 +71,10 @@ pub enum MotoError {
         log: String,
     },
     /// A control request failed or was refused.
-    #[error("POST {path} to moto at {endpoint} failed: {message}")]
+    #[error("request {path} to moto at {endpoint} failed: {message}")]
     Request {
         /// The control path.
-        path: &'static str,
+        path: String,
         /// The server's endpoint.
         endpoint: String,
         /// The transport error or the HTTP status line and body.
@@ -201,16 +201,26 @@ impl MotoServer {
         self.post("/moto-api/reset", &json!({}))
     }
 
+    /// Creates an S3 bucket (moto accepts unsigned requests), for tests that need one
+    /// before any peerless command runs.
+    pub fn create_bucket(&self, bucket: &str) -> Result<(), MotoError> {
+        self.request("PUT", &format!("/{bucket}"), "")
+    }
+
     /// One HTTP/1.1 POST of a JSON body over a fresh connection; any 2xx status succeeds.
     fn post(&self, path: &'static str, body: &serde_json::Value) -> Result<(), MotoError> {
+        self.request("POST", path, &body.to_string())
+    }
+
+    /// One HTTP/1.1 request over a fresh connection; any 2xx status succeeds.
+    fn request(&self, method: &str, path: &str, body: &str) -> Result<(), MotoError> {
         let fail = |message: String| MotoError::Request {
-            path,
+            path: path.to_owned(),
             endpoint: self.endpoint.clone(),
             message,
         };
-        let body = body.to_string();
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n",
             self.addr,
             body.len()

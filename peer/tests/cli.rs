@@ -137,7 +137,9 @@ fn training_on_synthetic_data_lowers_the_loss_and_writes_metrics() {
 
 #[test]
 fn the_fashion_mnist_demo_reaches_85_percent() {
-    if !std::path::Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() {
+    if !std::path::Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+        .exists()
+    {
         panic!(
             "Fashion-MNIST is not installed: run scripts/setup.sh (apt-get install dataset-fashion-mnist)"
         );

@@ -20,7 +20,6 @@ fn broker() -> String {
     std::env::var("PEERLESS_AMQP_URL").unwrap_or_else(|_| BROKER.to_string())
 }
 
-
 /// Runs `peerless run` with the small CNN on synthetic data and checks the outcome: every
 /// peer has every round, identical weights after each round, and a lower loss at the end.
 fn run_and_check(extra: &[&str], rounds: usize) -> Vec<Vec<Value>> {

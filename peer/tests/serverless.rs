@@ -48,9 +48,9 @@ fn training(store: &Path, metrics: &Path, extra: &[&str]) -> assert_cmd::Command
 /// Runs `cmd` (made by [`training`]), expects success with identical weights on both
 /// peers, and returns each peer's metrics.
 fn finish(mut cmd: assert_cmd::Command, metrics: &Path) -> Vec<Vec<Value>> {
-    cmd.assert()
-        .success()
-        .stdout(predicate::str::contains("identical").and(predicate::str::contains("DIFFER").not()));
+    cmd.assert().success().stdout(
+        predicate::str::contains("identical").and(predicate::str::contains("DIFFER").not()),
+    );
     (0..2)
         .map(|r| json_lines(&metrics.join(format!("peer-{r}.jsonl"))))
         .collect()
@@ -75,7 +75,11 @@ fn compare(extra: &[&str]) -> (Vec<Vec<Value>>, Vec<Vec<Value>>) {
 fn assert_same_training(instance: &[Vec<Value>], serverless: &[Vec<Value>]) {
     assert_eq!(instance[0].len(), 4);
     for rank in 0..2 {
-        assert_eq!(serverless[rank].len(), instance[rank].len(), "rank {rank} rounds");
+        assert_eq!(
+            serverless[rank].len(),
+            instance[rank].len(),
+            "rank {rank} rounds"
+        );
         for (a, b) in instance[rank].iter().zip(&serverless[rank]) {
             let (la, lb) = (
                 a["train_loss"].as_f64().unwrap(),
@@ -120,7 +124,10 @@ fn local_function_pool_trains_exactly_like_the_instance_run() {
             for c in calls {
                 let handler = c["handler_ms"].as_f64().unwrap();
                 let billed = c["billed_ms"].as_u64().unwrap();
-                assert!(billed as f64 >= handler && (billed as f64) < handler + 1.0, "{c}");
+                assert!(
+                    billed as f64 >= handler && (billed as f64) < handler + 1.0,
+                    "{c}"
+                );
                 assert_eq!(c["memory_mb"], 2048);
                 assert_eq!(c["attempts"], 1);
             }
@@ -220,7 +227,15 @@ fn serverless_flags_are_checked_before_training() {
     let store = dir.path().join("store");
     // A split without batch objects cannot feed functions.
     peerless()
-        .args(["run", "--peers", "2", "--dataset", "synthetic", "--epochs", "1"])
+        .args([
+            "run",
+            "--peers",
+            "2",
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "1",
+        ])
         .args(["--serverless", "local", "--store"])
         .arg(&store)
         .arg("--metrics-dir")
@@ -233,10 +248,14 @@ fn serverless_flags_are_checked_before_training() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("--offload needs --serverless"));
-    training(&store.with_extension("c"), &m, &["--serverless", "local", "--offload", "1.5"])
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains("fraction between 0 and 1"));
+    training(
+        &store.with_extension("c"),
+        &m,
+        &["--serverless", "local", "--offload", "1.5"],
+    )
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("fraction between 0 and 1"));
     training(&store.with_extension("d"), &m, &["--serverless", "lambda"])
         .assert()
         .failure()
@@ -246,6 +265,9 @@ fn serverless_flags_are_checked_before_training() {
         .failure()
         .stderr(predicate::str::contains("use an s3:// --store"));
     for dir in ["b", "c", "d", "e"] {
-        assert!(!store.with_extension(dir).exists(), "a split was written before the check");
+        assert!(
+            !store.with_extension(dir).exists(),
+            "a split was written before the check"
+        );
     }
 }

@@ -28,8 +28,9 @@ pub fn generate(args: StepfnGenerateArgs) -> Result<()> {
     let definition = state_machine_definition(&config)?;
     let text = serde_json::to_string_pretty(&definition)? + "\n";
     match &args.out {
-        Some(path) => std::fs::write(path, text)
-            .with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
     Ok(())

@@ -24,7 +24,7 @@ use crate::source::lambda::{LambdaFunctions, LambdaSettings};
 use crate::source::offload::OffloadPolicy;
 use crate::source::pool::PoolFunctions;
 use crate::source::stepfn::{StepFnSettings, StepFunctions};
-use crate::source::{LocalSource, OnFunctionFailure, Offload, RoundSource, RoundWork};
+use crate::source::{LocalSource, Offload, OnFunctionFailure, RoundSource, RoundWork};
 use metrics::{MetricsWriter, RoundMetrics, weights_hash};
 
 /// Everything a peer needs to know; identical on every peer of a run except `rank`.
@@ -358,7 +358,9 @@ async fn offload(
     let policy = CallPolicy {
         concurrency: s.function_concurrency.map_or_else(
             || match s.serverless {
-                ServerlessMode::Local => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                ServerlessMode::Local => {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                }
                 _ => 64,
             },
             |n| n as usize,
@@ -385,18 +387,16 @@ async fn offload(
             })
             .await,
         )),
-        ServerlessMode::Stepfn => {
-            AnyFunctions::StepFn(std::sync::Arc::new(
-                StepFunctions::connect(StepFnSettings {
-                    state_machine_arn: s.state_machine_arn.clone().unwrap_or_default(),
-                    endpoint_url: s.sfn_endpoint.clone(),
-                    region,
-                    policy,
-                    memory_mb: s.function_memory_mb,
-                })
-                .await,
-            ))
-        }
+        ServerlessMode::Stepfn => AnyFunctions::StepFn(std::sync::Arc::new(
+            StepFunctions::connect(StepFnSettings {
+                state_machine_arn: s.state_machine_arn.clone().unwrap_or_default(),
+                endpoint_url: s.sfn_endpoint.clone(),
+                region,
+                policy,
+                memory_mb: s.function_memory_mb,
+            })
+            .await,
+        )),
     };
     let store = peerless_data::open_store(&config.store, &config.store_options)
         .await

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
-use peerless_lambda::{ComputeGradientEvent, ComputeGradientResponse, ProcessInputRequest};
 pub use peerless_bench::metrics::BillingSource;
+use peerless_lambda::{ComputeGradientEvent, ComputeGradientResponse, ProcessInputRequest};
 
 use super::lambda::LambdaFunctions;
 use super::pool::PoolFunctions;
@@ -150,45 +150,57 @@ where
     Fut: Future<Output = anyhow::Result<Attempt>> + Send,
 {
     let call = &call;
-    let runs = events.iter().cloned().enumerate().map(|(index, event)| async move {
-        let start = Instant::now();
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let attempt = || {
-            let event = event.clone();
-            let attempts = &attempts;
-            async move {
-                let n = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                match tokio::time::timeout(policy.timeout, call(event.clone())).await {
-                    Ok(Ok(done)) => Ok(done),
-                    Ok(Err(e)) => {
-                        tracing::warn!(batch = event.batch, attempt = n, "invocation failed: {e:#}");
-                        Err(e)
-                    }
-                    Err(_) => {
-                        tracing::warn!(batch = event.batch, attempt = n, "invocation timed out");
-                        Err(anyhow::anyhow!(
-                            "timed out after {:.1} s (--function-timeout)",
-                            policy.timeout.as_secs_f64()
-                        ))
+    let runs = events
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(index, event)| async move {
+            let start = Instant::now();
+            let attempts = std::sync::atomic::AtomicU32::new(0);
+            let attempt = || {
+                let event = event.clone();
+                let attempts = &attempts;
+                async move {
+                    let n = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    match tokio::time::timeout(policy.timeout, call(event.clone())).await {
+                        Ok(Ok(done)) => Ok(done),
+                        Ok(Err(e)) => {
+                            tracing::warn!(
+                                batch = event.batch,
+                                attempt = n,
+                                "invocation failed: {e:#}"
+                            );
+                            Err(e)
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                batch = event.batch,
+                                attempt = n,
+                                "invocation timed out"
+                            );
+                            Err(anyhow::anyhow!(
+                                "timed out after {:.1} s (--function-timeout)",
+                                policy.timeout.as_secs_f64()
+                            ))
+                        }
                     }
                 }
-            }
-        };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(policy.first_backoff)
-            .with_max_delay(Duration::from_secs(10))
-            .with_max_times(policy.retries as usize);
-        let result = attempt.retry(backoff).await;
-        let attempts = attempts.into_inner();
-        let outcome = match result {
-            Ok(done) => Ok(invocation(done, attempts, start, memory_mb)),
-            Err(e) => Err(Failure {
-                attempts,
-                message: format!("{e:#}"),
-            }),
-        };
-        (index, outcome)
-    });
+            };
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(policy.first_backoff)
+                .with_max_delay(Duration::from_secs(10))
+                .with_max_times(policy.retries as usize);
+            let result = attempt.retry(backoff).await;
+            let attempts = attempts.into_inner();
+            let outcome = match result {
+                Ok(done) => Ok(invocation(done, attempts, start, memory_mb)),
+                Err(e) => Err(Failure {
+                    attempts,
+                    message: format!("{e:#}"),
+                }),
+            };
+            (index, outcome)
+        });
     let mut done: Vec<(usize, Outcome)> = futures::stream::iter(runs)
         .buffer_unordered(policy.concurrency.max(1))
         .collect()

@@ -39,8 +39,8 @@ impl LambdaFunctions {
     /// [`call_each`] retries every kind of failure the same way and counts attempts.
     pub async fn connect(settings: LambdaSettings) -> Self {
         let sdk = peerless_data::store::s3::load_sdk_config(settings.region.as_deref()).await;
-        let mut config = aws_sdk_lambda::config::Builder::from(&sdk)
-            .retry_config(RetryConfig::disabled());
+        let mut config =
+            aws_sdk_lambda::config::Builder::from(&sdk).retry_config(RetryConfig::disabled());
         if let Some(endpoint) = &settings.endpoint_url {
             config = config.endpoint_url(endpoint);
         }
@@ -61,13 +61,7 @@ impl LambdaFunctions {
             .payload(Blob::new(payload))
             .send()
             .await
-            .map_err(|e| {
-                anyhow!(
-                    "invoking {}: {}",
-                    self.settings.function,
-                    aws_sdk_lambda::error::DisplayErrorContext(&e)
-                )
-            })?;
+            .map_err(|e| anyhow!("invoking {}: {}", self.settings.function, sdk_error(&e)))?;
         let body = output.payload().map(|b| b.as_ref()).unwrap_or_default();
         if let Some(kind) = output.function_error() {
             bail!(
@@ -76,13 +70,14 @@ impl LambdaFunctions {
                 error_message(body)
             );
         }
-        let response: ComputeGradientResponse = serde_json::from_slice(body).with_context(|| {
-            format!(
-                "{} returned something that is not a compute_gradient response: {}",
-                self.settings.function,
-                String::from_utf8_lossy(&body[..body.len().min(300)])
-            )
-        })?;
+        let response: ComputeGradientResponse =
+            serde_json::from_slice(body).with_context(|| {
+                format!(
+                    "{} returned something that is not a compute_gradient response: {}",
+                    self.settings.function,
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                )
+            })?;
         if response.batch != event.batch || response.gradient_key != event.gradient_key {
             bail!(
                 "{} answered for batch {} ({}) instead of batch {} ({})",
@@ -122,6 +117,21 @@ impl Functions for LambdaFunctions {
 
     fn concurrency(&self) -> usize {
         self.settings.policy.concurrency.max(1)
+    }
+}
+
+/// A short description of a failed call: for an HTTP error the status and the body (a
+/// function error from an emulator, a missing function), else the SDK's own chain.
+fn sdk_error<E: std::error::Error + 'static>(
+    error: &aws_sdk_lambda::error::SdkError<E, aws_sdk_lambda::config::http::HttpResponse>,
+) -> String {
+    match error {
+        aws_sdk_lambda::error::SdkError::ServiceError(e) => {
+            let raw = e.raw();
+            let body = raw.body().bytes().unwrap_or_default();
+            format!("HTTP {}: {}", raw.status().as_u16(), error_message(body))
+        }
+        other => aws_sdk_lambda::error::DisplayErrorContext(other).to_string(),
     }
 }
 

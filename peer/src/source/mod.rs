@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 pub use local::LocalSource;
+pub use peerless_bench::metrics::InvocationRecord;
 use peerless_data::ObjectStore;
 use peerless_lambda::gradient::{self, ExpectedGradient};
 use peerless_lambda::{ProcessInputRequest, RoundContext, process_input};
 use peerless_models::{Model, weights};
-pub use peerless_bench::metrics::InvocationRecord;
 
 use functions::{AnyFunctions, Invocation};
 use offload::{OffloadPolicy, SpeedEstimates};
@@ -229,7 +229,10 @@ impl RoundSource {
             let store = o.store.clone();
             let mut fetched = futures::stream::iter(round.outcomes.iter().map(|outcome| {
                 let store = store.clone();
-                let key = outcome.as_ref().ok().map(|i| i.response.gradient_key.clone());
+                let key = outcome
+                    .as_ref()
+                    .ok()
+                    .map(|i| i.response.gradient_key.clone());
                 async move {
                     match key {
                         Some(key) => Some(store.get(&key).await.map(|b| (key, b))),
@@ -239,8 +242,7 @@ impl RoundSource {
             }))
             .buffered(4);
             let mut fallback_time = Duration::ZERO;
-            for ((outcome, event), batch) in round.outcomes.iter().zip(&events.events).zip(theirs)
-            {
+            for ((outcome, event), batch) in round.outcomes.iter().zip(&events.events).zip(theirs) {
                 let got = fetched.next().await.flatten();
                 match (outcome, got) {
                     (Ok(inv), Some(object)) => {

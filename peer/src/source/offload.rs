@@ -55,7 +55,8 @@ impl SpeedEstimates {
     /// Records a round that computed `local` batches in `local_time`.
     pub fn observe_local(&mut self, batches: usize, time: Duration) {
         if batches > 0 {
-            self.local_per_batch = smooth(self.local_per_batch, time.as_secs_f64() / batches as f64);
+            self.local_per_batch =
+                smooth(self.local_per_batch, time.as_secs_f64() / batches as f64);
         }
     }
 

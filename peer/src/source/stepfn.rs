@@ -137,11 +137,24 @@ impl StepFunctions {
                         events.len()
                     );
                 }
-                let memory = self.settings.memory_mb;
-                let outcomes = results
+                // Results are matched to batches by their batch number, not their position.
+                let mut by_batch: std::collections::HashMap<u64, Value> = results
                     .into_iter()
-                    .zip(events)
-                    .map(|(value, event)| outcome(value, event, start, memory))
+                    .filter_map(|v| Some((v.get("batch")?.as_u64()?, v)))
+                    .collect();
+                let memory = self.settings.memory_mb;
+                let outcomes = events
+                    .iter()
+                    .map(|event| match by_batch.remove(&u64::from(event.batch)) {
+                        Some(value) => outcome(value, start, memory),
+                        None => Err(Failure {
+                            attempts: 1,
+                            message: format!(
+                                "execution {execution} returned no result for batch {}",
+                                event.batch
+                            ),
+                        }),
+                    })
                     .collect();
                 Ok((outcomes, transitions))
             }
@@ -188,37 +201,34 @@ impl StepFunctions {
 }
 
 /// One element of the Map's output: a response, or the record of a failed batch.
-fn outcome(value: Value, event: &ComputeGradientEvent, start: Instant, memory_mb: u32) -> Outcome {
+fn outcome(value: Value, start: Instant, memory_mb: u32) -> Outcome {
     if value.get("failed").and_then(Value::as_bool) == Some(true) {
         let error = value.get("error").cloned().unwrap_or(Value::Null);
         return Err(Failure {
             attempts: 1,
             message: format!(
                 "{}: {}",
-                error.get("Error").and_then(Value::as_str).unwrap_or("error"),
-                error.get("Cause").and_then(Value::as_str).unwrap_or("no cause given")
+                error
+                    .get("Error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error"),
+                error
+                    .get("Cause")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no cause given")
             ),
         });
     }
     match serde_json::from_value::<ComputeGradientResponse>(value) {
-        Ok(response) if response.batch == event.batch => {
-            Ok(invocation(
-                Attempt {
-                    response,
-                    report: None,
-                },
-                1,
-                start,
-                memory_mb,
-            ))
-        }
-        Ok(response) => Err(Failure {
-            attempts: 1,
-            message: format!(
-                "the execution's result for batch {} is for batch {}",
-                event.batch, response.batch
-            ),
-        }),
+        Ok(response) => Ok(invocation(
+            Attempt {
+                response,
+                report: None,
+            },
+            1,
+            start,
+            memory_mb,
+        )),
         Err(e) => Err(Failure {
             attempts: 1,
             message: format!("not a compute_gradient response: {e}"),
