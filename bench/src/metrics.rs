@@ -105,4 +105,3 @@ pub struct InvocationRecord {
     pub handler_ms: f64,
     pub gradient_bytes: u64,
 }
-

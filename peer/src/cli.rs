@@ -260,6 +260,11 @@ pub struct PeerArgs {
     #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(1..))]
     pub resize: Option<u32>,
 
+    /// Pace of this peer's own batches, in (0, 1]: 0.5 idles half the time, like a CPU
+    /// quota, to emulate a slower machine.
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    pub speed: f64,
+
     #[command(flatten)]
     pub training: TrainingArgs,
 
@@ -284,6 +289,11 @@ pub struct RunArgs {
     /// Partition when `run` writes the split itself: iid or dirichlet:ALPHA.
     #[arg(long, default_value = "iid")]
     pub partition: Partition,
+
+    /// Pace of each peer's own batches, by rank, each in (0, 1] (see `peer --speed`);
+    /// unlisted peers run at 1.
+    #[arg(long, value_delimiter = ',', value_name = "F,F,...")]
+    pub speeds: Vec<f64>,
 
     #[command(flatten)]
     pub data: DataArgs,

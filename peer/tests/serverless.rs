@@ -271,3 +271,52 @@ fn serverless_flags_are_checked_before_training() {
         );
     }
 }
+
+#[test]
+fn auto_offload_moves_work_off_the_slow_peer_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let slow = ["--speeds", "1,0.25", "--batches", "8", "--epochs", "3"];
+    let instance = run(&store, &dir.path().join("instance"), &slow);
+    let mut auto = slow.to_vec();
+    auto.extend([
+        "--serverless",
+        "local",
+        "--offload",
+        "auto",
+        "--function-concurrency",
+        "2",
+    ]);
+    let hybrid = run(&store, &dir.path().join("auto"), &auto);
+    // Wherever batches ran, the gradients and so the weights are those of the instance run.
+    for (a, b) in instance.iter().flatten().zip(hybrid.iter().flatten()) {
+        assert_eq!(a["weights_hash"], b["weights_hash"], "round {}", a["round"]);
+    }
+    let (fast, slow) = (&hybrid[0], &hybrid[1]);
+    // Round 0 measures; round 1 offloads from the slow peer only. (Later, the slow peer's
+    // functions share this machine's cores with the fast peer, which may then offload too.)
+    let offloaded = |m: &Value| m["offloaded_batches"].as_u64().unwrap();
+    assert_eq!(offloaded(&slow[0]), 0);
+    assert_eq!(offloaded(&fast[0]), 0);
+    assert_eq!(offloaded(&fast[1]), 0, "{}", fast[1]);
+    assert!(
+        slow.iter().map(offloaded).sum::<u64>() > fast.iter().map(offloaded).sum::<u64>(),
+        "the slow peer should offload the most"
+    );
+    for m in &slow[1..] {
+        assert!(m["offloaded_batches"].as_u64().unwrap() > 0, "{m}");
+        assert_eq!(
+            m["local_batches"].as_u64().unwrap() + m["offloaded_batches"].as_u64().unwrap(),
+            4
+        );
+    }
+    let compute = |m: &Value| m["compute_time_s"].as_f64().unwrap();
+    let late = slow[2..].iter().map(compute).sum::<f64>() / (slow.len() - 2) as f64;
+    assert!(
+        late < 0.75 * compute(&slow[0]),
+        "offloading did not shorten the slow peer's rounds: {} s -> {late} s",
+        compute(&slow[0])
+    );
+    // Every peer learns every other's gradient time from the message headers.
+    assert_eq!(slow[1]["peer_compute_s"].as_array().unwrap().len(), 2);
+}

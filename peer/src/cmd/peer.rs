@@ -20,7 +20,11 @@ pub fn node_config(
     training: &TrainingArgs,
     exchange: &ExchangeArgs,
     resize: Option<u32>,
+    speed: f64,
 ) -> Result<NodeConfig> {
+    if !(speed > 0.0 && speed <= 1.0) {
+        bail!("the speed of peer {rank} is {speed}; it must be in (0, 1]");
+    }
     if rank >= size {
         bail!("--rank {rank} must be below --size {size}");
     }
@@ -48,6 +52,7 @@ pub fn node_config(
         max_chunk_bytes: exchange.chunk_mib as usize * (1 << 20),
         metrics_out: training.metrics_out.clone(),
         serverless: exchange.serverless.clone(),
+        speed,
     })
 }
 
@@ -72,7 +77,15 @@ pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
             args.size
         ),
     };
-    let config = node_config(args.rank, args.size, run_id, &args.training, x, args.resize)?;
+    let config = node_config(
+        args.rank,
+        args.size,
+        run_id,
+        &args.training,
+        x,
+        args.resize,
+        args.speed,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

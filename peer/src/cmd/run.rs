@@ -18,6 +18,12 @@ pub fn run(args: RunArgs, device: DeviceChoice) -> Result<()> {
     let x = &args.exchange;
     let n = args.peers;
     crate::node::check_serverless_flags(&x.serverless, &x.store)?;
+    if args.speeds.len() > n as usize {
+        bail!(
+            "--speeds lists {} peers but --peers is {n}",
+            args.speeds.len()
+        );
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(ensure_split(&args))?;
     let run_id = match &x.run_id {
@@ -38,6 +44,7 @@ pub fn run(args: RunArgs, device: DeviceChoice) -> Result<()> {
     for rank in 0..n {
         let mut training = args.training.clone();
         training.metrics_out = Some(args.metrics_dir.join(format!("peer-{rank}.jsonl")));
+        let speed = args.speeds.get(rank as usize).copied().unwrap_or(1.0);
         configs.push(node_config(
             rank,
             n,
@@ -45,6 +52,7 @@ pub fn run(args: RunArgs, device: DeviceChoice) -> Result<()> {
             &training,
             x,
             args.data.resize,
+            speed,
         )?);
     }
     let results: Vec<Result<NodeSummary>> = std::thread::scope(|scope| {

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub metrics_out: Option<PathBuf>,
     /// Serverless offload (`--serverless none` keeps every batch on the peer).
     pub serverless: ServerlessArgs,
+    /// Pace of the peer's own batches relative to this machine, in (0, 1].
+    pub speed: f64,
 }
 
 /// How a peer's run ended.
@@ -125,7 +127,8 @@ impl Node {
         // contiguous run of batches.
         let round_batches =
             batch_ranges(ranges.len(), config.rounds_per_epoch.clamp(1, ranges.len()));
-        let local = LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed, config.rank);
+        let local = LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed, config.rank)
+            .with_speed(config.speed);
         let offload = offload(config, &pipeline, manifest.batches_per_peer, device).await?;
         let source = RoundSource::new(local, offload);
         Ok(Node {

@@ -18,6 +18,7 @@ pub struct LocalSource {
     rank: u32,
     batch_grad: Vec<f32>,
     buffers: BatchBuffers,
+    speed: f64,
 }
 
 impl LocalSource {
@@ -38,7 +39,17 @@ impl LocalSource {
             loss,
             seed,
             buffers: BatchBuffers::default(),
+            speed: 1.0,
         }
+    }
+
+    /// The same source, slowed to `speed` (in (0, 1]) of this machine's pace: after each
+    /// batch that kept the CPU busy for `t`, the peer idles `t x (1/speed - 1)`, the duty
+    /// cycle a CPU quota (cgroup `cpu.max`) imposes, so a study can have slow peers on one
+    /// machine.
+    pub fn with_speed(mut self, speed: f64) -> Self {
+        self.speed = speed;
+        self
     }
 }
 
@@ -54,6 +65,7 @@ impl LocalSource {
     ) -> Result<Totals> {
         let mut totals = Totals::default();
         for (index, range) in batches {
+            let busy = std::time::Instant::now();
             let indices: Vec<usize> = range.clone().collect();
             // The seed a function computing this batch would use, so augmentation matches.
             let seed = batch_seed(self.seed, round, self.rank, *index as u32);
@@ -64,6 +76,9 @@ impl LocalSource {
             let stats = model.grad_step(&batch, self.loss, &mut self.batch_grad)?;
             accumulate(acc, &self.batch_grad, stats.samples);
             totals.add(stats.loss as f64, stats.correct, stats.samples);
+            if self.speed < 1.0 {
+                std::thread::sleep(busy.elapsed().mul_f64(1.0 / self.speed - 1.0));
+            }
         }
         Ok(totals)
     }
