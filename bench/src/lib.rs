@@ -3,4 +3,5 @@
 
 pub mod gradstep;
 pub mod metrics;
+pub mod study;
 pub mod sys;

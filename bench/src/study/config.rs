@@ -1,0 +1,619 @@
+//! The study's TOML file (`peerless study --config study.toml`): one training job, the
+//! architectures to run it under, the peers' capabilities and the projection grid. Every
+//! table refuses unknown keys, and [`StudyConfig::validate`] checks every range before any
+//! training starts, naming the offending key.
+//!
+//! ```toml
+//! name = "tiny-fashion"
+//! model = "tiny_cnn"              # tiny_cnn | squeezenet1_1 | mobilenet_v3_small | vgg11
+//!                                 # or models = [...]: one study per model
+//! dataset = "fashion-mnist"       # mnist | fashion-mnist | cifar10 | synthetic
+//! batch_size = 64
+//! batches_per_peer = 8
+//! rounds_per_epoch = 4
+//! epochs = 2
+//! lr = 0.05
+//! [[peer]]
+//! speed = 1.0
+//! [[peer]]
+//! speed = 0.5
+//! ```
+//!
+//! Every other key has a default; `bench/study/default.toml` documents them all.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use peerless_models::Architecture as ModelArchitecture;
+
+use super::error::StudyError;
+
+/// How the peers compute their gradients: the three set-ups the study compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Every peer computes all its batches itself.
+    Instance,
+    /// Every peer offloads every batch to functions.
+    Serverless,
+    /// Slow peers offload just enough batches to keep up (`--offload auto`).
+    Hybrid,
+}
+
+impl Architecture {
+    /// All three, in the order the report lists them.
+    pub const ALL: [Architecture; 3] = [
+        Architecture::Instance,
+        Architecture::Serverless,
+        Architecture::Hybrid,
+    ];
+
+    /// The name used in config files, metrics directories and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Instance => "instance",
+            Architecture::Serverless => "serverless",
+            Architecture::Hybrid => "hybrid",
+        }
+    }
+
+    /// The peer's `--offload` value for this architecture (`None`: no functions at all).
+    pub fn offload(self) -> Option<&'static str> {
+        match self {
+            Architecture::Instance => None,
+            Architecture::Serverless => Some("1"),
+            Architecture::Hybrid => Some("auto"),
+        }
+    }
+
+    /// The architecture called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Architecture> {
+        Architecture::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// The training data set, named as `peerless train --dataset` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Dataset {
+    #[serde(rename = "mnist")]
+    Mnist,
+    #[serde(rename = "fashion-mnist")]
+    FashionMnist,
+    #[serde(rename = "cifar10")]
+    Cifar10,
+    #[serde(rename = "synthetic")]
+    Synthetic,
+}
+
+impl Dataset {
+    /// The `--dataset` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::Mnist => "mnist",
+            Dataset::FashionMnist => "fashion-mnist",
+            Dataset::Cifar10 => "cifar10",
+            Dataset::Synthetic => "synthetic",
+        }
+    }
+}
+
+/// Where offloaded batches run: the peer's `--serverless` value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionBackend {
+    /// A pool of function processes on this machine (no AWS account needed).
+    #[default]
+    Local,
+    /// AWS Lambda (or an emulator at `lambda_endpoint`), invoked per batch.
+    Lambda,
+    /// A Step Functions state machine fanning out to Lambda.
+    Stepfn,
+}
+
+impl FunctionBackend {
+    /// The `--serverless` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            FunctionBackend::Local => "local",
+            FunctionBackend::Lambda => "lambda",
+            FunctionBackend::Stepfn => "stepfn",
+        }
+    }
+}
+
+/// The functions' instruction set, which picks the Lambda price.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LambdaArch {
+    #[default]
+    X86_64,
+    Arm64,
+}
+
+impl LambdaArch {
+    /// The name AWS uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            LambdaArch::X86_64 => "x86_64",
+            LambdaArch::Arm64 => "arm64",
+        }
+    }
+}
+
+/// One peer's capability: how fast it computes and what it is billed as.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    /// Compute-speed factor in (0, 1]: 0.5 = the peer needs twice as long per batch.
+    #[serde(default = "one")]
+    pub speed: f64,
+    /// Compute threads for this peer (default: the runner's choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// EC2 type this peer is billed as (default: the top-level `instance_type`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+}
+
+/// The grid the scale projection covers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionConfig {
+    /// Peer counts to project to.
+    #[serde(default = "default_projection_peers")]
+    pub peers: Vec<u32>,
+    /// EC2 types the peers could run on (empty: the top-level `instance_type`).
+    #[serde(default)]
+    pub instance_types: Vec<String>,
+    /// Lambda memory sizes to project (empty: the top-level `lambda_memory_mb`).
+    #[serde(default = "default_projection_memory")]
+    pub lambda_memory_mb: Vec<u32>,
+    /// The account's concurrent-execution limit, shared by all peers' functions.
+    #[serde(default = "default_concurrency_limit")]
+    pub lambda_concurrency_limit: u32,
+    /// vCPUs one gradient step can use: more Lambda memory buys CPU up to this many
+    /// vCPUs (flex kept 1.2-1.7 of 2 cores busy in bench/README.md), at most 6.
+    #[serde(default = "default_useful_vcpus")]
+    pub max_useful_vcpus: f64,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        ProjectionConfig {
+            peers: default_projection_peers(),
+            instance_types: Vec::new(),
+            lambda_memory_mb: default_projection_memory(),
+            lambda_concurrency_limit: default_concurrency_limit(),
+            max_useful_vcpus: default_useful_vcpus(),
+        }
+    }
+}
+
+/// The whole study: one training job, the architectures to compare, the peers, the
+/// resources they are billed as, and the projection grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConfig {
+    /// Names the study in the report.
+    pub name: String,
+    /// The model to train; give either `model` or `models`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelArchitecture>,
+    /// Several models: one study per model, each named `<name>-<model>` (see
+    /// [`StudyConfig::per_model`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelArchitecture>,
+    /// The training data (`--dataset`).
+    pub dataset: Dataset,
+    /// Where the data set's files are (default: the runner's per-dataset default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Use only the first N training images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Batches each peer computes (or offloads) per round.
+    pub batches_per_peer: usize,
+    /// Rounds (one gradient exchange and update each) per epoch.
+    pub rounds_per_epoch: usize,
+    pub epochs: usize,
+    /// Learning rate of the peers' SGD.
+    pub lr: f64,
+    /// SGD momentum in [0, 1).
+    #[serde(default)]
+    pub momentum: f64,
+    /// Seeds weights, shuffling and partitioning: the same seed gives every architecture
+    /// the same start.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Evaluate (validation and test accuracy) after every round; off makes rounds
+    /// faster and the report shows loss only.
+    #[serde(default = "yes")]
+    pub evaluation: bool,
+    /// The architectures to run, in this order.
+    #[serde(default = "default_architectures")]
+    pub architectures: Vec<Architecture>,
+    /// Where offloaded batches run.
+    #[serde(default)]
+    pub serverless: FunctionBackend,
+    /// Concurrent function calls per peer.
+    #[serde(default = "default_function_concurrency")]
+    pub function_concurrency: usize,
+    /// Memory of each function, MB (Lambda allows 128..=10240).
+    #[serde(default = "default_lambda_memory")]
+    pub lambda_memory_mb: u32,
+    /// The functions' instruction set, which picks the Lambda price.
+    #[serde(default)]
+    pub lambda_architecture: LambdaArch,
+    /// EC2 type every peer is billed as unless its `[[peer]]` table says otherwise.
+    #[serde(default = "default_instance_type")]
+    pub instance_type: String,
+    /// Amazon MQ broker type the RabbitMQ broker is billed as.
+    #[serde(default = "default_broker_type")]
+    pub broker_type: String,
+    /// Prices file: relative paths are tried against the config file's folder, then the
+    /// working directory.
+    #[serde(default = "default_prices")]
+    pub prices: PathBuf,
+    /// Object store for shards, weights and gradients (`s3://bucket/prefix` or a folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// RabbitMQ URL (`amqp://...`); without it the runner uses an in-process exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// Lambda endpoint (an emulator) when `serverless = "lambda"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_endpoint: Option<String>,
+    /// State machine when `serverless = "stepfn"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_machine_arn: Option<String>,
+    /// One `[[peer]]` table per peer.
+    #[serde(rename = "peer", default)]
+    pub peers: Vec<PeerSpec>,
+    /// The scale projection's grid.
+    #[serde(default)]
+    pub projection: ProjectionConfig,
+    /// The file this config came from, for error messages and relative paths.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_seed() -> u64 {
+    1234
+}
+fn default_architectures() -> Vec<Architecture> {
+    Architecture::ALL.to_vec()
+}
+fn default_function_concurrency() -> usize {
+    2
+}
+fn default_lambda_memory() -> u32 {
+    2048
+}
+fn default_instance_type() -> String {
+    "t3.medium".into()
+}
+fn default_broker_type() -> String {
+    "mq.m5.large".into()
+}
+fn default_prices() -> PathBuf {
+    PathBuf::from("bench/prices/aws-us-east-1.toml")
+}
+fn default_projection_peers() -> Vec<u32> {
+    vec![4, 8, 16, 32, 64, 128, 256, 512]
+}
+fn default_projection_memory() -> Vec<u32> {
+    vec![1024, 1769, 3008]
+}
+fn default_concurrency_limit() -> u32 {
+    1000
+}
+fn default_useful_vcpus() -> f64 {
+    2.0
+}
+
+/// Lambda's memory range, MB.
+pub const LAMBDA_MEMORY_MB: std::ops::RangeInclusive<u32> = 128..=10240;
+
+impl StudyConfig {
+    /// Parses and validates a config held in memory (relative paths resolve against the
+    /// working directory).
+    pub fn from_toml_str(text: &str) -> Result<StudyConfig, StudyError> {
+        Self::parse(text, None)
+    }
+
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<StudyConfig, StudyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| StudyError::io(path, e))?;
+        Self::parse(&text, Some(path))
+    }
+
+    fn parse(text: &str, path: Option<&Path>) -> Result<StudyConfig, StudyError> {
+        let mut config: StudyConfig = toml::from_str(text).map_err(|e| StudyError::Parse {
+            file: label(path),
+            message: e.to_string(),
+        })?;
+        config.source = path.map(Path::to_path_buf);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config file's name for messages (`study config` when it came from a string).
+    pub fn file_label(&self) -> String {
+        label(self.source.as_deref())
+    }
+
+    /// Checks every value's range, naming the first offending key.
+    pub fn validate(&self) -> Result<(), StudyError> {
+        let file = self.file_label();
+        let bad = |key: &str, message: String| Err(StudyError::invalid(&file, key, message));
+        if self.name.trim().is_empty() {
+            return bad("name", "must not be empty".into());
+        }
+        match (self.model, self.models.is_empty()) {
+            (None, true) => return bad("model", "is missing (or give `models`)".into()),
+            (Some(_), false) => {
+                return bad(
+                    "models",
+                    "cannot be combined with `model`: give one of them".into(),
+                );
+            }
+            _ => {}
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if self.models[..i].contains(m) {
+                return bad(
+                    &format!("models[{i}]"),
+                    format!("lists {:?} twice", m.name()),
+                );
+            }
+        }
+        for (key, value) in [
+            ("batch_size", self.batch_size),
+            ("batches_per_peer", self.batches_per_peer),
+            ("rounds_per_epoch", self.rounds_per_epoch),
+            ("epochs", self.epochs),
+            ("function_concurrency", self.function_concurrency),
+        ] {
+            if value < 1 {
+                return bad(key, format!("must be at least 1, got {value}"));
+            }
+        }
+        if self.limit == Some(0) {
+            return bad("limit", "must be at least 1 when given, got 0".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", format!("must be a positive number, got {}", self.lr));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return bad(
+                "momentum",
+                format!("must be in [0, 1), got {}", self.momentum),
+            );
+        }
+        if self.architectures.is_empty() {
+            return bad(
+                "architectures",
+                "must name at least one architecture".into(),
+            );
+        }
+        for (i, a) in self.architectures.iter().enumerate() {
+            if self.architectures[..i].contains(a) {
+                return bad(
+                    &format!("architectures[{i}]"),
+                    format!("lists {:?} twice", a.name()),
+                );
+            }
+        }
+        if !LAMBDA_MEMORY_MB.contains(&self.lambda_memory_mb) {
+            return bad(
+                "lambda_memory_mb",
+                format!("must be in 128..=10240, got {}", self.lambda_memory_mb),
+            );
+        }
+        if self.instance_type.trim().is_empty() {
+            return bad("instance_type", "must not be empty".into());
+        }
+        if self.broker_type.trim().is_empty() {
+            return bad("broker_type", "must not be empty".into());
+        }
+        if self.peers.is_empty() {
+            return bad("peer", "needs at least one [[peer]] table".into());
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if !(p.speed.is_finite() && p.speed > 0.0 && p.speed <= 1.0) {
+                return bad(
+                    &format!("peer[{i}].speed"),
+                    format!("must be in (0, 1], got {}", p.speed),
+                );
+            }
+            if p.threads == Some(0) {
+                return bad(
+                    &format!("peer[{i}].threads"),
+                    "must be at least 1 when given, got 0".into(),
+                );
+            }
+            if p.instance_type
+                .as_deref()
+                .is_some_and(|t| t.trim().is_empty())
+            {
+                return bad(
+                    &format!("peer[{i}].instance_type"),
+                    "must not be empty".into(),
+                );
+            }
+        }
+        if self.offloads() {
+            if self.serverless == FunctionBackend::Stepfn && self.state_machine_arn.is_none() {
+                return bad(
+                    "state_machine_arn",
+                    "is needed when serverless = \"stepfn\"".into(),
+                );
+            }
+            if self.serverless != FunctionBackend::Local && self.store.is_none() {
+                return bad(
+                    "store",
+                    format!(
+                        "is needed when serverless = {:?}: the functions read batches and \
+                         weights from it",
+                        self.serverless.name()
+                    ),
+                );
+            }
+        }
+        let p = &self.projection;
+        if p.peers.is_empty() {
+            return bad(
+                "projection.peers",
+                "must list at least one peer count".into(),
+            );
+        }
+        for (i, &n) in p.peers.iter().enumerate() {
+            if n < 1 {
+                return bad(
+                    &format!("projection.peers[{i}]"),
+                    format!("must be at least 1, got {n}"),
+                );
+            }
+        }
+        for (i, t) in p.instance_types.iter().enumerate() {
+            if t.trim().is_empty() {
+                return bad(
+                    &format!("projection.instance_types[{i}]"),
+                    "must not be empty".into(),
+                );
+            }
+        }
+        for (i, m) in p.lambda_memory_mb.iter().enumerate() {
+            if !LAMBDA_MEMORY_MB.contains(m) {
+                return bad(
+                    &format!("projection.lambda_memory_mb[{i}]"),
+                    format!("must be in 128..=10240, got {m}"),
+                );
+            }
+        }
+        if !(p.max_useful_vcpus.is_finite()
+            && p.max_useful_vcpus > 0.0
+            && p.max_useful_vcpus <= 6.0)
+        {
+            return bad(
+                "projection.max_useful_vcpus",
+                format!("must be in (0, 6], got {}", p.max_useful_vcpus),
+            );
+        }
+        if p.lambda_concurrency_limit < 1 {
+            return bad(
+                "projection.lambda_concurrency_limit",
+                "must be at least 1, got 0".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// One study per model: `[(model, config)]` where each config names exactly that
+    /// model (`model = Some(..)`, `models` empty) and, for a `models` list, is named
+    /// `<name>-<model>`.
+    pub fn per_model(&self) -> Vec<(ModelArchitecture, StudyConfig)> {
+        if let Some(model) = self.model {
+            return vec![(model, self.clone())];
+        }
+        self.models
+            .iter()
+            .map(|&m| {
+                let mut c = self.clone();
+                c.name = format!("{}-{}", self.name, m.name());
+                c.model = Some(m);
+                c.models.clear();
+                (m, c)
+            })
+            .collect()
+    }
+
+    /// The model names, for messages and the report (`a, b, c` for a list).
+    pub fn model_names(&self) -> String {
+        match self.model {
+            Some(m) => m.name().to_string(),
+            None => self
+                .models
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// Whether any architecture calls functions.
+    pub fn offloads(&self) -> bool {
+        self.architectures
+            .iter()
+            .any(|a| *a != Architecture::Instance)
+    }
+
+    /// Total rounds of one architecture's run.
+    pub fn rounds(&self) -> u64 {
+        (self.epochs as u64).saturating_mul(self.rounds_per_epoch as u64)
+    }
+
+    /// The EC2 type peer `rank` is billed as.
+    pub fn peer_instance_type(&self, rank: usize) -> &str {
+        self.peers
+            .get(rank)
+            .and_then(|p| p.instance_type.as_deref())
+            .unwrap_or(&self.instance_type)
+    }
+
+    /// Peer `rank`'s speed factor (1.0 for ranks beyond the `[[peer]]` tables).
+    pub fn peer_speed(&self, rank: usize) -> f64 {
+        self.peers.get(rank).map_or(1.0, |p| p.speed)
+    }
+
+    /// The EC2 types the projection covers.
+    pub fn projection_instance_types(&self) -> Vec<String> {
+        if self.projection.instance_types.is_empty() {
+            vec![self.instance_type.clone()]
+        } else {
+            self.projection.instance_types.clone()
+        }
+    }
+
+    /// The Lambda memory sizes the projection covers.
+    pub fn projection_memory_mb(&self) -> Vec<u32> {
+        if self.projection.lambda_memory_mb.is_empty() {
+            vec![self.lambda_memory_mb]
+        } else {
+            self.projection.lambda_memory_mb.clone()
+        }
+    }
+
+    /// The prices file: an absolute path as is; a relative one against the config file's
+    /// folder when it exists there, else against the working directory.
+    pub fn prices_path(&self) -> PathBuf {
+        if self.prices.is_absolute() {
+            return self.prices.clone();
+        }
+        if let Some(dir) = self.source.as_deref().and_then(Path::parent) {
+            let candidate = dir.join(&self.prices);
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+        self.prices.clone()
+    }
+
+    /// The config as TOML, for the report's setup section.
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# not representable as TOML: {e}"))
+    }
+}
+
+fn label(path: Option<&Path>) -> String {
+    path.map_or_else(|| "study config".to_string(), |p| p.display().to_string())
+}

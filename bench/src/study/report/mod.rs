@@ -1,0 +1,207 @@
+//! The study's report: `report.md`, a self-contained `report.html`, PNG and SVG plots and
+//! the raw metrics as CSV, all from the runs' metrics, the prices and the projection.
+//!
+//! How a round's time is split for the tables and plot (a), per peer, mean per round:
+//! **compute** = `compute_time_s` minus the weights upload and gradient fetch it contains;
+//! **communication** = encode + send + decode + weights upload + gradient fetch;
+//! **update** = `update_time_s`; **waiting** = `receive_time_s` (waiting for the other
+//! peers' gradients).
+
+mod csv;
+mod doc;
+mod figures;
+mod machine;
+mod plots;
+mod sections;
+
+use std::path::{Path, PathBuf};
+
+use doc::Block;
+use figures::{cost_plot, projection_plot, time_split_plot, training_plot};
+use sections::{
+    architectures_section, cost_section, files_section, projection_section, setup_section,
+    summary_section,
+};
+
+use super::config::StudyConfig;
+use super::cost::run_cost;
+use super::error::StudyError;
+use super::prices::Prices;
+use super::runs::{ArchitectureRun, PeerRun};
+use super::simulate::Projection;
+use crate::metrics::RoundMetrics;
+
+pub use csv::{invocations_csv, metrics_csv};
+
+/// The report's section headings, in order (tests and readers can rely on them).
+pub const SECTIONS: [&str; 6] = [
+    "Summary",
+    "Setup",
+    "Architectures",
+    "Cost",
+    "Projection",
+    "Files",
+];
+
+/// Every file [`write_report`] wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportFiles {
+    pub markdown: PathBuf,
+    pub html: PathBuf,
+    pub metrics_csv: PathBuf,
+    pub invocations_csv: PathBuf,
+    /// PNG and SVG of every plot.
+    pub plots: Vec<PathBuf>,
+}
+
+/// Mean time split of one peer's rounds, seconds (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TimeSplit {
+    pub compute: f64,
+    pub communication: f64,
+    pub update: f64,
+    pub waiting: f64,
+}
+
+impl TimeSplit {
+    /// The split of one round.
+    pub fn of_round(m: &RoundMetrics) -> TimeSplit {
+        let remote_io = m.weights_upload_time_s + m.gradient_fetch_time_s;
+        TimeSplit {
+            compute: (m.compute_time_s - remote_io).max(0.0),
+            communication: m.encode_time_s + m.send_time_s + m.decode_time_s + remote_io,
+            update: m.update_time_s,
+            waiting: m.receive_time_s,
+        }
+    }
+
+    /// The mean split of a peer's rounds.
+    pub fn of_peer(peer: &PeerRun) -> TimeSplit {
+        TimeSplit {
+            compute: peer.mean(|m| TimeSplit::of_round(m).compute),
+            communication: peer.mean(|m| TimeSplit::of_round(m).communication),
+            update: peer.mean(|m| m.update_time_s),
+            waiting: peer.mean(|m| m.receive_time_s),
+        }
+    }
+
+    fn parts(&self) -> Vec<f64> {
+        vec![self.compute, self.communication, self.update, self.waiting]
+    }
+}
+
+/// Writes the whole report into `out_dir` (created if needed): `report.md`,
+/// `report.html`, `metrics.csv`, `invocations.csv` and `plots/*.png|svg`.
+pub fn write_report(
+    out_dir: &Path,
+    config: &StudyConfig,
+    runs: &[ArchitectureRun],
+    prices: &Prices,
+    projection: &Projection,
+) -> Result<ReportFiles, StudyError> {
+    let plot_dir = out_dir.join("plots");
+    std::fs::create_dir_all(&plot_dir).map_err(|e| StudyError::io(&plot_dir, e))?;
+    let costs = runs
+        .iter()
+        .map(|r| run_cost(r, config, prices))
+        .collect::<Result<Vec<_>, _>>()?;
+    let has_accuracy = runs
+        .iter()
+        .flat_map(|r| r.all_rounds())
+        .any(|m| m.test_accuracy.is_some());
+
+    let mut svgs: Vec<(String, String)> = Vec::new();
+    let mut plot_files = Vec::new();
+    let mut figure = |name: &str, svg: String| -> Block {
+        plot_files.push(plot_dir.join(format!("{name}.png")));
+        plot_files.push(plot_dir.join(format!("{name}.svg")));
+        let svg_rel = format!("plots/{name}.svg");
+        svgs.push((svg_rel.clone(), svg));
+        Block::Figure {
+            caption: String::new(),
+            png: format!("plots/{name}.png"),
+            svg: svg_rel,
+        }
+    };
+    let time_fig = figure(
+        "time_split",
+        plots::render(&time_split_plot(runs), &plot_dir)?,
+    );
+    let training_fig = figure(
+        "training",
+        plots::render(
+            &training_plot(runs, config, prices, has_accuracy)?,
+            &plot_dir,
+        )?,
+    );
+    let cost_fig = figure("cost", plots::render(&cost_plot(runs, &costs), &plot_dir)?);
+    let projection_fig = if projection.points.is_empty() {
+        None
+    } else {
+        Some(figure(
+            "projection",
+            plots::render(&projection_plot(config, projection), &plot_dir)?,
+        ))
+    };
+
+    let files = ReportFiles {
+        markdown: out_dir.join("report.md"),
+        html: out_dir.join("report.html"),
+        metrics_csv: out_dir.join("metrics.csv"),
+        invocations_csv: out_dir.join("invocations.csv"),
+        plots: plot_files,
+    };
+    let mut blocks = vec![Block::Heading(1, format!("Study report: {}", config.name))];
+    summary_section(&mut blocks, config, runs, &costs, has_accuracy);
+    setup_section(&mut blocks, config, prices);
+    architectures_section(
+        &mut blocks,
+        config,
+        runs,
+        time_fig,
+        training_fig,
+        has_accuracy,
+    );
+    cost_section(&mut blocks, runs, &costs, prices, cost_fig);
+    projection_section(&mut blocks, config, projection, projection_fig);
+    files_section(&mut blocks, out_dir, &files);
+
+    write(&files.metrics_csv, &metrics_csv(runs))?;
+    write(&files.invocations_csv, &invocations_csv(runs))?;
+    write(&files.markdown, &doc::markdown(&blocks))?;
+    let svg_of = |rel: &str| svgs.iter().find(|(r, _)| r == rel).map(|(_, s)| s.clone());
+    write(
+        &files.html,
+        &doc::html(&format!("Study report: {}", config.name), &blocks, &svg_of),
+    )?;
+    Ok(files)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), StudyError> {
+    std::fs::write(path, text).map_err(|e| StudyError::io(path, e))
+}
+
+fn with_caption(mut fig: Block, text: &str) -> Block {
+    if let Block::Figure { caption, .. } = &mut fig {
+        *caption = text.to_string();
+    }
+    fig
+}
+
+/// Training loss of a round over all peers, weighted by samples.
+fn round_loss(rounds: &[&RoundMetrics]) -> Option<f64> {
+    let samples: usize = rounds.iter().map(|m| m.samples).sum();
+    if rounds.is_empty() {
+        return None;
+    }
+    if samples == 0 {
+        return Some(rounds.iter().map(|m| m.train_loss).sum::<f64>() / rounds.len() as f64);
+    }
+    Some(
+        rounds
+            .iter()
+            .map(|m| m.train_loss * m.samples as f64)
+            .sum::<f64>()
+            / samples as f64,
+    )
+}

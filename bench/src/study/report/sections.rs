@@ -1,0 +1,578 @@
+//! The report's sections, each appended to the document as blocks: summary, setup,
+//! architectures, cost, projection and files.
+
+use std::path::Path;
+
+use super::doc::Block;
+use super::{ReportFiles, SECTIONS, TimeSplit, machine, round_loss, with_caption};
+use crate::metrics::RoundMetrics;
+use crate::study::config::{Architecture, StudyConfig};
+use crate::study::cost::{CostBreakdown, rules};
+use crate::study::prices::Prices;
+use crate::study::runs::ArchitectureRun;
+use crate::study::simulate::{Projection, VALIDATION_TOLERANCE, assumptions};
+
+/// `x` with `digits` significant digits (plain notation).
+fn sig(x: f64, digits: i32) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    let decimals = (digits - 1 - magnitude).max(0) as usize;
+    format!("{x:.decimals$}")
+}
+
+fn dollars(x: f64) -> String {
+    let text = sig(x, 4);
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
+    format!("${text}")
+}
+
+fn secs(x: f64) -> String {
+    format!("{x:.3}")
+}
+
+fn find_run(runs: &[ArchitectureRun], arch: Architecture) -> Option<(usize, &ArchitectureRun)> {
+    runs.iter()
+        .enumerate()
+        .find(|(_, r)| r.architecture() == Some(arch))
+}
+
+/// The headline: change in gradient-computation time and cost ratio against `instance`.
+fn headline(
+    runs: &[ArchitectureRun],
+    costs: &[CostBreakdown],
+    arch: Architecture,
+) -> Option<String> {
+    let (i, base) = find_run(runs, Architecture::Instance)?;
+    let (j, other) = find_run(runs, arch)?;
+    let (t0, t1) = (
+        base.slowest_mean_compute_s(),
+        other.slowest_mean_compute_s(),
+    );
+    let (c0, c1) = (costs[i].total, costs[j].total);
+    if t0 <= 0.0 {
+        return None;
+    }
+    let change = (t1 - t0) / t0 * 100.0;
+    let direction = if change <= 0.0 {
+        format!("{:.2}% less", -change)
+    } else {
+        format!("{change:.2}% more")
+    };
+    let ratio = if c0 > 0.0 {
+        format!("{:.2}x the cost", c1 / c0)
+    } else {
+        "the cost cannot be compared (instance run cost $0)".to_string()
+    };
+    Some(format!(
+        "**{} vs instance**: {direction} gradient computation time (slowest peer's mean \
+         compute_time_s per round: {} s → {} s), at {ratio} ({} vs {}).",
+        capitalise(arch.name()),
+        secs(t0),
+        secs(t1),
+        dollars(c1),
+        dollars(c0)
+    ))
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+fn final_round_values(run: &ArchitectureRun) -> (Option<f64>, Option<f64>) {
+    let last = run.round_count().checked_sub(1);
+    let Some(last) = last else {
+        return (None, None);
+    };
+    let rounds: Vec<&RoundMetrics> = run
+        .peers
+        .iter()
+        .filter_map(|p| p.rounds.get(last))
+        .collect();
+    (
+        round_loss(&rounds),
+        rounds.iter().find_map(|m| m.test_accuracy),
+    )
+}
+
+pub(super) fn summary_section(
+    blocks: &mut Vec<Block>,
+    config: &StudyConfig,
+    runs: &[ArchitectureRun],
+    costs: &[CostBreakdown],
+    has_accuracy: bool,
+) {
+    blocks.push(Block::Heading(2, SECTIONS[0].into()));
+    let lines: Vec<String> = [Architecture::Serverless, Architecture::Hybrid]
+        .into_iter()
+        .filter_map(|a| headline(runs, costs, a))
+        .collect();
+    if lines.is_empty() {
+        blocks.push(Block::Paragraph(
+            "No comparison against `instance`: the study needs an instance run and a \
+             serverless or hybrid run for the headline."
+                .into(),
+        ));
+    } else {
+        blocks.push(Block::List(lines));
+    }
+    blocks.push(Block::Paragraph(format!(
+        "{} on {}, {} peers, {} rounds ({} epochs × {} rounds), {} batches of {} per peer and \
+         round. The original study's headline for comparison: up to 97.34% less gradient \
+         computation time with serverless, at up to 5.4x the cost.",
+        config.model_names(),
+        config.dataset.name(),
+        config.peers.len(),
+        config.rounds(),
+        config.epochs,
+        config.rounds_per_epoch,
+        config.batches_per_peer,
+        config.batch_size
+    )));
+    let mut table = vec![
+        [
+            "architecture",
+            "wall time s",
+            "mean round s",
+            "slowest peer compute s/round",
+            "total cost",
+            "final train loss",
+            "final test accuracy",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for (run, cost) in runs.iter().zip(costs) {
+        let (loss, accuracy) = final_round_values(run);
+        table.push(vec![
+            run.name.clone(),
+            secs(run.wall_time_s),
+            secs(run.mean_round_time_s()),
+            secs(run.slowest_mean_compute_s()),
+            dollars(cost.total),
+            loss.map_or("–".into(), |l| format!("{l:.4}")),
+            accuracy.map_or("–".into(), |a| format!("{:.2}%", a * 100.0)),
+        ]);
+    }
+    blocks.push(Block::Table(table));
+    if !has_accuracy {
+        blocks.push(Block::Paragraph(
+            "Accuracy was not measured (evaluation was off): the tables and plots show the \
+             training loss only."
+                .into(),
+        ));
+    }
+}
+
+pub(super) fn setup_section(blocks: &mut Vec<Block>, config: &StudyConfig, prices: &Prices) {
+    blocks.push(Block::Heading(2, SECTIONS[1].into()));
+    blocks.push(Block::Paragraph(format!(
+        "Functions: `{}` backend, {} concurrent calls per peer, {} MB ({}). Broker billed as \
+         `{}`. Prices: `{}` ({}, {}).",
+        config.serverless.name(),
+        config.function_concurrency,
+        config.lambda_memory_mb,
+        config.lambda_architecture.name(),
+        config.broker_type,
+        prices.source_file,
+        prices.region,
+        prices.currency
+    )));
+    let mut peers = vec![
+        ["peer", "speed", "threads", "billed as"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for (rank, p) in config.peers.iter().enumerate() {
+        peers.push(vec![
+            rank.to_string(),
+            format!("{}", p.speed),
+            p.threads.map_or("default".into(), |t| t.to_string()),
+            config.peer_instance_type(rank).to_string(),
+        ]);
+    }
+    blocks.push(Block::Heading(3, "Peers".into()));
+    blocks.push(Block::Table(peers));
+    blocks.push(Block::Heading(3, "Machine".into()));
+    let mut machine = vec![vec!["what".to_string(), "value".to_string()]];
+    machine.extend(
+        machine::machine_facts()
+            .into_iter()
+            .map(|(k, v)| vec![k, v]),
+    );
+    blocks.push(Block::Table(machine));
+    blocks.push(Block::Heading(3, "Configuration".into()));
+    blocks.push(Block::Code(config.to_toml_string()));
+}
+
+pub(super) fn architectures_section(
+    blocks: &mut Vec<Block>,
+    config: &StudyConfig,
+    runs: &[ArchitectureRun],
+    time_fig: Block,
+    training_fig: Block,
+    has_accuracy: bool,
+) {
+    blocks.push(Block::Heading(2, SECTIONS[2].into()));
+    blocks.push(Block::Paragraph(
+        "Per peer, mean per round: **compute** = compute_time_s without the weights upload \
+         and gradient fetch it contains; **communication** = encode + send + decode + weights \
+         upload + gradient fetch; **update** = update_time_s; **waiting** = receive_time_s \
+         (waiting for the other peers' gradients)."
+            .into(),
+    ));
+    for run in runs {
+        blocks.push(Block::Heading(3, run.name.clone()));
+        blocks.push(Block::Paragraph(format!(
+            "{} rounds, wall time {} s, mean round {} s (slowest peer, without evaluation).",
+            run.round_count(),
+            secs(run.wall_time_s),
+            secs(run.mean_round_time_s())
+        )));
+        let mut table = vec![
+            [
+                "peer",
+                "speed",
+                "rounds",
+                "local batches",
+                "offloaded",
+                "fallback",
+                "compute s",
+                "communication s",
+                "update s",
+                "waiting s",
+                "round s",
+                "invocations",
+                "MB sent/round",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for peer in &run.peers {
+            let split = TimeSplit::of_peer(peer);
+            let sum = |f: fn(&RoundMetrics) -> usize| -> usize { peer.rounds.iter().map(f).sum() };
+            table.push(vec![
+                peer.rank.to_string(),
+                format!("{}", config.peer_speed(peer.rank as usize)),
+                peer.rounds.len().to_string(),
+                sum(|m| m.local_batches).to_string(),
+                sum(|m| m.offloaded_batches).to_string(),
+                sum(|m| m.fallback_batches).to_string(),
+                secs(split.compute),
+                secs(split.communication),
+                secs(split.update),
+                secs(split.waiting),
+                secs(peer.mean(|m| m.round_time_s)),
+                sum(|m| m.invocations.len()).to_string(),
+                format!("{:.3}", peer.mean(|m| m.bytes_sent as f64) / 1e6),
+            ]);
+        }
+        blocks.push(Block::Table(table));
+    }
+    blocks.push(with_caption(
+        time_fig,
+        "(a) Time per round, mean per peer, split into compute, communication, update and \
+         waiting, by architecture.",
+    ));
+    blocks.push(with_caption(
+        training_fig,
+        if has_accuracy {
+            "(b) Training loss and test accuracy against training time and against dollars \
+             spent, by architecture."
+        } else {
+            "(b) Training loss against training time and against dollars spent, by \
+             architecture (no accuracy: evaluation was off)."
+        },
+    ));
+}
+
+pub(super) fn cost_section(
+    blocks: &mut Vec<Block>,
+    runs: &[ArchitectureRun],
+    costs: &[CostBreakdown],
+    prices: &Prices,
+    cost_fig: Block,
+) {
+    blocks.push(Block::Heading(2, SECTIONS[3].into()));
+    blocks.push(Block::Paragraph(format!(
+        "Dollars at the prices of `{}` ({}); the billing rules:",
+        prices.source_file, prices.region
+    )));
+    blocks.push(Block::List(rules()));
+    let mut table = vec![
+        [
+            "architecture",
+            "EC2",
+            "Lambda compute",
+            "Lambda requests",
+            "Step Functions",
+            "S3 requests",
+            "broker",
+            "total",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let mut quantities = vec![
+        [
+            "architecture",
+            "instance-hours",
+            "GB-seconds",
+            "Lambda requests",
+            "state transitions",
+            "S3 PUTs",
+            "S3 GETs",
+            "broker-hours",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for (run, c) in runs.iter().zip(costs) {
+        table.push(vec![
+            run.name.clone(),
+            dollars(c.ec2),
+            dollars(c.lambda_compute),
+            dollars(c.lambda_requests),
+            dollars(c.step_functions),
+            dollars(c.s3_requests),
+            dollars(c.broker),
+            dollars(c.total),
+        ]);
+        let q = &c.quantities;
+        quantities.push(vec![
+            run.name.clone(),
+            sig(q.instance_hours, 4),
+            sig(q.gb_seconds, 4),
+            q.lambda_requests.to_string(),
+            q.state_transitions.to_string(),
+            q.s3_put_requests.to_string(),
+            q.s3_get_requests.to_string(),
+            sig(q.broker_hours, 4),
+        ]);
+    }
+    blocks.push(Block::Table(table));
+    blocks.push(Block::Table(quantities));
+    let mut price_rows = vec![
+        ["price", "value", "unit", "date", "source"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for (key, p) in prices.entries() {
+        price_rows.push(vec![
+            key,
+            format!("{}", p.value),
+            p.unit.clone(),
+            p.date.clone(),
+            p.source.clone(),
+        ]);
+    }
+    for (name, p) in &prices.ec2 {
+        price_rows.push(vec![
+            format!("ec2.\"{name}\""),
+            format!("{}", p.value),
+            p.unit.clone(),
+            p.date.clone(),
+            p.source.clone(),
+        ]);
+    }
+    blocks.push(Block::Heading(3, "Prices used".into()));
+    blocks.push(Block::Table(price_rows));
+    blocks.push(with_caption(
+        cost_fig,
+        "(c) Cost of each architecture's run, by resource.",
+    ));
+}
+
+pub(super) fn projection_section(
+    blocks: &mut Vec<Block>,
+    config: &StudyConfig,
+    projection: &Projection,
+    fig: Option<Block>,
+) {
+    blocks.push(Block::Heading(2, SECTIONS[4].into()));
+    blocks.push(Block::Paragraph(
+        "An analytical model of one round, calibrated from the local runs, evaluated for \
+         more peers, other instance types and other Lambda memory sizes."
+            .into(),
+    ));
+    blocks.push(Block::Heading(3, "Validation".into()));
+    if projection.validations.is_empty() {
+        blocks.push(Block::Paragraph("No run could be validated.".into()));
+    } else {
+        let mut table = vec![
+            [
+                "architecture",
+                "rounds",
+                "predicted mean round s",
+                "measured mean round s",
+                "ratio",
+                "within ±20%",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for v in &projection.validations {
+            table.push(vec![
+                v.architecture.clone(),
+                v.rounds.to_string(),
+                secs(v.predicted_round_s),
+                secs(v.measured_round_s),
+                format!("{:.3}", v.ratio),
+                if v.within_tolerance { "yes" } else { "**no**" }.into(),
+            ]);
+        }
+        blocks.push(Block::Paragraph(format!(
+            "The model's prediction of each local run (same peers, same speeds, the study \
+             machine) against its measured mean round time; the model is trusted within \
+             ±{:.0}%.",
+            VALIDATION_TOLERANCE * 100.0
+        )));
+        blocks.push(Block::Table(table));
+    }
+    blocks.push(Block::Heading(3, "Calibration".into()));
+    let c = &projection.calibration;
+    let opt = |x: Option<f64>| x.map_or("not measured".to_string(), |v| sig(v, 4));
+    let mut cal = vec![
+        vec!["quantity".to_string(), "value".to_string()],
+        vec![
+            "seconds per batch at speed 1.0".into(),
+            format!(
+                "{} (from {})",
+                opt(c.batch_s),
+                c.batch_source.as_deref().unwrap_or("no run")
+            ),
+        ],
+        vec![
+            "reference instance type".into(),
+            c.reference_instance_type.clone(),
+        ],
+        vec!["gradient bytes".into(), format!("{:.0}", c.gradient_bytes)],
+        vec!["exchange s (local)".into(), sig(c.exchange_s, 4)],
+        vec![
+            "broker throughput MB/s".into(),
+            opt(c.broker_bytes_per_s.map(|w| w / 1e6)),
+        ],
+        vec!["encode s".into(), sig(c.encode_s, 4)],
+        vec![
+            "decode s per gradient".into(),
+            sig(c.decode_per_gradient_s, 4),
+        ],
+        vec!["update s".into(), sig(c.update_s, 4)],
+    ];
+    if let Some(f) = &c.functions {
+        cal.push(vec![
+            "function memory MB (measured)".into(),
+            f.memory_mb.to_string(),
+        ]);
+        for (k, v) in [
+            ("function call overhead s", f.call_overhead_s),
+            ("function load weights s", f.load_weights_s),
+            ("function load batch s", f.load_batch_s),
+            ("function compute s", f.compute_s),
+            ("function upload s", f.upload_s),
+            ("cold-start extra s", f.cold_extra_s),
+            ("billed ms beyond handler", f.billed_extra_ms),
+            ("weights upload s (peer)", f.weights_upload_s),
+            (
+                "gradient fetch s per gradient (peer)",
+                f.fetch_per_gradient_s,
+            ),
+            ("state transitions per batch", f.transitions_per_batch),
+        ] {
+            cal.push(vec![k.to_string(), sig(v, 4)]);
+        }
+        cal.push(vec![
+            "invocations measured".into(),
+            f.invocations.to_string(),
+        ]);
+    } else {
+        cal.push(vec!["functions".into(), "no function call recorded".into()]);
+    }
+    blocks.push(Block::Table(cal));
+    blocks.push(Block::Heading(3, "Assumptions".into()));
+    blocks.push(Block::List(assumptions()));
+    if !projection.notes.is_empty() {
+        blocks.push(Block::Heading(3, "Not projected".into()));
+        blocks.push(Block::List(projection.notes.clone()));
+    }
+    blocks.push(Block::Heading(3, "Projected rounds".into()));
+    let mut table = vec![
+        [
+            "architecture",
+            "peers",
+            "instance",
+            "memory MB",
+            "round s",
+            "compute s",
+            "exchange s",
+            "cold start +s",
+            "offloaded/round",
+            "cost/round",
+            "cost/1000 rounds",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for p in &projection.points {
+        table.push(vec![
+            p.architecture.name().to_string(),
+            p.peers.to_string(),
+            p.instance_type.clone(),
+            p.lambda_memory_mb.map_or("–".into(), |m| m.to_string()),
+            sig(p.round.round_time_s, 4),
+            sig(p.round.compute_s, 4),
+            sig(p.round.exchange_s, 4),
+            sig(p.cold_start_extra_s, 3),
+            p.round.offloaded.iter().sum::<usize>().to_string(),
+            dollars(p.cost_per_round.total),
+            dollars(p.cost_per_round.total * 1000.0),
+        ]);
+    }
+    if projection.points.is_empty() {
+        blocks.push(Block::Paragraph("Nothing could be projected.".into()));
+    } else {
+        blocks.push(Block::Table(table));
+    }
+    if let Some(fig) = fig {
+        let types = config.projection_instance_types();
+        blocks.push(with_caption(
+            fig,
+            &format!(
+                "(d) Projected warm round time and cost per round against the number of peers \
+                 (log scales): instance for every projected type; serverless and hybrid for \
+                 every memory size on {}.",
+                types.first().map_or("the default type", String::as_str)
+            ),
+        ));
+    }
+}
+
+pub(super) fn files_section(blocks: &mut Vec<Block>, out_dir: &Path, files: &ReportFiles) {
+    blocks.push(Block::Heading(2, SECTIONS[5].into()));
+    let rel = |p: &Path| p.strip_prefix(out_dir).unwrap_or(p).display().to_string();
+    let mut items = vec![
+        format!("`{}`: this report (Markdown)", rel(&files.markdown)),
+        format!(
+            "`{}`: this report as one self-contained page",
+            rel(&files.html)
+        ),
+        format!(
+            "`{}`: one row per architecture × peer × round, every scalar metric",
+            rel(&files.metrics_csv)
+        ),
+        format!(
+            "`{}`: one row per function call (billed duration, memory, handler timings)",
+            rel(&files.invocations_csv)
+        ),
+    ];
+    items.extend(files.plots.iter().map(|p| format!("`{}`", rel(p))));
+    blocks.push(Block::List(items));
+}

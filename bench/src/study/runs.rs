@@ -1,0 +1,140 @@
+//! What one architecture's run measured: every peer's per-round metrics, read from the
+//! `peer-<rank>.jsonl` files the peers write, plus the run's wall time. The cost model,
+//! the simulator and the report all work from these values only.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use super::config::{Architecture, StudyConfig};
+use super::error::StudyError;
+use crate::metrics::RoundMetrics;
+
+/// One peer's share of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerRun {
+    pub rank: u32,
+    /// The EC2 type this peer is billed as.
+    pub instance_type: String,
+    /// Its rounds, in the order it ran them.
+    pub rounds: Vec<RoundMetrics>,
+}
+
+/// One architecture's whole run: every peer, and the wall time from the first peer's
+/// start to the last peer's end (what EC2 and the broker bill).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchitectureRun {
+    /// `instance`, `serverless` or `hybrid` (other names are reported but not projected).
+    pub name: String,
+    pub peers: Vec<PeerRun>,
+    pub wall_time_s: f64,
+}
+
+/// Reads a metrics file: one [`RoundMetrics`] JSON object per line, blank lines skipped.
+pub fn read_metrics_jsonl(path: &Path) -> Result<Vec<RoundMetrics>, StudyError> {
+    let file = std::fs::File::open(path).map_err(|e| StudyError::io(path, e))?;
+    let mut rounds = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| StudyError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m = serde_json::from_str(&line).map_err(|e| StudyError::Metrics {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        rounds.push(m);
+    }
+    Ok(rounds)
+}
+
+impl PeerRun {
+    /// The peer `rank` whose metrics are in `path`.
+    pub fn load(path: &Path, rank: u32, instance_type: &str) -> Result<PeerRun, StudyError> {
+        Ok(PeerRun {
+            rank,
+            instance_type: instance_type.to_string(),
+            rounds: read_metrics_jsonl(path)?,
+        })
+    }
+
+    /// Mean of `f` over this peer's rounds (0 without rounds).
+    pub fn mean(&self, f: impl Fn(&RoundMetrics) -> f64) -> f64 {
+        mean(self.rounds.iter().map(f))
+    }
+}
+
+impl ArchitectureRun {
+    /// Reads `dir/peer-<rank>.jsonl` for every `[[peer]]` of `config`, billing each peer
+    /// as its configured instance type.
+    pub fn load_dir(
+        name: &str,
+        dir: &Path,
+        config: &StudyConfig,
+        wall_time_s: f64,
+    ) -> Result<ArchitectureRun, StudyError> {
+        let peers = (0..config.peers.len())
+            .map(|rank| {
+                PeerRun::load(
+                    &dir.join(format!("peer-{rank}.jsonl")),
+                    rank as u32,
+                    config.peer_instance_type(rank),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ArchitectureRun {
+            name: name.to_string(),
+            peers,
+            wall_time_s,
+        })
+    }
+
+    /// The architecture this run's name denotes.
+    pub fn architecture(&self) -> Option<Architecture> {
+        Architecture::from_name(&self.name)
+    }
+
+    /// Rounds of the longest peer.
+    pub fn round_count(&self) -> usize {
+        self.peers.iter().map(|p| p.rounds.len()).max().unwrap_or(0)
+    }
+
+    /// Each round's duration for the whole group: the slowest peer's round time without
+    /// its evaluation (evaluation is the report's cost, not the architecture's).
+    pub fn round_times(&self) -> Vec<f64> {
+        (0..self.round_count())
+            .map(|r| {
+                self.peers
+                    .iter()
+                    .filter_map(|p| p.rounds.get(r))
+                    .map(|m| (m.round_time_s - m.eval_time_s).max(0.0))
+                    .fold(0.0, f64::max)
+            })
+            .collect()
+    }
+
+    /// Mean of [`ArchitectureRun::round_times`].
+    pub fn mean_round_time_s(&self) -> f64 {
+        mean(self.round_times().into_iter())
+    }
+
+    /// The slowest peer's mean gradient-computation time per round (the paper's
+    /// "gradient computation time").
+    pub fn slowest_mean_compute_s(&self) -> f64 {
+        self.peers
+            .iter()
+            .map(|p| p.mean(|m| m.compute_time_s))
+            .fold(0.0, f64::max)
+    }
+
+    /// Every round of every peer.
+    pub fn all_rounds(&self) -> impl Iterator<Item = &RoundMetrics> {
+        self.peers.iter().flat_map(|p| p.rounds.iter())
+    }
+}
+
+/// Arithmetic mean (0 for no values).
+pub(crate) fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}

@@ -1,0 +1,365 @@
+//! The study config and prices files: parsing, validation and coverage, each failure
+//! naming the key at fault.
+
+use std::path::Path;
+
+use peerless_bench::study::{
+    Architecture, Dataset, FunctionBackend, ModelArchitecture, Prices, StudyConfig, StudyError,
+};
+
+use super::common::{TEST_PRICES, test_prices};
+
+const MINIMAL: &str = r#"
+name = "t"
+model = "tiny_cnn"
+dataset = "fashion-mnist"
+batch_size = 32
+batches_per_peer = 2
+rounds_per_epoch = 3
+epochs = 1
+lr = 0.05
+[[peer]]
+speed = 1.0
+[[peer]]
+speed = 0.5
+"#;
+
+fn with(extra_top: &str) -> String {
+    format!("{extra_top}\n{MINIMAL}")
+}
+
+fn err(text: &str) -> String {
+    StudyConfig::from_toml_str(text)
+        .expect_err("the config must be refused")
+        .to_string()
+}
+
+fn invalid_key(text: &str) -> String {
+    match StudyConfig::from_toml_str(text) {
+        Err(StudyError::Invalid { key, .. }) => key,
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_config_takes_the_documented_defaults() {
+    let c = StudyConfig::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.model, Some(ModelArchitecture::TinyCnn));
+    assert_eq!(c.dataset, Dataset::FashionMnist);
+    assert_eq!(c.architectures, Architecture::ALL.to_vec());
+    assert_eq!(c.serverless, FunctionBackend::Local);
+    assert_eq!(c.function_concurrency, 2);
+    assert_eq!(c.lambda_memory_mb, 2048);
+    assert_eq!(c.instance_type, "t3.medium");
+    assert_eq!(c.broker_type, "mq.m5.large");
+    assert_eq!(c.seed, 1234);
+    assert!(c.evaluation);
+    assert_eq!(c.peers.len(), 2);
+    assert_eq!(c.peer_speed(1), 0.5);
+    assert_eq!(c.peer_instance_type(1), "t3.medium");
+    assert_eq!(c.rounds(), 3);
+    assert_eq!(c.projection.peers, vec![4, 8, 16, 32, 64, 128, 256, 512]);
+    assert_eq!(c.projection_instance_types(), vec!["t3.medium".to_string()]);
+    assert_eq!(c.per_model().len(), 1);
+    assert_eq!(Architecture::Hybrid.offload(), Some("auto"));
+    assert_eq!(Architecture::Instance.offload(), None);
+}
+
+#[test]
+fn unknown_keys_fail_naming_the_key() {
+    let e = err(&with("colour = \"blue\""));
+    assert!(e.contains("colour"), "{e}");
+    let e = err(&MINIMAL.replace("speed = 0.5", "sped = 0.5"));
+    assert!(e.contains("sped"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[projection]\npeer = [4]\n"));
+    assert!(e.contains("unknown field `peer`"), "{e}");
+}
+
+#[test]
+fn unknown_names_fail_naming_the_value() {
+    let e = err(&with("architectures = [\"instance\", \"cloud\"]"));
+    assert!(e.contains("cloud") && e.contains("architectures"), "{e}");
+    let e = err(&MINIMAL.replace("tiny_cnn", "resnet50"));
+    assert!(e.contains("resnet50") && e.contains("model"), "{e}");
+    let e = err(&with("serverless = \"azure\""));
+    assert!(e.contains("azure"), "{e}");
+}
+
+#[test]
+fn out_of_range_values_fail_naming_the_key() {
+    let no_peers = MINIMAL.split("[[peer]]").next().unwrap().to_string();
+    assert_eq!(invalid_key(&no_peers), "peer");
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("speed = 0.5", "speed = 0.0")),
+        "peer[1].speed"
+    );
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("speed = 0.5", "speed = 1.5")),
+        "peer[1].speed"
+    );
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("speed = 0.5", "speed = nan")),
+        "peer[1].speed"
+    );
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("speed = 0.5", "speed = 0.5\nthreads = 0")),
+        "peer[1].threads"
+    );
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("epochs = 1", "epochs = 0")),
+        "epochs"
+    );
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("rounds_per_epoch = 3", "rounds_per_epoch = 0")),
+        "rounds_per_epoch"
+    );
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("batch_size = 32", "batch_size = 0")),
+        "batch_size"
+    );
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("batches_per_peer = 2", "batches_per_peer = 0")),
+        "batches_per_peer"
+    );
+    assert_eq!(invalid_key(&MINIMAL.replace("lr = 0.05", "lr = 0.0")), "lr");
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("lr = 0.05", "lr = -1.0")),
+        "lr"
+    );
+    assert_eq!(
+        invalid_key(&with("lambda_memory_mb = 64")),
+        "lambda_memory_mb"
+    );
+    assert_eq!(
+        invalid_key(&with("lambda_memory_mb = 10241")),
+        "lambda_memory_mb"
+    );
+    assert_eq!(invalid_key(&with("architectures = []")), "architectures");
+    assert_eq!(
+        invalid_key(&with("architectures = [\"hybrid\", \"hybrid\"]")),
+        "architectures[1]"
+    );
+    assert_eq!(
+        invalid_key(&with("function_concurrency = 0")),
+        "function_concurrency"
+    );
+    assert_eq!(invalid_key(&with("limit = 0")), "limit");
+    assert_eq!(
+        invalid_key(&format!("{MINIMAL}\n[projection]\npeers = [4, 0]\n")),
+        "projection.peers[1]"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{MINIMAL}\n[projection]\nlambda_memory_mb = [1769, 20000]\n"
+        )),
+        "projection.lambda_memory_mb[1]"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{MINIMAL}\n[projection]\nlambda_concurrency_limit = 0\n"
+        )),
+        "projection.lambda_concurrency_limit"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{MINIMAL}\n[projection]\nmax_useful_vcpus = 7.0\n"
+        )),
+        "projection.max_useful_vcpus"
+    );
+    assert_eq!(
+        invalid_key(&with("serverless = \"stepfn\"\nstore = \"s3://b/p\"")),
+        "state_machine_arn"
+    );
+    assert_eq!(invalid_key(&with("serverless = \"lambda\"")), "store");
+    assert_eq!(
+        invalid_key(&MINIMAL.replace("model = \"tiny_cnn\"", "")),
+        "model"
+    );
+    assert_eq!(invalid_key(&with("models = [\"vgg11\"]")), "models");
+}
+
+#[test]
+fn errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad-study.toml");
+    std::fs::write(&path, MINIMAL.replace("epochs = 1", "epochs = 0")).unwrap();
+    let e = StudyConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("bad-study.toml") && e.contains("epochs"), "{e}");
+}
+
+#[test]
+fn a_models_list_expands_into_one_study_per_model() {
+    let text = MINIMAL.replace(
+        "model = \"tiny_cnn\"",
+        "models = [\"squeezenet1_1\", \"vgg11\"]",
+    );
+    let c = StudyConfig::from_toml_str(&text).unwrap();
+    let studies = c.per_model();
+    assert_eq!(studies.len(), 2);
+    assert_eq!(studies[1].0, ModelArchitecture::Vgg11);
+    assert_eq!(studies[1].1.name, "t-vgg11");
+    assert_eq!(studies[1].1.model, Some(ModelArchitecture::Vgg11));
+    studies[1].1.validate().unwrap();
+    assert_eq!(c.model_names(), "squeezenet1_1, vgg11");
+}
+
+fn shipped(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+#[test]
+fn shipped_configs_parse_validate_and_are_covered_by_the_shipped_prices() {
+    for file in ["study/default.toml", "study/models.toml"] {
+        let config = StudyConfig::load(&shipped(file)).unwrap_or_else(|e| panic!("{e}"));
+        config.validate().unwrap();
+        let prices = Prices::load(&config.prices_path()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        prices
+            .check_covers(&config)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!config.per_model().is_empty());
+    }
+    let default = StudyConfig::load(&shipped("study/default.toml")).unwrap();
+    assert_eq!(default.model, Some(ModelArchitecture::TinyCnn));
+    assert_eq!(default.dataset, Dataset::FashionMnist);
+    let speeds: Vec<f64> = default.peers.iter().map(|p| p.speed).collect();
+    assert_eq!(speeds, vec![1.0, 1.0, 0.7, 0.4]);
+    let models = StudyConfig::load(&shipped("study/models.toml")).unwrap();
+    assert_eq!(
+        models.models,
+        vec![
+            ModelArchitecture::SqueezeNet1_1,
+            ModelArchitecture::MobileNetV3Small,
+            ModelArchitecture::Vgg11
+        ]
+    );
+}
+
+#[test]
+fn shipped_prices_have_provenance_for_every_entry() {
+    let prices = Prices::load(&shipped("prices/aws-us-east-1.toml")).unwrap();
+    assert_eq!(prices.region, "us-east-1");
+    for t in [
+        "t3.small",
+        "t3.medium",
+        "t3.large",
+        "c5.large",
+        "c5.xlarge",
+        "m5.large",
+        "g4dn.xlarge",
+    ] {
+        let p = prices.instance(t).unwrap();
+        assert!(
+            p.value > 0.0 && p.source.starts_with("https://aws.amazon.com/"),
+            "{t}"
+        );
+    }
+    assert_eq!(prices.lambda.x86_gb_second.value, 0.0000166667);
+    assert_eq!(prices.lambda.x86_request.value, 0.0000002);
+    assert_eq!(prices.step_functions.standard_transition.value, 0.000025);
+    for broker in ["mq.t3.micro", "mq.m5.large"] {
+        assert!(prices.broker_hour(broker).unwrap() > 0.0);
+    }
+    for (key, p) in prices.entries() {
+        assert!(
+            !p.date.is_empty() && p.source.starts_with("https://"),
+            "{key}"
+        );
+    }
+}
+
+fn price_key(text: &str) -> String {
+    match Prices::from_toml_str(text, "p.toml") {
+        Err(StudyError::Invalid { key, file, .. }) => {
+            assert_eq!(file, "p.toml");
+            key
+        }
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_prices_fail_naming_the_key() {
+    let negative = TEST_PRICES.replace("value = 0.0000004", "value = -0.0000004");
+    assert_eq!(price_key(&negative), "s3.get_request.value");
+    let infinite = TEST_PRICES.replace("value = 0.288", "value = inf");
+    assert_eq!(price_key(&infinite), "mq.\"mq.m5.large\".value");
+    let nan = TEST_PRICES.replace("value = 0.085", "value = nan");
+    assert_eq!(price_key(&nan), "ec2.\"c5.large\".value");
+    let slow = TEST_PRICES.replace("relative_speed = 2.0", "relative_speed = 0.0");
+    assert_eq!(price_key(&slow), "ec2.\"c5.large\".relative_speed");
+    let unsourced = TEST_PRICES.replace(
+        "source = \"https://aws.amazon.com/step-functions/pricing/\"",
+        "source = \"memory\"",
+    );
+    assert_eq!(
+        price_key(&unsourced),
+        "step_functions.standard_transition.source"
+    );
+    let unknown = TEST_PRICES.replace("currency = \"USD\"", "currency = \"USD\"\ntax = 0.2");
+    let e = Prices::from_toml_str(&unknown, "p.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tax") && e.contains("p.toml"), "{e}");
+    let missing = TEST_PRICES.replace("[s3.storage_gb_month]", "[s3.storage_gb_day]");
+    let e = Prices::from_toml_str(&missing, "p.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("storage_gb_day") || e.contains("storage_gb_month"),
+        "{e}"
+    );
+}
+
+fn missing_price(config: &StudyConfig) -> (String, String) {
+    match test_prices().check_covers(config) {
+        Err(StudyError::MissingPrice { key, needed_by, .. }) => (key, needed_by),
+        other => panic!("expected a MissingPrice error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_resource_without_a_price_is_refused_before_training() {
+    let ok = StudyConfig::from_toml_str(MINIMAL).unwrap();
+    test_prices().check_covers(&ok).unwrap();
+
+    let c = StudyConfig::from_toml_str(&with("instance_type = \"t3.huge\"")).unwrap();
+    let (key, by) = missing_price(&c);
+    assert_eq!(key, "ec2.\"t3.huge\"");
+    assert!(by.ends_with("instance_type"), "{by}");
+
+    let c = StudyConfig::from_toml_str(
+        &MINIMAL.replace("speed = 0.5", "speed = 0.5\ninstance_type = \"m7.metal\""),
+    )
+    .unwrap();
+    let (key, by) = missing_price(&c);
+    assert_eq!(key, "ec2.\"m7.metal\"");
+    assert!(by.ends_with("peer[1].instance_type"), "{by}");
+
+    let c = StudyConfig::from_toml_str(&format!(
+        "{MINIMAL}\n[projection]\ninstance_types = [\"t3.medium\", \"p5.48xlarge\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        missing_price(&c).1,
+        "study config: projection.instance_types[1]"
+    );
+
+    let c = StudyConfig::from_toml_str(&with("broker_type = \"mq.m5.24xlarge\"")).unwrap();
+    let (key, by) = missing_price(&c);
+    assert_eq!(key, "mq.\"mq.m5.24xlarge\"");
+    assert!(by.ends_with("broker_type"), "{by}");
+}
+
+#[test]
+fn prices_path_resolves_against_the_config_folder_first() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("p")).unwrap();
+    std::fs::write(dir.path().join("p/x.toml"), TEST_PRICES).unwrap();
+    let path = dir.path().join("study.toml");
+    std::fs::write(&path, with("prices = \"p/x.toml\"")).unwrap();
+    let c = StudyConfig::load(&path).unwrap();
+    assert_eq!(c.prices_path(), dir.path().join("p/x.toml"));
+    Prices::load(&c.prices_path()).unwrap();
+    let elsewhere = StudyConfig::from_toml_str(&with("prices = \"p/x.toml\"")).unwrap();
+    assert_eq!(elsewhere.prices_path(), Path::new("p/x.toml"));
+}

@@ -1,0 +1,227 @@
+//! The report end to end on synthetic runs: 3 architectures × 2 peers × 4 rounds.
+
+use std::path::Path;
+
+use peerless_bench::study::{
+    ArchitectureRun, PeerRun, SECTIONS, StudyConfig, project, write_report,
+};
+
+use super::common::{config_with_speeds, invocation, round, test_prices};
+
+/// Instance: both peers compute 4 batches (peer 1 at half speed). Serverless: both offload
+/// all 4 (two waves of two calls, the first round cold). Hybrid: peer 1 offloads 1 batch
+/// from round 1 on.
+fn runs(with_accuracy: bool) -> Vec<ArchitectureRun> {
+    let accuracy = |r: u64| with_accuracy.then_some(0.5 + 0.1 * r as f64);
+    let peer = |rank: u32, rounds| PeerRun {
+        rank,
+        instance_type: "t3.medium".into(),
+        rounds,
+    };
+    let instance = ArchitectureRun {
+        name: "instance".into(),
+        wall_time_s: 12.0,
+        peers: (0..2)
+            .map(|rank| {
+                peer(
+                    rank,
+                    (0..4)
+                        .map(|r| round(rank, r, 0.4 * f64::from(rank + 1), accuracy(r)))
+                        .collect(),
+                )
+            })
+            .collect(),
+    };
+    let offloading = |name: &str, offload: &dyn Fn(u32, u64) -> usize| ArchitectureRun {
+        name: name.into(),
+        wall_time_s: 15.0,
+        peers: (0..2)
+            .map(|rank| {
+                peer(
+                    rank,
+                    (0..4)
+                        .map(|r| {
+                            let mut m = round(rank, r, 0.5, accuracy(r));
+                            let k = offload(rank, r);
+                            m.serverless = "local".into();
+                            m.local_batches = 4 - k;
+                            m.offloaded_batches = k;
+                            if k > 0 {
+                                m.weights_upload_time_s = 0.05;
+                                m.gradient_fetch_time_s = 0.01 * k as f64;
+                                m.functions_time_s = 0.4;
+                                m.invocations = (0..k as u32)
+                                    .map(|b| {
+                                        invocation(b, 180 + 10 * b as u64, 2048, r == 0 && b < 2)
+                                    })
+                                    .collect();
+                            }
+                            m
+                        })
+                        .collect(),
+                )
+            })
+            .collect(),
+    };
+    vec![
+        instance,
+        offloading("serverless", &|_, _| 4),
+        offloading("hybrid", &|rank, r| usize::from(rank == 1 && r >= 1)),
+    ]
+}
+
+fn config() -> StudyConfig {
+    let mut c = config_with_speeds(&[1.0, 0.5]);
+    c.projection.peers = vec![2, 16, 128];
+    c.projection.instance_types = vec!["t3.medium".into(), "c5.large".into()];
+    c.projection.lambda_memory_mb = vec![1024, 1769];
+    c
+}
+
+fn assert_png(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let (w, h) = (reader.info().width, reader.info().height);
+    assert!(w >= 400 && h >= 300, "{}: {w}x{h}", path.display());
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut pixels).unwrap();
+    assert!(
+        pixels.iter().any(|&p| p < 128),
+        "{} is blank",
+        path.display()
+    );
+}
+
+fn assert_svg(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let doc =
+        roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        doc.root_element().tag_name().name(),
+        "svg",
+        "{}",
+        path.display()
+    );
+    assert!(text.contains("<text"), "{} has no text", path.display());
+}
+
+fn check_report(with_accuracy: bool) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let config = config();
+    let prices = test_prices();
+    let runs = runs(with_accuracy);
+    let projection = project(&config, &runs, &prices).unwrap();
+    let files = write_report(&out, &config, &runs, &prices, &projection).unwrap();
+
+    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    let html = std::fs::read_to_string(&files.html).unwrap();
+    for section in SECTIONS {
+        assert!(
+            md.contains(&format!("\n## {section}\n")),
+            "report.md lacks {section}"
+        );
+        assert!(
+            html.contains(&format!("<h2>{section}</h2>")),
+            "report.html lacks {section}"
+        );
+    }
+    for name in ["time_split", "training", "cost", "projection"] {
+        assert!(
+            md.contains(&format!("](plots/{name}.png)")),
+            "report.md lacks plot {name}"
+        );
+    }
+
+    // Every image the Markdown references exists and is valid.
+    let mut referenced = 0;
+    for part in md.split("](").skip(1) {
+        let target = &part[..part.find(')').unwrap()];
+        let path = out.join(target);
+        assert!(path.exists(), "{target} is referenced but missing");
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("png") => assert_png(&path),
+            Some("svg") => assert_svg(&path),
+            other => panic!("unexpected reference {target} ({other:?})"),
+        }
+        referenced += 1;
+    }
+    assert_eq!(referenced, 8, "4 plots × (PNG + SVG)");
+    assert_eq!(files.plots.len(), 8);
+    for plot in &files.plots {
+        assert!(plot.exists(), "{}", plot.display());
+    }
+
+    // The HTML is self-contained: every image inline, no scripts, no external files.
+    assert_eq!(html.matches("<img ").count(), 4);
+    assert_eq!(html.matches("src=\"data:image/svg+xml;base64,").count(), 4);
+    assert!(!html.contains("<script"));
+    assert!(!html.contains("href="));
+    assert!(!html.contains("src=\"http") && !html.contains("src=\"plots/"));
+
+    // CSVs: a header and one row per architecture × peer × round, one per invocation.
+    let metrics = std::fs::read_to_string(&files.metrics_csv).unwrap();
+    let lines: Vec<&str> = metrics.lines().collect();
+    assert_eq!(lines.len(), 1 + 3 * 2 * 4);
+    let header: Vec<&str> = lines[0].split(',').collect();
+    for col in [
+        "architecture",
+        "peer",
+        "instance_type",
+        "round",
+        "compute_time_s",
+        "receive_time_s",
+        "test_accuracy",
+        "invocation_count",
+    ] {
+        assert!(header.contains(&col), "metrics.csv lacks {col}");
+    }
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.split(',').count() == header.len())
+    );
+    let invocations = std::fs::read_to_string(&files.invocations_csv).unwrap();
+    // Serverless: 2 peers × 4 rounds × 4 calls; hybrid: peer 1 × 3 rounds × 1 call.
+    assert_eq!(invocations.lines().count(), 1 + 32 + 3);
+    let inv_header = invocations.lines().next().unwrap();
+    for col in [
+        "architecture",
+        "peer",
+        "round",
+        "billed_ms",
+        "memory_mb",
+        "cold",
+        "handler_ms",
+    ] {
+        assert!(
+            inv_header.split(',').any(|c| c == col),
+            "invocations.csv lacks {col}"
+        );
+    }
+
+    // The headline compares against instance: slowest peer 0.8 s → 0.5 s = 37.50% less.
+    assert!(
+        md.contains("**Serverless vs instance**: 37.50% less gradient computation time"),
+        "{md}"
+    );
+    assert!(md.contains("**Hybrid vs instance**"));
+    assert!(md.contains("within ±20%"));
+    md
+}
+
+#[test]
+fn report_has_every_section_plot_and_csv() {
+    let md = check_report(true);
+    assert!(md.contains("final test accuracy"));
+    assert!(md.contains("80.00%"), "final accuracy of round 3");
+    assert!(!md.contains("evaluation was off"));
+}
+
+#[test]
+fn report_without_evaluation_says_so_and_still_plots_loss() {
+    let md = check_report(false);
+    assert!(md.contains("Accuracy was not measured (evaluation was off)"));
+}
