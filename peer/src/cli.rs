@@ -53,6 +53,17 @@ pub enum Command {
     /// Step Functions tools.
     #[command(subcommand)]
     Stepfn(StepfnCommand),
+    /// Run the same job instance-only, serverless and hybrid, and write the time, cost and
+    /// accuracy report. `--config FILE` names the study (see bench/study/default.toml);
+    /// without it the built-in small study runs.
+    Study(StudyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// Folder for metrics, report, plots and CSV; rerunning resumes what is there.
+    #[arg(long, value_name = "DIR", default_value = "peerless-study")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +276,10 @@ pub struct PeerArgs {
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     pub speed: f64,
 
+    /// Threads of this peer's own batches (default: every core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
     #[command(flatten)]
     pub training: TrainingArgs,
 
@@ -294,6 +309,14 @@ pub struct RunArgs {
     /// unlisted peers run at 1.
     #[arg(long, value_delimiter = ',', value_name = "F,F,...")]
     pub speeds: Vec<f64>,
+
+    /// Threads of each peer's own batches, by rank; 0 or unlisted: every core.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub threads: Vec<usize>,
+
+    /// Use only the first N training images when `run` writes the split itself.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    pub limit: Option<u64>,
 
     #[command(flatten)]
     pub data: DataArgs,

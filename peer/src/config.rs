@@ -2,6 +2,7 @@
 //! keys are long flag names; its values are inserted as flags right after the subcommand,
 //! before the user's own, and since every flag overrides itself the command line wins.
 //! Precedence: command line, then config file, then `PEERLESS_*` environment, then defaults.
+//! `peerless study` is the exception: its `--config` is the study file.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -13,6 +14,10 @@ pub fn expand_args(args: Vec<OsString>) -> Result<Vec<OsString>> {
     let Some(path) = config_path(&args) else {
         return Ok(args);
     };
+    // `peerless study --config FILE` names a study file, not flags.
+    if subcommand_position(&args).is_some_and(|p| args[p] == "study") {
+        return Ok(args);
+    }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading config file {}", path.display()))?;
     let table: toml::Table =

@@ -232,6 +232,9 @@ pub struct StudyConfig {
     /// faster and the report shows loss only.
     #[serde(default = "yes")]
     pub evaluation: bool,
+    /// Evaluate on at most this many images of each validation shard and of the test set.
+    #[serde(default)]
+    pub eval_limit: Option<usize>,
     /// The architectures to run, in this order.
     #[serde(default = "default_architectures")]
     pub architectures: Vec<Architecture>,
@@ -427,6 +430,9 @@ impl StudyConfig {
         }
         if self.peers.is_empty() {
             return bad("peer", "needs at least one [[peer]] table".into());
+        }
+        if self.eval_limit == Some(0) {
+            return bad("eval_limit", "must be at least 1 when given, got 0".into());
         }
         for (i, p) in self.peers.iter().enumerate() {
             if !(p.speed.is_finite() && p.speed > 0.0 && p.speed <= 1.0) {

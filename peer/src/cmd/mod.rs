@@ -6,4 +6,5 @@ pub mod peer;
 pub mod run;
 pub mod split;
 pub mod stepfn;
+pub mod study;
 pub mod train;

@@ -21,7 +21,11 @@ pub fn node_config(
     exchange: &ExchangeArgs,
     resize: Option<u32>,
     speed: f64,
+    threads: Option<usize>,
 ) -> Result<NodeConfig> {
+    if threads == Some(0) {
+        bail!("peer {rank} has 0 threads; give at least 1");
+    }
     if !(speed > 0.0 && speed <= 1.0) {
         bail!("the speed of peer {rank} is {speed}; it must be in (0, 1]");
     }
@@ -53,6 +57,7 @@ pub fn node_config(
         metrics_out: training.metrics_out.clone(),
         serverless: exchange.serverless.clone(),
         speed,
+        threads,
     })
 }
 
@@ -85,6 +90,7 @@ pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
         x,
         args.resize,
         args.speed,
+        args.threads,
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

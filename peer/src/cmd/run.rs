@@ -45,6 +45,7 @@ pub fn run(args: RunArgs, device: DeviceChoice) -> Result<()> {
         let mut training = args.training.clone();
         training.metrics_out = Some(args.metrics_dir.join(format!("peer-{rank}.jsonl")));
         let speed = args.speeds.get(rank as usize).copied().unwrap_or(1.0);
+        let threads = args.threads.get(rank as usize).copied().filter(|&t| t > 0);
         configs.push(node_config(
             rank,
             n,
@@ -53,6 +54,7 @@ pub fn run(args: RunArgs, device: DeviceChoice) -> Result<()> {
             x,
             args.data.resize,
             speed,
+            threads,
         )?);
     }
     let results: Vec<Result<NodeSummary>> = std::thread::scope(|scope| {
@@ -130,7 +132,10 @@ async fn ensure_split(args: &RunArgs) -> Result<()> {
     }
     let kind = args.data.dataset;
     let dir = args.data.data_dir.as_deref();
-    let train = load(kind, dir, Split::Train).context("loading the training set")?;
+    let mut train = load(kind, dir, Split::Train).context("loading the training set")?;
+    if let Some(limit) = args.limit.map(|l| l as usize).filter(|&l| l < train.len()) {
+        train = train.slice(0..limit)?;
+    }
     let test = load(kind, dir, Split::Test).context("loading the test set")?;
     let config = SplitConfig {
         peers: args.peers as usize,

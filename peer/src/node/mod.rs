@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub serverless: ServerlessArgs,
     /// Pace of the peer's own batches relative to this machine, in (0, 1].
     pub speed: f64,
+    /// Threads of the peer's own batches (`None`: every core).
+    pub threads: Option<usize>,
 }
 
 /// How a peer's run ended.
@@ -127,8 +129,12 @@ impl Node {
         // contiguous run of batches.
         let round_batches =
             batch_ranges(ranges.len(), config.rounds_per_epoch.clamp(1, ranges.len()));
-        let local = LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed, config.rank)
-            .with_speed(config.speed);
+        let mut local =
+            LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed, config.rank)
+                .with_speed(config.speed);
+        if let Some(threads) = config.threads {
+            local = local.with_threads(threads)?;
+        }
         let offload = offload(config, &pipeline, manifest.batches_per_peer, device).await?;
         let source = RoundSource::new(local, offload);
         Ok(Node {

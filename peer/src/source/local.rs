@@ -19,6 +19,7 @@ pub struct LocalSource {
     batch_grad: Vec<f32>,
     buffers: BatchBuffers,
     speed: f64,
+    threads: Option<rayon::ThreadPool>,
 }
 
 impl LocalSource {
@@ -40,7 +41,20 @@ impl LocalSource {
             seed,
             buffers: BatchBuffers::default(),
             speed: 1.0,
+            threads: None,
         }
+    }
+
+    /// The same source computing on a pool of `threads` threads instead of every core, to
+    /// give a peer a smaller machine.
+    pub fn with_threads(mut self, threads: usize) -> Result<Self> {
+        self.threads = Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(move |i| format!("peer-compute-{i}"))
+                .build()?,
+        );
+        Ok(self)
     }
 
     /// The same source, slowed to `speed` (in (0, 1]) of this machine's pace: after each
@@ -57,6 +71,23 @@ impl LocalSource {
     /// Adds `samples x batch gradient` of each batch into `acc`, in the given order, and
     /// returns the batches' totals.
     pub fn accumulate(
+        &mut self,
+        round: u64,
+        batches: &[(usize, std::ops::Range<usize>)],
+        model: &Model,
+        acc: &mut [f32],
+    ) -> Result<Totals> {
+        match self.threads.take() {
+            Some(pool) => {
+                let result = pool.install(|| self.accumulate_here(round, batches, model, acc));
+                self.threads = Some(pool);
+                result
+            }
+            None => self.accumulate_here(round, batches, model, acc),
+        }
+    }
+
+    fn accumulate_here(
         &mut self,
         round: u64,
         batches: &[(usize, std::ops::Range<usize>)],
