@@ -563,7 +563,14 @@ impl StudyConfig {
             .any(|a| *a != Architecture::Instance)
     }
 
-    /// Total rounds of one architecture's run.
+    /// Batches each peer covers in one round (the most any round has): the shard's batch
+    /// objects split over `rounds_per_epoch` rounds, as the peers split them.
+    pub fn batches_per_round(&self) -> usize {
+        self.batches_per_peer
+            .div_ceil(self.rounds_per_epoch.clamp(1, self.batches_per_peer.max(1)))
+    }
+
+    /// Rounds the runs are planned to take (early stopping may end them sooner).
     pub fn rounds(&self) -> u64 {
         (self.epochs as u64).saturating_mul(self.rounds_per_epoch as u64)
     }

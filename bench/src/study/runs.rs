@@ -99,16 +99,25 @@ impl ArchitectureRun {
         self.peers.iter().map(|p| p.rounds.len()).max().unwrap_or(0)
     }
 
-    /// Each round's duration for the whole group: the slowest peer's round time without
-    /// its evaluation (evaluation is the report's cost, not the architecture's).
+    /// Each round's duration for the whole group, evaluation excluded (it is the report's
+    /// cost, not the architecture's): the longest own work of any peer (its round time
+    /// without evaluation and without waiting) plus the shortest wait, which is the last
+    /// peer's wait for the exchange itself. Taking the slowest peer's whole round instead
+    /// would count the skew of the previous round's evaluation as waiting.
     pub fn round_times(&self) -> Vec<f64> {
         (0..self.round_count())
             .map(|r| {
-                self.peers
+                let rounds: Vec<&RoundMetrics> =
+                    self.peers.iter().filter_map(|p| p.rounds.get(r)).collect();
+                let work = rounds
                     .iter()
-                    .filter_map(|p| p.rounds.get(r))
-                    .map(|m| (m.round_time_s - m.eval_time_s).max(0.0))
-                    .fold(0.0, f64::max)
+                    .map(|m| (m.round_time_s - m.eval_time_s - m.receive_time_s).max(0.0))
+                    .fold(0.0, f64::max);
+                let exchange = rounds
+                    .iter()
+                    .map(|m| m.receive_time_s)
+                    .fold(f64::INFINITY, f64::min);
+                work + if exchange.is_finite() { exchange } else { 0.0 }
             })
             .collect()
     }

@@ -135,7 +135,8 @@ pub struct Scenario {
     pub speeds: Vec<f64>,
     /// Speed of the peers' machine relative to the study machine.
     pub speed_scale: f64,
-    pub batches_per_peer: usize,
+    /// Batches each peer covers per round.
+    pub batches_per_round: usize,
     pub memory_mb: u32,
     /// Concurrent function calls per peer.
     pub concurrency: usize,
@@ -389,7 +390,7 @@ fn peer_time(
     m: usize,
     cold: bool,
 ) -> Result<f64, StudyError> {
-    let b = s.batches_per_peer;
+    let b = s.batches_per_round;
     let local = |k: usize| -> Result<f64, StudyError> {
         Ok(if k == 0 {
             0.0
@@ -408,7 +409,7 @@ fn peer_time(
 
 /// Batches each peer offloads in a warm round of `s`.
 fn plan(cal: &Calibration, s: &Scenario, round: u64) -> Result<Vec<usize>, StudyError> {
-    let b = s.batches_per_peer;
+    let b = s.batches_per_round;
     match s.architecture {
         Architecture::Instance => Ok(vec![0; s.speeds.len()]),
         Architecture::Serverless => Ok(vec![b; s.speeds.len()]),
@@ -530,7 +531,7 @@ pub fn validate_against(
             .map(|p| config.peer_speed(p.rank as usize))
             .collect(),
         speed_scale: 1.0,
-        batches_per_peer: config.batches_per_peer,
+        batches_per_round: config.batches_per_round(),
         memory_mb: cal
             .functions
             .as_ref()
@@ -630,7 +631,7 @@ pub fn project(
                         architecture,
                         speeds: speeds_at(n),
                         speed_scale: instance.relative_speed / reference_speed,
-                        batches_per_peer: config.batches_per_peer,
+                        batches_per_round: config.batches_per_round(),
                         memory_mb: memory.unwrap_or(config.lambda_memory_mb),
                         concurrency: config.function_concurrency,
                         concurrency_limit: Some(config.projection.lambda_concurrency_limit),

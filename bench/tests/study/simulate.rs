@@ -48,7 +48,7 @@ fn scenario(architecture: Architecture) -> Scenario {
         architecture,
         speeds: vec![1.0, 0.5],
         speed_scale: 1.0,
-        batches_per_peer: 4,
+        batches_per_round: 4,
         memory_mb: 1769,
         concurrency: 2,
         concurrency_limit: None,

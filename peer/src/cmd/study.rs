@@ -169,6 +169,12 @@ fn run_argv(config: &StudyConfig, arch: Architecture, store: &str, dir: &Path) -
         &config.momentum.to_string(),
         "--seed",
         &config.seed.to_string(),
+        // The original's patience counts epochs (10 for early stopping, 5 for the
+        // learning-rate plateau); rounds are finer, so scale them.
+        "--patience",
+        &(10 * config.rounds_per_epoch).to_string(),
+        "--plateau-patience",
+        &(5 * config.rounds_per_epoch).to_string(),
         "--store",
         store,
         "--run-id",

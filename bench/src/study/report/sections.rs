@@ -124,9 +124,21 @@ pub(super) fn summary_section(
     } else {
         blocks.push(Block::List(lines));
     }
+    let measured = runs
+        .iter()
+        .map(|r| r.peers.iter().map(|p| p.rounds.len()).min().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let stopped = if (measured as u64) < config.rounds() {
+        format!(", of which {measured} ran before early stopping")
+    } else {
+        String::new()
+    };
+    let per_round = config.batches_per_round();
     blocks.push(Block::Paragraph(format!(
-        "{} on {}, {} peers, {} rounds ({} epochs × {} rounds), {} batches of {} per peer and \
-         round. The original study's headline for comparison: up to 97.34% less gradient \
+        "{} on {}, {} peers, {} rounds planned ({} epochs × {} rounds){stopped}; each peer's \
+         shard is {} batch objects, so a round covers about {per_round} batches per peer. \
+         The original study's headline for comparison: up to 97.34% less gradient \
          computation time with serverless, at up to 5.4x the cost.",
         config.model_names(),
         config.dataset.name(),
@@ -135,7 +147,6 @@ pub(super) fn summary_section(
         config.epochs,
         config.rounds_per_epoch,
         config.batches_per_peer,
-        config.batch_size
     )));
     let mut table = vec![
         [

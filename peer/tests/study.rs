@@ -1,0 +1,180 @@
+//! `peerless study` end to end on a tiny config: three architectures on synthetic data,
+//! the report with every section and valid images, checks that fail before training, and
+//! resuming an interrupted study.
+
+mod common;
+
+use std::path::Path;
+
+use common::peerless;
+use predicates::prelude::*;
+
+/// A study small enough for CI: 2 unequal peers, synthetic data, 4 rounds.
+fn tiny_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let prices = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/prices/aws-us-east-1.toml");
+    let text = format!(
+        r#"
+name = "tiny"
+model = "tiny_cnn"
+dataset = "synthetic"
+limit = 1200
+batch_size = 64
+batches_per_peer = 4
+rounds_per_epoch = 2
+epochs = 2
+lr = 0.05
+momentum = 0.5
+eval_limit = 200
+function_concurrency = 2
+prices = "{}"
+{extra}
+[[peer]]
+speed = 1.0
+[[peer]]
+speed = 0.5
+
+[projection]
+peers = [2, 8, 64]
+"#,
+        prices.display()
+    );
+    let path = dir.join("study.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_tiny_study_writes_every_section_and_valid_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let out = dir.path().join("out");
+    peerless()
+        .arg("study")
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("report:"));
+    for arch in ["instance", "serverless", "hybrid"] {
+        for rank in 0..2 {
+            let metrics = out.join(arch).join(format!("peer-{rank}.jsonl"));
+            assert_eq!(
+                common::json_lines(&metrics).len(),
+                4,
+                "{}",
+                metrics.display()
+            );
+        }
+    }
+    let serverless = common::json_lines(&out.join("serverless/peer-1.jsonl"));
+    assert!(serverless.iter().all(|m| m["offloaded_batches"] == 2));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for section in peerless_bench::study::SECTIONS {
+        assert!(md.contains(section), "report.md lacks {section}");
+        assert!(html.contains(section), "report.html lacks {section}");
+    }
+    assert!(
+        md.contains("gradient computation time"),
+        "no headline:\n{md}"
+    );
+    let mut pngs = 0;
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let path = entry.unwrap().path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("png") => {
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+                    "{}",
+                    path.display()
+                );
+                pngs += 1;
+            }
+            Some("svg") => {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(text.contains("<svg"), "{}", path.display());
+            }
+            _ => {}
+        }
+    }
+    assert!(pngs >= 4, "expected the four plots as PNG, found {pngs}");
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        1 + 3 * 2 * 4,
+        "header + one row per arch x peer x round"
+    );
+}
+
+#[test]
+fn bad_study_configs_fail_before_training_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, key) in [
+        ("colour = \"blue\"", "colour"),
+        ("instance_type = \"t3.huge\"", "t3.huge"),
+        ("lambda_memory_mb = 64", "lambda_memory_mb"),
+    ] {
+        let config = tiny_config(dir.path(), extra);
+        let out = dir.path().join("out");
+        peerless()
+            .arg("study")
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(key));
+        assert!(!out.exists(), "{extra}: the study started before failing");
+    }
+    let config = tiny_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("speed = 0.5", "speed = 0")).unwrap();
+    peerless()
+        .arg("study")
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("peer[1].speed"));
+}
+
+#[test]
+fn an_interrupted_study_keeps_finished_runs_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "architectures = [\"instance\", \"serverless\"]");
+    let out = dir.path().join("out");
+    let study = || {
+        let mut cmd = peerless();
+        cmd.arg("study")
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out);
+        cmd
+    };
+    // Every function call fails: the serverless run stops the study.
+    study()
+        .env("PEERLESS_INJECT_FAILURES", "1000")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("rerun the same command to resume"));
+    let finished = out.join("instance/peer-0.jsonl");
+    assert_eq!(common::json_lines(&finished).len(), 4);
+    let before = std::fs::read_to_string(&finished).unwrap();
+    study()
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("instance already finished"));
+    assert_eq!(
+        std::fs::read_to_string(&finished).unwrap(),
+        before,
+        "instance was rerun"
+    );
+    assert!(out.join("report.md").exists());
+}
