@@ -81,7 +81,7 @@ fn a_tiny_study_writes_every_section_and_valid_images() {
         "no headline:\n{md}"
     );
     let mut pngs = 0;
-    for entry in std::fs::read_dir(&out).unwrap() {
+    for entry in std::fs::read_dir(out.join("plots")).unwrap() {
         let path = entry.unwrap().path();
         match path.extension().and_then(|e| e.to_str()) {
             Some("png") => {

@@ -53,6 +53,9 @@ pub struct FunctionCalibration {
     pub memory_mb: u32,
     /// Mean of `wall_ms - handler_ms` of warm calls, seconds: invocation and network.
     pub call_overhead_s: f64,
+    /// Standard deviation of warm calls' `wall_ms`, seconds: the spread that makes a wave
+    /// wait for its slowest call and a round for its slowest peer.
+    pub call_sd_s: f64,
     /// Mean handler timings of warm calls, seconds (`load_weights` averages in the calls
     /// that found the weights already loaded).
     pub load_weights_s: f64,
@@ -292,6 +295,10 @@ fn function_calibration(runs: &[ArchitectureRun]) -> Option<FunctionCalibration>
     Some(FunctionCalibration {
         memory_mb: most_common_memory(&all),
         call_overhead_s: avg(&|i| (i.wall_ms - i.handler_ms).max(0.0)) / 1000.0,
+        call_sd_s: {
+            let m = avg(&|i| i.wall_ms);
+            (avg(&|i| (i.wall_ms - m).powi(2))).sqrt() / 1000.0
+        },
         load_weights_s: avg(&|i| i.load_weights_ms) / 1000.0,
         load_batch_s: avg(&|i| i.load_batch_ms) / 1000.0,
         compute_s: avg(&|i| i.compute_ms) / 1000.0,
@@ -382,6 +389,18 @@ impl Scenario {
     }
 }
 
+/// Expected maximum of `k` independent standard normal values (Blom's approximation
+/// `Phi^-1((k - 0.375) / (k + 0.25))`): how far the slowest of `k` similar calls or peers
+/// lies above their mean, in standard deviations. 0 for one.
+pub fn expected_max_z(k: usize) -> f64 {
+    use statrs::distribution::{ContinuousCDF, Normal};
+    if k <= 1 {
+        return 0.0;
+    }
+    let k = k as f64;
+    Normal::standard().inverse_cdf((k - 0.375) / (k + 0.25))
+}
+
 /// One peer's gradient time for `m` offloaded batches (see the module's model).
 fn peer_time(
     cal: &Calibration,
@@ -402,8 +421,11 @@ fn peer_time(
         return local(b);
     }
     let f = cal.functions()?;
-    let functions = s.waves(m) as f64 * f.call_s(s.memory_mb, s.useful_vcpus)
-        + if cold { f.cold_extra_s } else { 0.0 };
+    // Each wave lasts as long as its slowest call: the expected maximum of the wave's
+    // calls, from the measured spread.
+    let per_wave = m.min(s.effective_concurrency().max(1.0) as usize);
+    let wave_s = f.call_s(s.memory_mb, s.useful_vcpus) + f.call_sd_s * expected_max_z(per_wave);
+    let functions = s.waves(m) as f64 * wave_s + if cold { f.cold_extra_s } else { 0.0 };
     Ok(f.weights_upload_s + local(b - m)?.max(functions) + m as f64 * f.fetch_per_gradient_s)
 }
 
@@ -459,8 +481,21 @@ pub fn predict_round(
         Architecture::Hybrid => round == 1 && offloaded.iter().any(|&m| m > 0),
     };
     let mut compute_s: f64 = 0.0;
+    let mut slowest_waves = 0;
     for (&speed, &m) in s.speeds.iter().zip(&offloaded) {
-        compute_s = compute_s.max(peer_time(cal, s, speed, m, cold)?);
+        let t = peer_time(cal, s, speed, m, cold)?;
+        if t > compute_s {
+            compute_s = t;
+            slowest_waves = s.waves(m);
+        }
+    }
+    // When the slowest peer waits on functions, the round waits for the slowest of the
+    // offloading peers, whose function times vary independently: add the expected
+    // maximum's excess over the mean (spread of a sum of waves grows with their root).
+    let offloading = offloaded.iter().filter(|&&m| m > 0).count();
+    if slowest_waves > 0 && offloading > 1 {
+        let f = cal.functions()?;
+        compute_s += f.call_sd_s * (slowest_waves as f64).sqrt() * expected_max_z(offloading);
     }
     let n = s.speeds.len();
     let exchange_s = cal.exchange_s(n);
@@ -748,8 +783,14 @@ pub fn assumptions() -> Vec<String> {
          also when the functions ran in the local pool on the study machine."
             .into(),
         "Waves: m offloaded batches run in ceil(m / min(function_concurrency, \
-         lambda_concurrency_limit / N)) waves of equal calls; every peer's functions share \
-         the account limit evenly."
+         lambda_concurrency_limit / N)) waves; every peer's functions share the account \
+         limit evenly."
+            .into(),
+        "Stragglers: call times spread with the measured standard deviation sd of warm \
+         calls, independently and roughly normally; a wave of k calls lasts the mean call \
+         plus sd x E[max of k standard normals] (Blom's approximation), and when the round \
+         waits on functions, the slowest of the P offloading peers adds sd x sqrt(waves) x \
+         E[max of P]."
             .into(),
         "Cold start: the first offloading round pays the mean cold handler time minus the \
          mean warm one once (the first wave); later rounds are warm."

@@ -7,7 +7,7 @@ use peerless_bench::study::{Prices, StudyConfig};
 pub fn config_with_speeds(speeds: &[f64]) -> StudyConfig {
     let mut text = String::from(
         "name = \"t\"\nmodel = \"tiny_cnn\"\ndataset = \"synthetic\"\nbatch_size = 8\n\
-         batches_per_peer = 4\nrounds_per_epoch = 2\nepochs = 2\nlr = 0.1\n",
+         batches_per_peer = 8\nrounds_per_epoch = 2\nepochs = 2\nlr = 0.1\n",
     );
     for s in speeds {
         text.push_str(&format!("[[peer]]\nspeed = {s}\n"));

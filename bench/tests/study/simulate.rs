@@ -28,6 +28,7 @@ fn calibration() -> Calibration {
         functions: Some(FunctionCalibration {
             memory_mb: 1769,
             call_overhead_s: 0.05,
+            call_sd_s: 0.0,
             load_weights_s: 0.1,
             load_batch_s: 0.05,
             compute_s: 0.4,
@@ -278,4 +279,16 @@ fn projection_covers_the_grid_and_prices_each_point() {
         p.cost_per_round.total,
         p.cost_per_round.ec2 + p.cost_per_round.broker,
     );
+}
+
+#[test]
+fn expected_maximum_of_normals_matches_the_exact_values() {
+    use peerless_bench::study::simulate::expected_max_z;
+    assert_eq!(expected_max_z(0), 0.0);
+    assert_eq!(expected_max_z(1), 0.0);
+    // Exact E[max of k standard normals]: 1/sqrt(pi), 1.0294, 1.5388 (Blom within 5%).
+    for (k, exact) in [(2, 0.564_19), (4, 1.029_38), (10, 1.538_75)] {
+        let z = expected_max_z(k);
+        assert!((z - exact).abs() / exact < 0.05, "k = {k}: {z} vs {exact}");
+    }
 }

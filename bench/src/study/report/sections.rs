@@ -485,6 +485,7 @@ pub(super) fn projection_section(
         ]);
         for (k, v) in [
             ("function call overhead s", f.call_overhead_s),
+            ("function call spread (sd) s", f.call_sd_s),
             ("function load weights s", f.load_weights_s),
             ("function load batch s", f.load_batch_s),
             ("function compute s", f.compute_s),
