@@ -10,7 +10,7 @@ use peerless_models::{DeviceChoice, select_device};
 
 use crate::cli::{ExchangeArgs, PeerArgs, TrainingArgs};
 use crate::cmd::split::store_options;
-use crate::node::{Node, NodeConfig};
+use crate::node::{Capability, Node, NodeConfig};
 
 /// The node configuration for `rank` of `size` from the shared flags.
 pub fn node_config(
@@ -20,12 +20,12 @@ pub fn node_config(
     training: &TrainingArgs,
     exchange: &ExchangeArgs,
     resize: Option<u32>,
-    speed: f64,
-    threads: Option<usize>,
+    capability: Capability,
 ) -> Result<NodeConfig> {
-    if threads == Some(0) {
+    if capability.threads == Some(0) {
         bail!("peer {rank} has 0 threads; give at least 1");
     }
+    let speed = capability.speed;
     if !(speed > 0.0 && speed <= 1.0) {
         bail!("the speed of peer {rank} is {speed}; it must be in (0, 1]");
     }
@@ -56,8 +56,7 @@ pub fn node_config(
         max_chunk_bytes: exchange.chunk_mib as usize * (1 << 20),
         metrics_out: training.metrics_out.clone(),
         serverless: exchange.serverless.clone(),
-        speed,
-        threads,
+        capability,
     })
 }
 
@@ -89,8 +88,10 @@ pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
         &args.training,
         x,
         args.resize,
-        args.speed,
-        args.threads,
+        Capability {
+            speed: args.speed,
+            threads: args.threads,
+        },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -11,7 +11,7 @@ use peerless_models::{Device, DeviceChoice, select_device};
 use crate::cli::RunArgs;
 use crate::cmd::peer::{connect, node_config};
 use crate::cmd::split::store_options;
-use crate::node::{Node, NodeSummary};
+use crate::node::{Capability, Node, NodeSummary};
 
 pub fn run(args: RunArgs, device: DeviceChoice) -> Result<()> {
     let device = select_device(device)?;
@@ -53,8 +53,7 @@ pub fn run(args: RunArgs, device: DeviceChoice) -> Result<()> {
             &training,
             x,
             args.data.resize,
-            speed,
-            threads,
+            Capability { speed, threads },
         )?);
     }
     let results: Vec<Result<NodeSummary>> = std::thread::scope(|scope| {

@@ -52,10 +52,27 @@ pub struct NodeConfig {
     pub metrics_out: Option<PathBuf>,
     /// Serverless offload (`--serverless none` keeps every batch on the peer).
     pub serverless: ServerlessArgs,
-    /// Pace of the peer's own batches relative to this machine, in (0, 1].
+    /// How fast the peer's own batches may run.
+    pub capability: Capability,
+}
+
+/// A peer's compute capability, enforced on its own batches (not on its functions), so a
+/// study can have slow and fast peers on one machine.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Capability {
+    /// Pace relative to this machine, in (0, 1]: a CPU duty cycle.
     pub speed: f64,
     /// Threads of the peer's own batches (`None`: every core).
     pub threads: Option<usize>,
+}
+
+impl Default for Capability {
+    fn default() -> Self {
+        Capability {
+            speed: 1.0,
+            threads: None,
+        }
+    }
 }
 
 /// How a peer's run ended.
@@ -131,8 +148,8 @@ impl Node {
             batch_ranges(ranges.len(), config.rounds_per_epoch.clamp(1, ranges.len()));
         let mut local =
             LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed, config.rank)
-                .with_speed(config.speed);
-        if let Some(threads) = config.threads {
+                .with_speed(config.capability.speed);
+        if let Some(threads) = config.capability.threads {
             local = local.with_threads(threads)?;
         }
         let offload = offload(config, &pipeline, manifest.batches_per_peer, device).await?;
