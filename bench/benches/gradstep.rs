@@ -1,9 +1,12 @@
 //! `cargo bench -p peerless-bench --bench gradstep`: the per-batch gradient step of each
 //! study model at batch 16 and 64 on 3x32x32 inputs, on the CPU (Burn's flex backend).
 //!
-//! `PEERLESS_BENCH_MODELS=squeezenet1_1,vgg11` and `PEERLESS_BENCH_STEPS=N` narrow a run.
+//! `PEERLESS_BENCH_MODELS=squeezenet1_1,vgg11` and `PEERLESS_BENCH_STEPS=N` narrow a run;
+//! `PEERLESS_TORCH_PYTHON=/path/to/python` (with torch and torchvision) adds PyTorch's step
+//! measured in the same run, and the throughput ratio.
 
 use peerless_bench::gradstep::{GradStepBench, markdown_table, measure};
+use peerless_bench::torch::{TORCH_PYTHON_ENV, measure_torch};
 use peerless_models::{Architecture, Device};
 
 fn main() {
@@ -31,6 +34,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let device = Device::flex();
+    let torch = std::env::var_os(TORCH_PYTHON_ENV).map(std::path::PathBuf::from);
     let mut rows = Vec::new();
     for arch in models {
         if !filter.is_empty() && !filter.iter().any(|f| arch.name().contains(f.as_str())) {
@@ -46,7 +50,11 @@ fn main() {
                 warmup: 2,
                 steps: if steps > 0 { steps } else { default_steps },
             };
-            let r = measure(&b, &device).unwrap_or_else(|e| panic!("{}: {e}", arch.name()));
+            let mut r = measure(&b, &device).unwrap_or_else(|e| panic!("{}: {e}", arch.name()));
+            if let Some(python) = &torch {
+                let t = measure_torch(python, &b).unwrap_or_else(|e| panic!("{e}"));
+                r = r.with_torch(&t);
+            }
             eprintln!(
                 "{:>20} batch {:>3}: {:>8.1} ms/step  {:>8.1} images/s",
                 r.model, r.batch, r.ms_per_step, r.images_per_s

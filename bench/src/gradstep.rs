@@ -38,6 +38,25 @@ pub struct GradStepResult {
     pub peak_rss_mib: Option<f64>,
     /// CPU seconds per wall second during the timed steps (2.0 = both cores busy).
     pub cores_busy: Option<f64>,
+    /// PyTorch's median for the same step in the same run (`--torch`), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pytorch_ms_per_step: Option<f64>,
+    /// PyTorch's peak resident memory for the same step, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pytorch_peak_rss_mib: Option<f64>,
+    /// Our throughput over PyTorch's (above 1: peerless is faster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_pytorch: Option<f64>,
+}
+
+impl GradStepResult {
+    /// Adds PyTorch's timing of the same configuration.
+    pub fn with_torch(mut self, torch: &crate::torch::TorchStep) -> Self {
+        self.pytorch_ms_per_step = Some(torch.ms_per_step);
+        self.pytorch_peak_rss_mib = Some(torch.peak_rss_mib);
+        self.vs_pytorch = Some(torch.ms_per_step / self.ms_per_step);
+        self
+    }
 }
 
 /// Runs the measurement on `device`.
@@ -84,18 +103,31 @@ pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, Mod
         steps: times.len(),
         peak_rss_mib: crate::sys::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
         cores_busy,
+        pytorch_ms_per_step: None,
+        pytorch_peak_rss_mib: None,
+        vs_pytorch: None,
     })
 }
 
-/// Formats results as the Markdown table that `bench/README.md` records.
+/// Formats results as the Markdown table that `bench/README.md` records, with PyTorch's
+/// columns when any row has them.
 pub fn markdown_table(rows: &[GradStepResult]) -> String {
+    let torch = rows.iter().any(|r| r.pytorch_ms_per_step.is_some());
     let mut s = String::from(
-        "| model | batch | input | median ms/step | min–max ms | images/s | cores busy | peak RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| model | batch | input | median ms/step | min–max ms | images/s | cores busy | peak RSS MiB |",
     );
+    if torch {
+        s.push_str(" PyTorch ms/step | peerless/PyTorch throughput | PyTorch peak RSS MiB |");
+    }
+    s.push_str("\n|---|---|---|---|---|---|---|---|");
+    if torch {
+        s.push_str("---|---|---|");
+    }
+    s.push('\n');
+    let opt = |v: Option<f64>, digits: usize| v.map_or("–".into(), |v| format!("{v:.digits$}"));
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1}–{:.1} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1}–{:.1} | {:.1} | {} | {} |",
             r.model,
             r.batch,
             r.input,
@@ -103,9 +135,18 @@ pub fn markdown_table(rows: &[GradStepResult]) -> String {
             r.min_ms,
             r.max_ms,
             r.images_per_s,
-            r.cores_busy.map_or("–".into(), |c| format!("{c:.2}")),
-            r.peak_rss_mib.map_or("–".into(), |m| format!("{m:.0}")),
+            opt(r.cores_busy, 2),
+            opt(r.peak_rss_mib, 0),
         ));
+        if torch {
+            s.push_str(&format!(
+                " {} | {} | {} |",
+                opt(r.pytorch_ms_per_step, 1),
+                opt(r.vs_pytorch, 2),
+                opt(r.pytorch_peak_rss_mib, 0)
+            ));
+        }
+        s.push('\n');
     }
     s
 }

@@ -5,3 +5,4 @@ pub mod gradstep;
 pub mod metrics;
 pub mod study;
 pub mod sys;
+pub mod torch;

@@ -529,4 +529,9 @@ pub struct BenchArgs {
     /// Print a JSON array of {model, batch, ms_per_step, images_per_s, ...}.
     #[arg(long)]
     pub json: bool,
+
+    /// A Python with torch and torchvision: also time PyTorch's step in the same run and
+    /// print peerless/PyTorch throughput ratios.
+    #[arg(long, value_name = "PYTHON", env = "PEERLESS_TORCH_PYTHON")]
+    pub torch: Option<std::path::PathBuf>,
 }

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use peerless_bench::gradstep::{GradStepBench, markdown_table, measure};
+use peerless_bench::torch::measure_torch;
 use peerless_models::{Architecture, DeviceChoice, select_device};
 
 use crate::cli::BenchArgs;
@@ -33,8 +34,12 @@ pub fn run(args: BenchArgs, device: DeviceChoice) -> Result<()> {
                 steps: args.steps as usize,
             };
             tracing::info!(model = arch.name(), batch, "timing the gradient step");
-            let r = measure(&b, &device)
+            let mut r = measure(&b, &device)
                 .with_context(|| format!("benchmarking {} at batch {batch}", arch.name()))?;
+            if let Some(python) = &args.torch {
+                tracing::info!(model = arch.name(), batch, "timing PyTorch's step");
+                r = r.with_torch(&measure_torch(python, &b)?);
+            }
             rows.push(r);
         }
     }
