@@ -46,9 +46,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
+    // The function pool runs the Lambda handler in-process: its one line per invocation
+    // (useful in CloudWatch) would drown a peer's output, so it shows from -v on.
     let default = match (quiet, verbose) {
         (true, _) => "warn",
-        (false, 0) => "info",
+        (false, 0) => "info,peerless_lambda=warn",
         (false, 1) => "debug",
         (false, _) => "trace",
     };
