@@ -57,30 +57,31 @@ pub struct CostBreakdown {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Usage {
     pub gb_seconds: f64,
-    pub requests: u64,
-    pub transitions: u64,
-    pub puts: u64,
-    pub gets: u64,
+    /// Counts; fractional only in the simulator's expected values.
+    pub requests: f64,
+    pub transitions: f64,
+    pub puts: f64,
+    pub gets: f64,
 }
 
 impl Usage {
     /// Adds one peer-round's function, Step Functions and S3 usage.
     pub fn add_round(&mut self, m: &RoundMetrics) {
-        self.transitions += m.state_transitions;
+        self.transitions += m.state_transitions as f64;
         if m.offloaded_batches > 0 || !m.invocations.is_empty() {
-            self.puts += 1;
+            self.puts += 1.0;
         }
         for inv in &m.invocations {
             self.gb_seconds += inv.billed_ms as f64 / 1000.0 * f64::from(inv.memory_mb) / 1024.0;
-            self.requests += u64::from(inv.attempts);
-            self.gets += 2 + u64::from(inv.load_weights_ms > 0.0);
-            self.puts += 1;
+            self.requests += f64::from(inv.attempts);
+            self.gets += 2.0 + f64::from(u8::from(inv.load_weights_ms > 0.0));
+            self.puts += 1.0;
         }
     }
 }
 
 /// Prices of the usage-billed resources, resolved once.
-struct Rates {
+pub(crate) struct Rates {
     gb_second: f64,
     request: f64,
     transition: f64,
@@ -90,7 +91,7 @@ struct Rates {
 }
 
 impl Rates {
-    fn new(config: &StudyConfig, prices: &Prices) -> Result<Rates, StudyError> {
+    pub(crate) fn new(config: &StudyConfig, prices: &Prices) -> Result<Rates, StudyError> {
         Ok(Rates {
             gb_second: prices.lambda.gb_second(config.lambda_architecture),
             request: prices.lambda.request(config.lambda_architecture),
@@ -101,7 +102,8 @@ impl Rates {
         })
     }
 
-    fn breakdown(
+    /// Prices `u` plus the time-billed EC2 dollars and broker hours.
+    pub(crate) fn breakdown(
         &self,
         ec2: f64,
         instance_hours: f64,
@@ -109,9 +111,9 @@ impl Rates {
         u: &Usage,
     ) -> CostBreakdown {
         let lambda_compute = u.gb_seconds * self.gb_second;
-        let lambda_requests = u.requests as f64 * self.request;
-        let step_functions = u.transitions as f64 * self.transition;
-        let s3_requests = u.puts as f64 * self.put + u.gets as f64 * self.get;
+        let lambda_requests = u.requests * self.request;
+        let step_functions = u.transitions * self.transition;
+        let s3_requests = u.puts * self.put + u.gets * self.get;
         let broker = broker_hours * self.broker_hour;
         CostBreakdown {
             ec2,
@@ -124,10 +126,10 @@ impl Rates {
             quantities: CostQuantities {
                 instance_hours,
                 gb_seconds: u.gb_seconds,
-                lambda_requests: u.requests,
-                state_transitions: u.transitions,
-                s3_put_requests: u.puts,
-                s3_get_requests: u.gets,
+                lambda_requests: u.requests.round() as u64,
+                state_transitions: u.transitions.round() as u64,
+                s3_put_requests: u.puts.round() as u64,
+                s3_get_requests: u.gets.round() as u64,
                 broker_hours,
             },
         }

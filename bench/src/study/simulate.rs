@@ -27,7 +27,7 @@
 use serde::Serialize;
 
 use super::config::{Architecture, StudyConfig};
-use super::cost::{CostBreakdown, CostQuantities};
+use super::cost::{CostBreakdown, Rates, Usage};
 use super::error::StudyError;
 use super::prices::Prices;
 use super::runs::{ArchitectureRun, mean};
@@ -735,32 +735,15 @@ fn round_cost(
             calls as f64 * (2.0 + f.weights_load_fraction),
         ),
     };
-    let puts = (offloading_peers + offloaded) as f64;
-    let arch = config.lambda_architecture;
-    let ec2 = n * hours * instance_hour;
-    let lambda_compute = gb_seconds * prices.lambda.gb_second(arch);
-    let lambda_requests = offloaded as f64 * prices.lambda.request(arch);
-    let step_functions = transitions * prices.step_functions.standard_transition.value;
-    let s3_requests = puts * prices.s3.put_request.value + gets * prices.s3.get_request.value;
-    let broker = hours * prices.broker_hour(&config.broker_type)?;
-    Ok(CostBreakdown {
-        ec2,
-        lambda_compute,
-        lambda_requests,
-        step_functions,
-        s3_requests,
-        broker,
-        total: ec2 + lambda_compute + lambda_requests + step_functions + s3_requests + broker,
-        quantities: CostQuantities {
-            instance_hours: n * hours,
-            gb_seconds,
-            lambda_requests: offloaded as u64,
-            state_transitions: transitions.round() as u64,
-            s3_put_requests: puts as u64,
-            s3_get_requests: gets.round() as u64,
-            broker_hours: hours,
-        },
-    })
+    let usage = Usage {
+        gb_seconds,
+        requests: offloaded as f64,
+        transitions,
+        puts: (offloading_peers + offloaded) as f64,
+        gets,
+    };
+    let rates = Rates::new(config, prices)?;
+    Ok(rates.breakdown(n * hours * instance_hour, n * hours, hours, &usage))
 }
 
 /// Every assumption of the model, one sentence each, for the report.
