@@ -194,7 +194,7 @@ fn run_argv(config: &StudyConfig, arch: Architecture, store: &str, dir: &Path) -
     .map(String::from)
     .to_vec();
     argv.push("--metrics-dir".into());
-    argv.push(path_arg(dir));
+    argv.push(dir.display().to_string());
     if config.peers.iter().any(|p| p.threads.is_some()) {
         argv.push("--threads".into());
         argv.push(list(
@@ -209,7 +209,7 @@ fn run_argv(config: &StudyConfig, arch: Architecture, store: &str, dir: &Path) -
         argv.extend(["--limit".into(), limit.to_string()]);
     }
     if let Some(d) = &config.data_dir {
-        argv.extend(["--data-dir".into(), path_arg(d)]);
+        argv.extend(["--data-dir".into(), d.display().to_string()]);
     }
     if config.evaluation {
         argv.push("--evaluation".into());
@@ -246,8 +246,4 @@ fn run_argv(config: &StudyConfig, arch: Architecture, store: &str, dir: &Path) -
         }
     }
     argv
-}
-
-fn path_arg(p: &Path) -> String {
-    PathBuf::from(p).display().to_string()
 }

@@ -259,7 +259,7 @@ impl RoundSource {
                     (Err(failure), _) => {
                         report.failed_attempts += failure.attempts;
                         if o.on_failure == OnFunctionFailure::Fail {
-                            cleanup(o, &expected, &events.events).await;
+                            cleanup(o, &events.events).await;
                             bail!(
                                 "round {}: batch {} failed after {} attempt(s): {}\n(add \
                                  --on-function-failure local to compute failed batches on \
@@ -299,7 +299,7 @@ impl RoundSource {
                 round.elapsed,
                 Duration::from_secs_f64(report.upload_time_s) + fetch,
             );
-            cleanup(o, &expected, &events.events).await;
+            cleanup(o, &events.events).await;
         }
 
         finish_mean(grad, totals.samples);
@@ -345,18 +345,11 @@ async fn upload_round(
     })
 }
 
-/// Deletes the round's weights and gradient objects; failures only cost storage, so they
-/// are logged, not raised.
-async fn cleanup(
-    o: &Offload,
-    expected: &ExpectedGradient,
-    events: &[peerless_lambda::ComputeGradientEvent],
-) {
-    let weights = weights_key(&o.prefix, expected.round, o.context.rank);
-    let keys = events
-        .iter()
-        .map(|e| e.gradient_key.clone())
-        .chain([weights]);
+/// Deletes the round's exchange objects (the weights the events name and their gradients);
+/// failures only cost storage, so they are logged, not raised.
+async fn cleanup(o: &Offload, events: &[peerless_lambda::ComputeGradientEvent]) {
+    let weights = events.first().map(|e| e.context.weights_key.clone());
+    let keys = events.iter().map(|e| e.gradient_key.clone()).chain(weights);
     let store = &o.store;
     futures::stream::iter(keys)
         .for_each_concurrent(16, |key| async move {
