@@ -3,10 +3,12 @@
 //!
 //! `PEERLESS_BENCH_MODELS=squeezenet1_1,vgg11` and `PEERLESS_BENCH_STEPS=N` narrow a run;
 //! `PEERLESS_TORCH_PYTHON=/path/to/python` (with torch and torchvision) adds PyTorch's step
-//! measured in the same run, and the throughput ratio.
+//! measured in the same run, and the throughput ratio; `PEERLESS_BENCH_BASELINE=burn` times
+//! each step a second time with Burn's own convolution instead of our kernels.
 
 use peerless_bench::gradstep::{GradStepBench, markdown_table, measure};
 use peerless_bench::torch::{TORCH_PYTHON_ENV, measure_torch};
+use peerless_models::kernels::burn_ext as kernels;
 use peerless_models::{Architecture, Device};
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         .unwrap_or(0);
     let device = Device::flex();
     let torch = std::env::var_os(TORCH_PYTHON_ENV).map(std::path::PathBuf::from);
+    let baseline = std::env::var("PEERLESS_BENCH_BASELINE").is_ok_and(|v| v == "burn");
     let mut rows = Vec::new();
     for arch in models {
         if !filter.is_empty() && !filter.iter().any(|f| arch.name().contains(f.as_str())) {
@@ -51,6 +54,12 @@ fn main() {
                 steps: if steps > 0 { steps } else { default_steps },
             };
             let mut r = measure(&b, &device).unwrap_or_else(|e| panic!("{}: {e}", arch.name()));
+            if baseline {
+                kernels::set_enabled(false);
+                let burn = measure(&b, &device).unwrap_or_else(|e| panic!("{}: {e}", arch.name()));
+                kernels::set_enabled(true);
+                r.burn_conv_ms_per_step = Some(burn.ms_per_step);
+            }
             if let Some(python) = &torch {
                 let t = measure_torch(python, &b).unwrap_or_else(|e| panic!("{e}"));
                 r = r.with_torch(&t);

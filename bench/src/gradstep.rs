@@ -47,6 +47,10 @@ pub struct GradStepResult {
     /// Our throughput over PyTorch's (above 1: peerless is faster).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_pytorch: Option<f64>,
+    /// The same step with Burn's own convolution instead of our kernels, measured in the
+    /// same run (`PEERLESS_BENCH_BASELINE=burn`), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burn_conv_ms_per_step: Option<f64>,
 }
 
 impl GradStepResult {
@@ -106,6 +110,7 @@ pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, Mod
         pytorch_ms_per_step: None,
         pytorch_peak_rss_mib: None,
         vs_pytorch: None,
+        burn_conv_ms_per_step: None,
     })
 }
 
@@ -116,12 +121,19 @@ pub fn markdown_table(rows: &[GradStepResult]) -> String {
     let mut s = String::from(
         "| model | batch | input | median ms/step | min–max ms | images/s | cores busy | peak RSS MiB |",
     );
+    let baseline = rows.iter().any(|r| r.burn_conv_ms_per_step.is_some());
     if torch {
         s.push_str(" PyTorch ms/step | peerless/PyTorch throughput | PyTorch peak RSS MiB |");
+    }
+    if baseline {
+        s.push_str(" with Burn's conv ms/step |");
     }
     s.push_str("\n|---|---|---|---|---|---|---|---|");
     if torch {
         s.push_str("---|---|---|");
+    }
+    if baseline {
+        s.push_str("---|");
     }
     s.push('\n');
     let opt = |v: Option<f64>, digits: usize| v.map_or("–".into(), |v| format!("{v:.digits$}"));
@@ -145,6 +157,9 @@ pub fn markdown_table(rows: &[GradStepResult]) -> String {
                 opt(r.vs_pytorch, 2),
                 opt(r.pytorch_peak_rss_mib, 0)
             ));
+        }
+        if baseline {
+            s.push_str(&format!(" {} |", opt(r.burn_conv_ms_per_step, 1)));
         }
         s.push('\n');
     }

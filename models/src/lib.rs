@@ -12,6 +12,7 @@
 pub mod arch;
 pub mod device;
 mod error;
+pub mod kernels;
 pub mod layers;
 pub mod loss;
 mod model;

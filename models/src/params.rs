@@ -180,6 +180,9 @@ impl ModuleVisitor for TableBuilder {
 }
 
 fn copy_tensor<const D: usize>(tensor: Tensor<D>, out: &mut [f32]) -> Result<(), ModelError> {
+    if crate::kernels::burn_ext::copy_to_slice(&tensor, out) {
+        return Ok(());
+    }
     let data = tensor.into_data().convert::<f32>();
     let values = data
         .as_slice::<f32>()

@@ -5,6 +5,7 @@ use burn::nn::{Dropout, DropoutConfig, Relu};
 use burn::tensor::{Device, Tensor};
 
 use super::Init;
+use crate::kernels::burn_ext::apply_conv2d;
 use crate::layers::{Fire, conv2d};
 
 /// A layer of SqueezeNet's `features` sequence (indices as in torchvision).
@@ -74,7 +75,7 @@ impl SqueezeNet {
         let mut x = x;
         for layer in &self.features {
             x = match layer {
-                FeatureLayer::Conv(l) => l.forward(x),
+                FeatureLayer::Conv(l) => apply_conv2d(l, x),
                 FeatureLayer::Relu(l) => l.forward(x),
                 FeatureLayer::Pool(l) => l.forward(x),
                 FeatureLayer::Fire(l) => l.forward(x),
@@ -83,7 +84,7 @@ impl SqueezeNet {
         for layer in &self.classifier {
             x = match layer {
                 ClassifierLayer::Dropout(l) => l.forward(x),
-                ClassifierLayer::Conv(l) => l.forward(x),
+                ClassifierLayer::Conv(l) => apply_conv2d(l, x),
                 ClassifierLayer::Relu(l) => l.forward(x),
                 ClassifierLayer::Pool(l) => l.forward(x),
             };

@@ -7,6 +7,7 @@ use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
 use super::Init;
+use crate::kernels::burn_ext::apply_conv2d;
 use crate::layers::{Linear, conv2d};
 
 /// A layer of the small CNN's feature extractor.
@@ -48,7 +49,7 @@ impl TinyCnn {
         let mut x = x;
         for layer in &self.features {
             x = match layer {
-                TinyLayer::Conv(l) => l.forward(x),
+                TinyLayer::Conv(l) => apply_conv2d(l, x),
                 TinyLayer::Relu(l) => l.forward(x),
                 TinyLayer::Pool(l) => l.forward(x),
             };

@@ -6,6 +6,7 @@ use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
 use super::Init;
+use crate::kernels::burn_ext::apply_conv2d;
 use crate::layers::{Linear, conv2d};
 
 /// A layer of VGG's `features` sequence (indices as in torchvision).
@@ -69,7 +70,7 @@ impl Vgg {
         let mut x = x;
         for layer in &self.features {
             x = match layer {
-                FeatureLayer::Conv(l) => l.forward(x),
+                FeatureLayer::Conv(l) => apply_conv2d(l, x),
                 FeatureLayer::Relu(l) => l.forward(x),
                 FeatureLayer::Pool(l) => l.forward(x),
             };

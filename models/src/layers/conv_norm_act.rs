@@ -1,3 +1,4 @@
+use crate::kernels::burn_ext::apply_conv2d;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, BatchNormConfig};
@@ -50,6 +51,7 @@ impl ConvNormAct {
 
     /// conv -> bn -> activation.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.activation.apply(self.bn.forward(self.conv.forward(x)))
+        self.activation
+            .apply(self.bn.forward(apply_conv2d(&self.conv, x)))
     }
 }

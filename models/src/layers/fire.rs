@@ -4,6 +4,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::conv2d;
+use crate::kernels::burn_ext::apply_conv2d;
 
 /// SqueezeNet's Fire module: a 1x1 squeeze convolution feeding parallel 1x1 and 3x3 expand
 /// convolutions whose ReLU outputs are concatenated along channels.
@@ -29,9 +30,9 @@ impl Fire {
 
     /// squeeze -> relu -> [expand1x1 -> relu, expand3x3 -> relu] concatenated.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let s = relu(self.squeeze.forward(x));
-        let a = relu(self.expand1x1.forward(s.clone()));
-        let b = relu(self.expand3x3.forward(s));
+        let s = relu(apply_conv2d(&self.squeeze, x));
+        let a = relu(apply_conv2d(&self.expand1x1, s.clone()));
+        let b = relu(apply_conv2d(&self.expand3x3, s));
         Tensor::cat(vec![a, b], 1)
     }
 }

@@ -1,0 +1,343 @@
+//! The kernels as a Burn backend extension: [`ConvKernels`] is implemented for the `flex`
+//! CPU backend and for autodiff over it (with our backward pass), and [`apply_conv2d`] is what the
+//! model layers call, so they stay Burn modules and keep Burn's own convolution on every
+//! other device (the GPU).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ConvOptions;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Backend, BackendTensor, Dispatch, DispatchDevice, DispatchTensorKind, Flex, backend_extension,
+};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::conv2d::{self, Needed};
+use super::im2col::ConvGeometry;
+
+/// A 2-D convolution computed by [`super::conv2d`] instead of the backend's own.
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvKernels: Backend {
+    /// `conv2d(x, weight)` with Burn's semantics and shapes.
+    fn conv2d_kernels(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// `conv2d(x, weight) + bias`, the bias added as each output is written.
+    fn conv2d_kernels_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+}
+
+impl ConvKernels for Flex {
+    fn conv2d_kernels(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+        forward(x, weight, None, options)
+    }
+
+    fn conv2d_kernels_bias(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        forward(x, weight, Some(bias), options)
+    }
+}
+
+fn forward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: ConvOptions<2>,
+) -> FlexTensor {
+    let (x, weight) = (contiguous(x), contiguous(weight));
+    let bias = bias.map(contiguous);
+    let g = geometry(&x, &weight, &options);
+    let y = conv2d::forward(&g, slice(&x), slice(&weight), bias.as_ref().map(slice));
+    tensor(y, [g.batch, g.out_channels, g.out_size[0], g.out_size[1]])
+}
+
+impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
+    fn conv2d_kernels(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        record::<C, 2>([x.node(), weight.node()], x, weight, None, options)
+    }
+
+    fn conv2d_kernels_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let parents = [x.node(), weight.node(), bias.node()];
+        record::<C, 3>(parents, x, weight, Some(bias), options)
+    }
+}
+
+/// Runs the forward pass and, when any input is tracked, records [`ConvBackward`] with the
+/// inputs' nodes as parents (input, weight and, when `N == 3`, bias).
+fn record<C: CheckpointStrategy, const N: usize>(
+    parents: [burn::backend::autodiff::ops::NodeGuard; N],
+    x: FloatTensor<Autodiff<Flex, C>>,
+    weight: FloatTensor<Autodiff<Flex, C>>,
+    bias: Option<FloatTensor<Autodiff<Flex, C>>>,
+    options: ConvOptions<2>,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    match ConvBackward
+        .prepare::<C>(parents)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let state = (
+                prep.checkpoint(&x),
+                prep.checkpoint(&weight),
+                options.clone(),
+            );
+            let output = forward(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.map(|b| b.into_primitive()),
+                options,
+            );
+            prep.finish(state, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.map(|b| b.into_primitive()),
+            options,
+        )),
+    }
+}
+
+/// The backward step of [`ConvKernels::conv2d_kernels`] under autodiff: parents are the
+/// input, the weight and (when there is one) the bias.
+#[derive(Debug)]
+struct ConvBackward;
+
+impl<const N: usize> Backward<Flex, N> for ConvBackward {
+    type State = (NodeId, NodeId, ConvOptions<2>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let mut parents = ops.parents.into_iter();
+        let node_x = parents.next().flatten();
+        let node_weight = parents.next().flatten();
+        let node_bias = parents.next().flatten();
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x_state, weight_state, options) = ops.state;
+        let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_state));
+        let weight = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(weight_state));
+        let g = geometry(&x, &weight, &options);
+        let needed = Needed {
+            x: node_x.is_some(),
+            weight: node_weight.is_some(),
+            bias: node_bias.is_some(),
+        };
+        let out = conv2d::backward(&g, slice(&x), slice(&weight), slice(&dy), needed);
+        if let (Some(node), Some(dx)) = (node_x, out.x) {
+            grads.register::<Flex>(node.id, tensor(dx, x.layout().shape().clone()));
+        }
+        if let (Some(node), Some(dw)) = (node_weight, out.weight) {
+            grads.register::<Flex>(node.id, tensor(dw, weight.layout().shape().clone()));
+        }
+        if let (Some(node), Some(db)) = (node_bias, out.bias) {
+            grads.register::<Flex>(node.id, tensor(db, [g.out_channels]));
+        }
+    }
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Switches [`apply_conv2d`] between our kernels (the default) and Burn's own convolution
+/// for the whole process: benchmarks time both in one run to show what the kernels change.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Applies `conv` to `x`: through [`ConvKernels`] on the CPU (`flex`, with or without
+/// autodiff), through Burn's own convolution elsewhere.
+pub fn apply_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let on_flex = matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_));
+    if !on_flex || x.dtype() != DType::F32 || !ENABLED.load(Ordering::Relaxed) {
+        return conv.forward(x);
+    }
+    let ((top, bottom), (left, right)) = match conv.padding {
+        PaddingConfig2d::Valid => ((0, 0), (0, 0)),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
+    let options = ConvOptions::new_with_padding(
+        conv.stride,
+        [(top, bottom), (left, right)],
+        conv.dilation,
+        conv.groups,
+    );
+    let (x, weight) = (x.into_dispatch(), conv.weight.val().into_dispatch());
+    Tensor::from_dispatch(match &conv.bias {
+        Some(bias) => <Dispatch as ConvKernels>::conv2d_kernels_bias(
+            x,
+            weight,
+            bias.val().into_dispatch(),
+            options,
+        ),
+        None => <Dispatch as ConvKernels>::conv2d_kernels(x, weight, options),
+    })
+}
+
+/// Copies the `f32` values of a tensor on the CPU backend into `out` in row-major order,
+/// straight from its storage and on every thread; `false` (nothing written) for any other
+/// tensor, which the caller reads through [`TensorData`]. Reading gradients this way avoids
+/// a fresh intermediate copy per tensor per step (515 MB for VGG11).
+pub fn copy_to_slice<const D: usize>(tensor: &Tensor<D>, out: &mut [f32]) -> bool {
+    let t = match tensor.clone().into_dispatch().kind {
+        DispatchTensorKind::Flex(BackendTensor::Float(t)) => t,
+        _ => return false,
+    };
+    if t.dtype() != DType::F32 || t.layout().num_elements() != out.len() {
+        return false;
+    }
+    let t = contiguous(t);
+    const CHUNK: usize = 1 << 16;
+    out.par_chunks_mut(CHUNK)
+        .zip(slice(&t).par_chunks(CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+    true
+}
+
+fn geometry(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> ConvGeometry {
+    let dims = |t: &FlexTensor| -> [usize; 4] {
+        let shape = t.layout().shape();
+        assert_eq!(shape.num_dims(), 4, "convolution operands are 4-D");
+        [shape[0], shape[1], shape[2], shape[3]]
+    };
+    ConvGeometry::new(
+        dims(x),
+        dims(weight),
+        options.stride,
+        options.padding.map(|(begin, end)| [begin, end]),
+        options.dilation,
+        options.groups,
+    )
+}
+
+/// The tensor itself when its `f32` values lie in row-major order, else a row-major copy.
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The values of a tensor [`contiguous`] returned; [`apply_conv2d`] only routes `f32` tensors here.
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("the convolution kernels take contiguous f32 tensors")
+}
+
+fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Param;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::*;
+
+    fn close(what: &str, got: Tensor<4>, want: Tensor<4>) {
+        let (got, want) = (
+            got.into_data().try_to_vec::<f32>().unwrap(),
+            want.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * scale,
+                "{what}[{i}]: {a} vs Burn's {b}"
+            );
+        }
+    }
+
+    /// Through autodiff, the extension gives Burn's own convolution's output and gradients
+    /// (input, weight, bias) for strided, padded, grouped, depthwise and pointwise layers.
+    #[test]
+    fn matches_burns_convolution_forward_and_backward() {
+        let device = Device::flex().autodiff();
+        let cases = [
+            // (in, out, kernel, stride, padding, groups, bias, size)
+            (3, 8, 3, 2, [0, 0, 0, 0], 1, true, 15),
+            (4, 6, 3, 1, [1, 1, 1, 1], 2, false, 7),
+            (6, 6, 5, 2, [2, 2, 2, 2], 6, false, 9),
+            (5, 7, 1, 1, [0, 0, 0, 0], 1, true, 6),
+            (4, 4, 3, 1, [1, 0, 2, 1], 1, true, 5),
+        ];
+        for (cin, cout, k, s, [t, l, b, r], groups, bias, size) in cases {
+            let conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(t, l, b, r))
+                .with_groups(groups)
+                .with_bias(bias)
+                .init(&device);
+            let conv = Conv2d {
+                bias: conv
+                    .bias
+                    .map(|_| Param::from_tensor(Tensor::<1>::full([cout], 0.25, &device))),
+                ..conv
+            };
+            let x = Tensor::<4>::random(
+                [3, cin, size, size + 1],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            )
+            .require_grad();
+            let ours = apply_conv2d(&conv, x.clone());
+            let theirs = conv.forward(x.clone());
+            close("output", ours.clone(), theirs.clone());
+            let weights = Tensor::<4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let g_ours = (ours * weights.clone()).sum().backward();
+            let g_theirs = (theirs * weights).sum().backward();
+            close("dx", x.grad(&g_ours).unwrap(), x.grad(&g_theirs).unwrap());
+            let w = conv.weight.val();
+            close(
+                "dweight",
+                w.grad(&g_ours).unwrap(),
+                w.grad(&g_theirs).unwrap(),
+            );
+            if let Some(bias) = &conv.bias {
+                let b = bias.val();
+                close(
+                    "dbias",
+                    b.grad(&g_ours).unwrap().reshape([1, 1, 1, cout]),
+                    b.grad(&g_theirs).unwrap().reshape([1, 1, 1, cout]),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Our CPU kernels for the operations that dominate a gradient step, wired into Burn as a
+//! backend extension ([`burn_ext`]) so the models stay Burn modules: convolution forward and
+//! backward as blocked `im2col` + GEMM, and depthwise convolution by direct loops.
+//!
+//! Burn's `flex` backend computes a convolution's weight gradient as another convolution
+//! with the batch and channel axes swapped, which turns into thousands of single-column
+//! products; these kernels make it one product per block of images (`bench/README.md`
+//! records what each step changed).
+
+pub mod burn_ext;
+pub mod conv2d;
+mod depthwise;
+pub mod gemm;
+pub mod im2col;
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod tests;
+
+pub use conv2d::{ConvGrads, Needed};
+pub use im2col::ConvGeometry;
