@@ -12,6 +12,7 @@ use peerless_models::kernels::burn_ext as kernels;
 use peerless_models::{Architecture, Device};
 
 fn main() {
+    peerless_models::memory::retain_freed_memory();
     // `cargo bench` passes `--bench`; a filter argument would select models.
     let filter: Vec<String> = std::env::args()
         .skip(1)

@@ -15,6 +15,7 @@ mod error;
 pub mod kernels;
 pub mod layers;
 pub mod loss;
+pub mod memory;
 mod model;
 pub mod optim;
 pub mod params;

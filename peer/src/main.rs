@@ -17,6 +17,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    peerless_models::memory::retain_freed_memory();
     let args = match config::expand_args(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {

@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
+    peerless_models::memory::retain_freed_memory();
     lambda_runtime::tracing::init_default_subscriber();
     let faults = FaultPlan::from_env()?;
     let state = Arc::new(Mutex::new(ComputeGradient::new().with_faults(faults)));

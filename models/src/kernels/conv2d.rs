@@ -9,10 +9,15 @@ use rayon::prelude::*;
 
 use super::depthwise;
 use super::gemm::{MatRef, Threads, matmul};
-use super::im2col::{ConvGeometry, col2im, im2col};
+use super::im2col::{ConvGeometry, TapMap, col2im, im2col};
 
 /// Most values one block's column matrix may hold (32 MiB of `f32`).
 const COL_BUDGET: usize = 8 << 20;
+
+/// Output pixels per image from which the forward pass multiplies each image on its own
+/// (images in parallel) rather than side by side with others in one block. (The backward
+/// pass measured slower per image at these sizes: it always works in blocks.)
+const PER_IMAGE_MIN_PIXELS: usize = 128;
 
 /// Which gradients a backward pass must produce: inputs that do not require a gradient
 /// (the images of the first layer, frozen weights) cost nothing.
@@ -44,11 +49,11 @@ fn block_images(g: &ConvGeometry) -> usize {
 }
 
 /// Fills the column matrix of images `xs` (one block), in parallel over input channels.
-fn unfold(g: &ConvGeometry, xs: &[f32], col: &mut [f32], ld: usize) {
+fn unfold(g: &ConvGeometry, map: &TapMap, xs: &[f32], col: &mut [f32], ld: usize) {
     let band = g.kernel[0] * g.kernel[1] * ld;
     col.par_chunks_mut(band).enumerate().for_each(|(c, band)| {
         for (i, x) in xs.chunks(g.in_image()).enumerate() {
-            im2col(g, x, c..c + 1, band, ld, i * g.out_pixels());
+            im2col(g, map, x, c..c + 1, band, ld, i * g.out_pixels());
         }
     });
 }
@@ -59,9 +64,52 @@ fn unfold(g: &ConvGeometry, xs: &[f32], col: &mut [f32], ld: usize) {
 pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     check(g, x, weight, bias);
     if g.is_depthwise() {
-        return depthwise::forward(g, x, weight, bias);
+        depthwise::forward(g, x, weight, bias)
+    } else if g.out_pixels() >= PER_IMAGE_MIN_PIXELS {
+        forward_per_image(g, x, weight, bias)
+    } else {
+        forward_in_blocks(g, x, weight, bias, block_images(g))
     }
-    forward_in_blocks(g, x, weight, bias, block_images(g))
+}
+
+/// [`forward`] with one product per image, images in parallel: no gather or scatter between
+/// layouts, for images wide enough to keep the GEMM efficient.
+pub(super) fn forward_per_image(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut y = vec![0.0; g.batch * g.out_image()];
+    let (p, mg, kg) = (g.out_pixels(), g.group_out(), g.group_rows());
+    let map = TapMap::new(g);
+    y.par_chunks_mut(g.out_image())
+        .zip(x.par_chunks(g.in_image()))
+        .for_each_init(Vec::new, |buffer, (y, x)| {
+            let col = if g.is_pointwise() {
+                x
+            } else {
+                buffer.resize(g.col_rows() * p, 0.0);
+                im2col(g, &map, x, 0..g.in_channels, buffer, p, 0);
+                &buffer[..]
+            };
+            for gi in 0..g.groups {
+                matmul(
+                    &mut y[gi * mg * p..],
+                    p,
+                    false,
+                    MatRef::row_major(&weight[gi * mg * kg..], mg, kg, kg),
+                    MatRef::row_major(&col[gi * kg * p..], kg, p, p),
+                    Threads::Serial,
+                );
+            }
+            if let Some(bias) = bias {
+                for (row, b) in y.chunks_mut(p).zip(bias) {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            }
+        });
+    y
 }
 
 /// [`forward`] through the matrix products, `b` images per block.
@@ -74,6 +122,7 @@ pub(super) fn forward_in_blocks(
 ) -> Vec<f32> {
     let mut y = vec![0.0; g.batch * g.out_image()];
     let (p, mg, kg) = (g.out_pixels(), g.group_out(), g.group_rows());
+    let map = TapMap::new(g);
     let mut col = Vec::new();
     let mut tmp = Vec::new();
     for (xs, ys) in x
@@ -86,7 +135,7 @@ pub(super) fn forward_in_blocks(
             xs
         } else {
             col.resize(g.col_rows() * ld, 0.0);
-            unfold(g, xs, &mut col, ld);
+            unfold(g, &map, xs, &mut col, ld);
             &col
         };
         let direct = nb == 1;
@@ -155,6 +204,7 @@ pub(super) fn backward_in_blocks(
     let mut dx = needed.x.then(|| vec![0.0; g.batch * g.in_image()]);
     let mut dw = needed.weight.then(|| vec![0.0; g.weight_len()]);
     let mut db = needed.bias.then(|| vec![0.0; g.out_channels]);
+    let map = TapMap::new(g);
     let mut col = Vec::new();
     let mut gathered = Vec::new();
     for (blk, (xs, dys)) in x
@@ -187,7 +237,7 @@ pub(super) fn backward_in_blocks(
                 xs
             } else {
                 col.resize(g.col_rows() * ld, 0.0);
-                unfold(g, xs, &mut col, ld);
+                unfold(g, &map, xs, &mut col, ld);
                 &col
             };
             for gi in 0..g.groups {
@@ -222,7 +272,7 @@ pub(super) fn backward_in_blocks(
                 let col = &col;
                 dxs.par_chunks_mut(g.in_image())
                     .enumerate()
-                    .for_each(|(i, dx)| col2im(g, col, ld, i * p, dx));
+                    .for_each(|(i, dx)| col2im(g, &map, col, ld, i * p, dx));
             }
         }
     }

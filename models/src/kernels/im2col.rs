@@ -149,37 +149,49 @@ pub(super) fn valid(
     (lo, hi.max(lo))
 }
 
-/// Calls `f(row, oh, ow_range, tap)` for every column-matrix row and output row, once per
-/// span of output columns: `tap` is the input index of the span's first pixel, or `None` for
-/// spans whose taps fall in the padding (they read zeros).
-fn walk(
-    g: &ConvGeometry,
-    channels: Range<usize>,
-    mut f: impl FnMut(usize, usize, (usize, usize), Option<usize>),
-) {
-    let [h, w] = g.in_size;
-    let [kh, kw] = g.kernel;
-    let [oh_n, ow_n] = g.out_size;
-    for c in channels {
+/// For every kernel tap and output pixel, the input pixel it reads within a channel plane, or
+/// [`TapMap::PADDING`]: computed once per call and shared by every channel and image, so
+/// unfolding and folding are flat gather/scatter loops even on 3x3 images.
+pub struct TapMap {
+    index: Vec<u32>,
+    pixels: usize,
+    pointwise: bool,
+}
+
+impl TapMap {
+    /// Marks a tap that reads the zero padding.
+    pub const PADDING: u32 = u32::MAX;
+
+    /// The map of `g` (`kh * kw * out_pixels` entries).
+    pub fn new(g: &ConvGeometry) -> Self {
+        let [h, w] = g.in_size;
+        let [kh, kw] = g.kernel;
+        let [oh_n, ow_n] = g.out_size;
+        assert!(h * w < Self::PADDING as usize, "input plane too large");
+        let mut index = Vec::with_capacity(kh * kw * oh_n * ow_n);
         for ki in 0..kh {
-            let (oh_lo, oh_hi) = valid(oh_n, g.stride[0], ki * g.dilation[0], g.padding[0], h);
             for kj in 0..kw {
-                let row = (c * kh + ki) * kw + kj;
-                let off = kj * g.dilation[1];
-                let (ow_lo, ow_hi) = valid(ow_n, g.stride[1], off, g.padding[1], w);
                 for oh in 0..oh_n {
-                    if oh < oh_lo || oh >= oh_hi || ow_lo == ow_hi {
-                        f(row, oh, (0, ow_n), None);
-                        continue;
+                    let ih = (oh * g.stride[0] + ki * g.dilation[0]).checked_sub(g.padding[0]);
+                    for ow in 0..ow_n {
+                        let iw = (ow * g.stride[1] + kj * g.dilation[1]).checked_sub(g.padding[1]);
+                        index.push(match (ih, iw) {
+                            (Some(ih), Some(iw)) if ih < h && iw < w => (ih * w + iw) as u32,
+                            _ => Self::PADDING,
+                        });
                     }
-                    let ih = oh * g.stride[0] + ki * g.dilation[0] - g.padding[0];
-                    let iw = ow_lo * g.stride[1] + off - g.padding[1];
-                    f(row, oh, (0, ow_lo), None);
-                    f(row, oh, (ow_lo, ow_hi), Some((c * h + ih) * w + iw));
-                    f(row, oh, (ow_hi, ow_n), None);
                 }
             }
         }
+        TapMap {
+            index,
+            pixels: oh_n * ow_n,
+            pointwise: g.is_pointwise(),
+        }
+    }
+
+    fn taps(&self) -> impl Iterator<Item = &[u32]> {
+        self.index.chunks(self.pixels)
     }
 }
 
@@ -188,50 +200,56 @@ fn walk(
 /// matrix whose rows are `ld` values long.
 pub fn im2col(
     g: &ConvGeometry,
+    map: &TapMap,
     x: &[f32],
     channels: Range<usize>,
     band: &mut [f32],
     ld: usize,
     col_offset: usize,
 ) {
-    let ow_n = g.out_size[1];
-    let sw = g.stride[1];
-    let first_row = channels.start * g.kernel[0] * g.kernel[1];
-    walk(g, channels, |row, oh, (lo, hi), tap| {
-        if lo == hi {
-            return;
-        }
-        let dst = &mut band[(row - first_row) * ld + col_offset + oh * ow_n + lo..][..hi - lo];
-        match tap {
-            None => dst.fill(0.0),
-            Some(first) if sw == 1 => dst.copy_from_slice(&x[first..first + dst.len()]),
-            Some(first) => {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = x[first + i * sw];
+    let plane_len = g.in_size[0] * g.in_size[1];
+    let mut rows = band.chunks_mut(ld);
+    for c in channels {
+        let plane = &x[c * plane_len..][..plane_len];
+        for taps in map.taps() {
+            let dst = &mut rows.next().expect("band holds every row")[col_offset..][..map.pixels];
+            if map.pointwise {
+                dst.copy_from_slice(plane);
+            } else {
+                for (d, &i) in dst.iter_mut().zip(taps) {
+                    *d = plane.get(i as usize).copied().unwrap_or(0.0);
                 }
             }
         }
-    });
+    }
 }
 
 /// Folds columns `col_offset..col_offset + out_pixels` of `col` back onto one image,
 /// adding every tap's value to the input pixel it read: the adjoint of [`im2col`].
-pub fn col2im(g: &ConvGeometry, col: &[f32], ld: usize, col_offset: usize, x: &mut [f32]) {
-    let ow_n = g.out_size[1];
-    let sw = g.stride[1];
-    walk(g, 0..g.in_channels, |row, oh, (lo, hi), tap| {
-        let Some(first) = tap else { return };
-        let src = &col[row * ld + col_offset + oh * ow_n + lo..][..hi - lo];
-        if sw == 1 {
-            for (d, s) in x[first..first + src.len()].iter_mut().zip(src) {
-                *d += s;
-            }
-        } else {
-            for (i, s) in src.iter().enumerate() {
-                x[first + i * sw] += s;
+pub fn col2im(
+    g: &ConvGeometry,
+    map: &TapMap,
+    col: &[f32],
+    ld: usize,
+    col_offset: usize,
+    x: &mut [f32],
+) {
+    let plane_len = g.in_size[0] * g.in_size[1];
+    let mut rows = col.chunks(ld);
+    for plane in x.chunks_mut(plane_len) {
+        for taps in map.taps() {
+            let src = &rows.next().expect("col holds every row")[col_offset..][..map.pixels];
+            if map.pointwise {
+                plane.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            } else {
+                for (s, &i) in src.iter().zip(taps) {
+                    if let Some(d) = plane.get_mut(i as usize) {
+                        *d += s;
+                    }
+                }
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
@@ -292,9 +310,10 @@ mod tests {
             .map(|i| (i as f32 * 0.3).cos())
             .collect();
         let mut col = vec![f32::NAN; c.len()];
-        im2col(&g, &x, 0..g.in_channels, &mut col, cols, 0);
+        let map = TapMap::new(&g);
+        im2col(&g, &map, &x, 0..g.in_channels, &mut col, cols, 0);
         let mut back = vec![0.0; x.len()];
-        col2im(&g, &c, cols, 0, &mut back);
+        col2im(&g, &map, &c, cols, 0, &mut back);
         let lhs: f32 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
         let rhs: f32 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");

@@ -5,7 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::conv2d::{backward, backward_in_blocks, forward, forward_in_blocks};
+use super::conv2d::{backward, backward_in_blocks, forward, forward_in_blocks, forward_per_image};
 use super::im2col::ConvGeometry;
 use super::{ConvGrads, Needed, reference};
 
@@ -108,6 +108,12 @@ fn forward_and_backward_match_the_definition_on_random_shapes() {
         let want = reference::backward(&g, &x, &w, &dy, ALL);
         assert_grads(&backward(&g, &x, &w, &dy, ALL), &want, &g);
         if !g.is_depthwise() {
+            assert_close(
+                "y (per image)",
+                &forward_per_image(&g, &x, &w, bias),
+                &y,
+                &g,
+            );
             for block in 1..=g.batch {
                 assert_close(
                     "y (blocks)",
