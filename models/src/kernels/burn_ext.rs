@@ -1,7 +1,7 @@
-//! The kernels as a Burn backend extension: [`ConvKernels`] is implemented for the `flex`
-//! CPU backend and for autodiff over it (with our backward pass), and [`apply_conv2d`] is what the
-//! model layers call, so they stay Burn modules and keep Burn's own convolution on every
-//! other device (the GPU).
+//! The kernels as a Burn backend extension: [`LayerKernels`] is implemented for the `flex`
+//! CPU backend and for autodiff over it (with our backward pass); [`apply_conv2d`] and
+//! [`apply_linear`] are what the model layers call, so they stay Burn modules and keep
+//! Burn's own operations on every other device (the GPU).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -23,10 +23,11 @@ use rayon::prelude::*;
 
 use super::conv2d::{self, Needed};
 use super::im2col::ConvGeometry;
+use super::linear::{self, LinearShape};
 
-/// A 2-D convolution computed by [`super::conv2d`] instead of the backend's own.
+/// The layers computed by our kernels instead of the backend's own operations.
 #[backend_extension(Flex, Autodiff)]
-pub trait ConvKernels: Backend {
+pub trait LayerKernels: Backend {
     /// `conv2d(x, weight)` with Burn's semantics and shapes.
     fn conv2d_kernels(
         x: FloatTensor<Self>,
@@ -41,11 +42,28 @@ pub trait ConvKernels: Backend {
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
+
+    /// `x W^T` for `x` `[batch, in]` and `weight` `[out, in]`.
+    fn linear_kernels(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `x W^T + bias`.
+    fn linear_kernels_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
-impl ConvKernels for Flex {
+/// Which layer a recorded step computes.
+#[derive(Clone, Debug)]
+enum Layer {
+    Conv2d(ConvOptions<2>),
+    Linear,
+}
+
+impl LayerKernels for Flex {
     fn conv2d_kernels(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
-        forward(x, weight, None, options)
+        forward(&Layer::Conv2d(options), x, weight, None)
     }
 
     fn conv2d_kernels_bias(
@@ -54,30 +72,56 @@ impl ConvKernels for Flex {
         bias: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        forward(x, weight, Some(bias), options)
+        forward(&Layer::Conv2d(options), x, weight, Some(bias))
+    }
+
+    fn linear_kernels(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        forward(&Layer::Linear, x, weight, None)
+    }
+
+    fn linear_kernels_bias(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        forward(&Layer::Linear, x, weight, Some(bias))
     }
 }
 
 fn forward(
+    layer: &Layer,
     x: FlexTensor,
     weight: FlexTensor,
     bias: Option<FlexTensor>,
-    options: ConvOptions<2>,
 ) -> FlexTensor {
     let (x, weight) = (contiguous(x), contiguous(weight));
     let bias = bias.map(contiguous);
-    let g = geometry(&x, &weight, &options);
-    let y = conv2d::forward(&g, slice(&x), slice(&weight), bias.as_ref().map(slice));
-    tensor(y, [g.batch, g.out_channels, g.out_size[0], g.out_size[1]])
+    let bias = bias.as_ref().map(slice);
+    match layer {
+        Layer::Conv2d(options) => {
+            let g = geometry(&x, &weight, options);
+            let y = conv2d::forward(&g, slice(&x), slice(&weight), bias);
+            tensor(y, [g.batch, g.out_channels, g.out_size[0], g.out_size[1]])
+        }
+        Layer::Linear => {
+            let s = linear_shape(&x, &weight);
+            tensor(
+                linear::forward(s, slice(&x), slice(&weight), bias),
+                [s.batch, s.d_out],
+            )
+        }
+    }
 }
 
-impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
+impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
     fn conv2d_kernels(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        record::<C, 2>([x.node(), weight.node()], x, weight, None, options)
+        record::<C, 2>(
+            [x.node(), weight.node()],
+            Layer::Conv2d(options),
+            x,
+            weight,
+            None,
+        )
     }
 
     fn conv2d_kernels_bias(
@@ -87,54 +131,63 @@ impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         let parents = [x.node(), weight.node(), bias.node()];
-        record::<C, 3>(parents, x, weight, Some(bias), options)
+        record::<C, 3>(parents, Layer::Conv2d(options), x, weight, Some(bias))
+    }
+
+    fn linear_kernels(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        record::<C, 2>([x.node(), weight.node()], Layer::Linear, x, weight, None)
+    }
+
+    fn linear_kernels_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let parents = [x.node(), weight.node(), bias.node()];
+        record::<C, 3>(parents, Layer::Linear, x, weight, Some(bias))
     }
 }
 
-/// Runs the forward pass and, when any input is tracked, records [`ConvBackward`] with the
+/// Runs the forward pass and, when any input is tracked, records [`LayerBackward`] with the
 /// inputs' nodes as parents (input, weight and, when `N == 3`, bias).
 fn record<C: CheckpointStrategy, const N: usize>(
     parents: [burn::backend::autodiff::ops::NodeGuard; N],
+    layer: Layer,
     x: FloatTensor<Autodiff<Flex, C>>,
     weight: FloatTensor<Autodiff<Flex, C>>,
     bias: Option<FloatTensor<Autodiff<Flex, C>>>,
-    options: ConvOptions<2>,
 ) -> FloatTensor<Autodiff<Flex, C>> {
-    match ConvBackward
+    match LayerBackward
         .prepare::<C>(parents)
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(mut prep) => {
-            let state = (
-                prep.checkpoint(&x),
-                prep.checkpoint(&weight),
-                options.clone(),
-            );
+            let (x_state, weight_state) = (prep.checkpoint(&x), prep.checkpoint(&weight));
             let output = forward(
+                &layer,
                 x.into_primitive(),
                 weight.into_primitive(),
                 bias.map(|b| b.into_primitive()),
-                options,
             );
-            prep.finish(state, output)
+            prep.finish((x_state, weight_state, layer), output)
         }
         OpsKind::UnTracked(prep) => prep.finish(forward(
+            &layer,
             x.into_primitive(),
             weight.into_primitive(),
             bias.map(|b| b.into_primitive()),
-            options,
         )),
     }
 }
 
-/// The backward step of [`ConvKernels::conv2d_kernels`] under autodiff: parents are the
-/// input, the weight and (when there is one) the bias.
+/// The backward step of a [`LayerKernels`] layer under autodiff: parents are the input, the
+/// weight and (when there is one) the bias.
 #[derive(Debug)]
-struct ConvBackward;
+struct LayerBackward;
 
-impl<const N: usize> Backward<Flex, N> for ConvBackward {
-    type State = (NodeId, NodeId, ConvOptions<2>);
+impl<const N: usize> Backward<Flex, N> for LayerBackward {
+    type State = (NodeId, NodeId, Layer);
 
     fn backward(
         self,
@@ -147,16 +200,25 @@ impl<const N: usize> Backward<Flex, N> for ConvBackward {
         let node_weight = parents.next().flatten();
         let node_bias = parents.next().flatten();
         let dy = contiguous(grads.consume::<Flex>(&ops.node));
-        let (x_state, weight_state, options) = ops.state;
+        let (x_state, weight_state, layer) = ops.state;
         let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_state));
         let weight = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(weight_state));
-        let g = geometry(&x, &weight, &options);
         let needed = Needed {
             x: node_x.is_some(),
             weight: node_weight.is_some(),
             bias: node_bias.is_some(),
         };
-        let out = conv2d::backward(&g, slice(&x), slice(&weight), slice(&dy), needed);
+        let (xs, ws, dys) = (slice(&x), slice(&weight), slice(&dy));
+        let (out, channels) = match &layer {
+            Layer::Conv2d(options) => {
+                let g = geometry(&x, &weight, options);
+                (conv2d::backward(&g, xs, ws, dys, needed), g.out_channels)
+            }
+            Layer::Linear => {
+                let s = linear_shape(&x, &weight);
+                (linear::backward(s, xs, ws, dys, needed), s.d_out)
+            }
+        };
         if let (Some(node), Some(dx)) = (node_x, out.x) {
             grads.register::<Flex>(node.id, tensor(dx, x.layout().shape().clone()));
         }
@@ -164,24 +226,23 @@ impl<const N: usize> Backward<Flex, N> for ConvBackward {
             grads.register::<Flex>(node.id, tensor(dw, weight.layout().shape().clone()));
         }
         if let (Some(node), Some(db)) = (node_bias, out.bias) {
-            grads.register::<Flex>(node.id, tensor(db, [g.out_channels]));
+            grads.register::<Flex>(node.id, tensor(db, [channels]));
         }
     }
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Switches [`apply_conv2d`] between our kernels (the default) and Burn's own convolution
-/// for the whole process: benchmarks time both in one run to show what the kernels change.
+/// Switches [`apply_conv2d`] and [`apply_linear`] between our kernels (the default) and
+/// Burn's own operations for the whole process: benchmarks time both in one run to show what the kernels change.
 pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
-/// Applies `conv` to `x`: through [`ConvKernels`] on the CPU (`flex`, with or without
+/// Applies `conv` to `x`: through [`LayerKernels`] on the CPU (`flex`, with or without
 /// autodiff), through Burn's own convolution elsewhere.
 pub fn apply_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let on_flex = matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_));
-    if !on_flex || x.dtype() != DType::F32 || !ENABLED.load(Ordering::Relaxed) {
+    if !use_kernels(&x) {
         return conv.forward(x);
     }
     let ((top, bottom), (left, right)) = match conv.padding {
@@ -197,14 +258,39 @@ pub fn apply_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     );
     let (x, weight) = (x.into_dispatch(), conv.weight.val().into_dispatch());
     Tensor::from_dispatch(match &conv.bias {
-        Some(bias) => <Dispatch as ConvKernels>::conv2d_kernels_bias(
+        Some(bias) => <Dispatch as LayerKernels>::conv2d_kernels_bias(
             x,
             weight,
             bias.val().into_dispatch(),
             options,
         ),
-        None => <Dispatch as ConvKernels>::conv2d_kernels(x, weight, options),
+        None => <Dispatch as LayerKernels>::conv2d_kernels(x, weight, options),
     })
+}
+
+/// Applies a fully connected layer (`weight` `[out, in]`, PyTorch's layout) to `x`
+/// (`[batch, in]`): through [`LayerKernels`] on the CPU, as `(W x^T)^T` through Burn's own
+/// matrix product elsewhere (so the weight gradient is in the weight's layout either way).
+pub fn apply_linear(weight: &Tensor<2>, bias: Option<&Tensor<1>>, x: Tensor<2>) -> Tensor<2> {
+    if !use_kernels(&x) {
+        let y = weight.clone().matmul(x.transpose()).transpose();
+        return match bias {
+            Some(b) => y + b.clone().unsqueeze::<2>(),
+            None => y,
+        };
+    }
+    let (x, w) = (x.into_dispatch(), weight.clone().into_dispatch());
+    Tensor::from_dispatch(match bias {
+        Some(b) => <Dispatch as LayerKernels>::linear_kernels_bias(x, w, b.clone().into_dispatch()),
+        None => <Dispatch as LayerKernels>::linear_kernels(x, w),
+    })
+}
+
+/// Whether `x` goes through our kernels: `f32` on the CPU backend, unless switched off.
+fn use_kernels<const D: usize>(x: &Tensor<D>) -> bool {
+    matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+        && x.dtype() == DType::F32
+        && ENABLED.load(Ordering::Relaxed)
 }
 
 /// Copies the `f32` values of a tensor on the CPU backend into `out` in row-major order,
@@ -225,6 +311,20 @@ pub fn copy_to_slice<const D: usize>(tensor: &Tensor<D>, out: &mut [f32]) -> boo
         .zip(slice(&t).par_chunks(CHUNK))
         .for_each(|(d, s)| d.copy_from_slice(s));
     true
+}
+
+fn linear_shape(x: &FlexTensor, weight: &FlexTensor) -> LinearShape {
+    let (xs, ws) = (x.layout().shape(), weight.layout().shape());
+    assert!(
+        xs.num_dims() == 2 && ws.num_dims() == 2,
+        "linear operands are 2-D"
+    );
+    assert_eq!(xs[1], ws[1], "input features of the input and the weight");
+    LinearShape {
+        batch: xs[0],
+        d_in: xs[1],
+        d_out: ws[0],
+    }
 }
 
 fn geometry(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> ConvGeometry {
@@ -336,6 +436,45 @@ mod tests {
                     "dbias",
                     b.grad(&g_ours).unwrap().reshape([1, 1, 1, cout]),
                     b.grad(&g_theirs).unwrap().reshape([1, 1, 1, cout]),
+                );
+            }
+        }
+    }
+
+    /// Through autodiff, the fully connected kernels give Burn's own `linear`'s output and
+    /// gradients, with and without a bias.
+    #[test]
+    fn linear_matches_burns_linear_forward_and_backward() {
+        let device = Device::flex().autodiff();
+        let normal = Distribution::Normal(0.0, 1.0);
+        for bias in [true, false] {
+            let x = Tensor::<2>::random([5, 7], normal, &device).require_grad();
+            let w = Tensor::<2>::random([3, 7], normal, &device).require_grad();
+            let b = Tensor::<1>::random([3], normal, &device).require_grad();
+            let b = bias.then_some(b);
+            let ours = apply_linear(&w, b.as_ref(), x.clone());
+            let theirs = burn::tensor::module::linear(x.clone(), w.clone().transpose(), b.clone());
+            let as4 = |t: Tensor<2>| t.unsqueeze::<4>();
+            close("output", as4(ours.clone()), as4(theirs.clone()));
+            let weights = Tensor::<2>::random([5, 3], normal, &device);
+            let g_ours = (ours * weights.clone()).sum().backward();
+            let g_theirs = (theirs * weights).sum().backward();
+            close(
+                "dx",
+                as4(x.grad(&g_ours).unwrap()),
+                as4(x.grad(&g_theirs).unwrap()),
+            );
+            close(
+                "dweight",
+                as4(w.grad(&g_ours).unwrap()),
+                as4(w.grad(&g_theirs).unwrap()),
+            );
+            if let Some(b) = &b {
+                let as4 = |t: Tensor<1>| t.reshape([1, 1, 1, 3]);
+                close(
+                    "dbias",
+                    as4(b.grad(&g_ours).unwrap()),
+                    as4(b.grad(&g_theirs).unwrap()),
                 );
             }
         }

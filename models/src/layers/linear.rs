@@ -1,6 +1,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::burn_ext::apply_linear;
+
 /// A fully connected layer storing its weight as `[out, in]`, PyTorch's layout, so the flat
 /// parameter vector and safetensors files need no transposition (Burn's `Linear` stores
 /// `[in, out]`).
@@ -21,15 +23,9 @@ impl Linear {
         }
     }
 
-    /// `y = x W^T + b`, computed as `(W x^T)^T` so the weight gradient comes out of the
-    /// backward pass as `dy^T x`, already in the weight's `[out, in]` layout (as `x W^T` it
-    /// would be a transposed view, and copying VGG11's 411 MB classifier gradient out of a
-    /// transposed view costs more than the product itself).
+    /// `y = x W^T + b`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = self.weight.val().matmul(x.transpose()).transpose();
-        match &self.bias {
-            Some(b) => y + b.val().unsqueeze::<2>(),
-            None => y,
-        }
+        let bias = self.bias.as_ref().map(|b| b.val());
+        apply_linear(&self.weight.val(), bias.as_ref(), x)
     }
 }

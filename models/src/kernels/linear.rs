@@ -1,0 +1,124 @@
+//! A fully connected layer `y = x W^T + b` (PyTorch's `[out, in]` weight layout) forward and
+//! backward as three matrix products whose results are fresh row-major buffers: the weight
+//! gradient comes out in the weight's own layout, with no transposed copy.
+
+use rayon::prelude::*;
+
+use super::conv2d::{ConvGrads, Needed};
+use super::gemm::{MatRef, Threads, matmul};
+
+/// The sizes of one fully connected layer applied to a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearShape {
+    /// Rows of the input.
+    pub batch: usize,
+    /// Input features.
+    pub d_in: usize,
+    /// Output features.
+    pub d_out: usize,
+}
+
+/// `x` is `[batch, d_in]`, `weight` `[d_out, d_in]`, `bias` `[d_out]`; returns `[batch, d_out]`.
+pub fn forward(s: LinearShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    check(s, x, weight);
+    let mut y = vec![0.0; s.batch * s.d_out];
+    matmul(
+        &mut y,
+        s.d_out,
+        false,
+        MatRef::row_major(x, s.batch, s.d_in, s.d_in),
+        MatRef::row_major(weight, s.d_out, s.d_in, s.d_in).t(),
+        Threads::Pool,
+    );
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), s.d_out, "bias size");
+        y.par_chunks_mut(s.d_out)
+            .for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
+    }
+    y
+}
+
+/// The gradients of [`forward`]'s inputs given `dy` (`[batch, d_out]`).
+pub fn backward(
+    s: LinearShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    needed: Needed,
+) -> ConvGrads {
+    check(s, x, weight);
+    assert_eq!(dy.len(), s.batch * s.d_out, "output gradient size");
+    let dy_m = MatRef::row_major(dy, s.batch, s.d_out, s.d_out);
+    let dx = needed.x.then(|| {
+        let mut dx = vec![0.0; s.batch * s.d_in];
+        let w = MatRef::row_major(weight, s.d_out, s.d_in, s.d_in);
+        matmul(&mut dx, s.d_in, false, dy_m, w, Threads::Pool);
+        dx
+    });
+    let dw = needed.weight.then(|| {
+        let mut dw = vec![0.0; s.d_out * s.d_in];
+        let x = MatRef::row_major(x, s.batch, s.d_in, s.d_in);
+        matmul(&mut dw, s.d_in, false, dy_m.t(), x, Threads::Pool);
+        dw
+    });
+    let db = needed.bias.then(|| {
+        (0..s.d_out)
+            .into_par_iter()
+            .map(|j| (0..s.batch).map(|i| dy[i * s.d_out + j]).sum())
+            .collect()
+    });
+    ConvGrads {
+        x: dx,
+        weight: dw,
+        bias: db,
+    }
+}
+
+fn check(s: LinearShape, x: &[f32], weight: &[f32]) {
+    assert_eq!(x.len(), s.batch * s.d_in, "input size");
+    assert_eq!(weight.len(), s.d_out * s.d_in, "weight size");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_definition() {
+        let s = LinearShape {
+            batch: 3,
+            d_in: 5,
+            d_out: 4,
+        };
+        let f = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
+        let (x, w, b, dy) = (f(15, 0.3), f(20, 0.7), f(4, 1.1), f(12, 0.5));
+        let y = forward(s, &x, &w, Some(&b));
+        let all = Needed {
+            x: true,
+            weight: true,
+            bias: true,
+        };
+        let g = backward(s, &x, &w, &dy, all);
+        let close = |a: f32, e: f32| assert!((a - e).abs() < 1e-5, "{a} vs {e}");
+        for i in 0..3 {
+            for o in 0..4 {
+                let want = b[o] + (0..5).map(|k| x[i * 5 + k] * w[o * 5 + k]).sum::<f32>();
+                close(y[i * 4 + o], want);
+            }
+            for k in 0..5 {
+                let want = (0..4).map(|o| dy[i * 4 + o] * w[o * 5 + k]).sum::<f32>();
+                close(g.x.as_ref().unwrap()[i * 5 + k], want);
+            }
+        }
+        for o in 0..4 {
+            for k in 0..5 {
+                let want = (0..3).map(|i| dy[i * 4 + o] * x[i * 5 + k]).sum::<f32>();
+                close(g.weight.as_ref().unwrap()[o * 5 + k], want);
+            }
+            close(
+                g.bias.as_ref().unwrap()[o],
+                (0..3).map(|i| dy[i * 4 + o]).sum(),
+            );
+        }
+    }
+}
