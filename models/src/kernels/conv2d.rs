@@ -42,16 +42,56 @@ pub struct ConvGrads {
     pub bias: Option<Vec<f32>>,
 }
 
-/// Images per block.
-fn block_images(g: &ConvGeometry) -> usize {
+/// Weights up to this many values make small products: their blocks run in parallel, each
+/// multiplying on one thread, because waking the pool for every small product cost more
+/// than the product (SqueezeNet, MobileNet's pointwise layers). Larger weights run their
+/// blocks one after another, each product on the whole pool.
+const PARALLEL_BLOCKS_MAX_WEIGHT: usize = 1 << 18;
+
+/// How many blocks a batch is cut into, at least, when blocks run in parallel.
+const PARALLEL_BLOCKS: usize = 8;
+
+/// How `g` uses the threads, and its images per block (a function of the shapes only).
+fn plan(g: &ConvGeometry) -> (Threads, usize) {
     let per_image = g.col_rows().max(g.out_channels) * g.out_pixels();
-    (COL_BUDGET / per_image.max(1)).clamp(1, g.batch.max(1))
+    let budget = (COL_BUDGET / per_image.max(1)).clamp(1, g.batch.max(1));
+    if g.weight_len() <= PARALLEL_BLOCKS_MAX_WEIGHT {
+        (
+            Threads::Serial,
+            budget.min(g.batch.div_ceil(PARALLEL_BLOCKS)).max(1),
+        )
+    } else {
+        (Threads::Pool, budget)
+    }
 }
 
-/// Fills the column matrix of images `xs` (one block), in parallel over input channels.
-fn unfold(g: &ConvGeometry, map: &TapMap, xs: &[f32], col: &mut [f32], ld: usize) {
+/// Calls `f(index, chunk)` for the `size`-long chunks of `data`, on the pool or on this thread.
+fn chunks<T: Send>(
+    data: &mut [T],
+    size: usize,
+    threads: Threads,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    match threads {
+        Threads::Pool => data
+            .par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c)),
+        Threads::Serial => data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c)),
+    }
+}
+
+/// Fills the column matrix of images `xs` (one block), by bands of input channels.
+fn unfold(
+    g: &ConvGeometry,
+    map: &TapMap,
+    xs: &[f32],
+    col: &mut [f32],
+    ld: usize,
+    threads: Threads,
+) {
     let band = g.kernel[0] * g.kernel[1] * ld;
-    col.par_chunks_mut(band).enumerate().for_each(|(c, band)| {
+    chunks(col, band, threads, |c, band| {
         for (i, x) in xs.chunks(g.in_image()).enumerate() {
             im2col(g, map, x, c..c + 1, band, ld, i * g.out_pixels());
         }
@@ -68,7 +108,8 @@ pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>
     } else if g.out_pixels() >= PER_IMAGE_MIN_PIXELS {
         forward_per_image(g, x, weight, bias)
     } else {
-        forward_in_blocks(g, x, weight, bias, block_images(g))
+        let (threads, b) = plan(g);
+        forward_in_blocks(g, x, weight, bias, b, threads)
     }
 }
 
@@ -112,66 +153,86 @@ pub(super) fn forward_per_image(
     y
 }
 
-/// [`forward`] through the matrix products, `b` images per block.
+/// [`forward`] through the matrix products, `b` images per block, blocks in parallel
+/// (`Serial` products) or one after another (`Pool` products).
 pub(super) fn forward_in_blocks(
     g: &ConvGeometry,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
     b: usize,
+    threads: Threads,
 ) -> Vec<f32> {
     let mut y = vec![0.0; g.batch * g.out_image()];
-    let (p, mg, kg) = (g.out_pixels(), g.group_out(), g.group_rows());
     let map = TapMap::new(g);
-    let mut col = Vec::new();
-    let mut tmp = Vec::new();
-    for (xs, ys) in x
-        .chunks(b * g.in_image())
-        .zip(y.chunks_mut(b * g.out_image()))
-    {
-        let nb = ys.len() / g.out_image();
-        let ld = nb * p;
-        let col: &[f32] = if g.is_pointwise() && nb == 1 {
-            xs
-        } else {
-            col.resize(g.col_rows() * ld, 0.0);
-            unfold(g, &map, xs, &mut col, ld);
-            &col
-        };
-        let direct = nb == 1;
-        if !direct {
-            tmp.resize(g.out_channels * ld, 0.0);
-        }
-        let dst: &mut [f32] = if direct { ys } else { &mut tmp };
-        for gi in 0..g.groups {
-            matmul(
-                &mut dst[gi * mg * ld..],
-                ld,
-                false,
-                MatRef::row_major(&weight[gi * mg * kg..], mg, kg, kg),
-                MatRef::row_major(&col[gi * kg * ld..], kg, ld, ld),
-                Threads::Pool,
-            );
-        }
-        if direct {
-            if let Some(bias) = bias {
-                ys.par_chunks_mut(p)
-                    .zip(bias)
-                    .for_each(|(row, b)| row.iter_mut().for_each(|v| *v += b));
-            }
-        } else {
-            ys.par_chunks_mut(g.out_image())
-                .enumerate()
-                .for_each(|(i, y)| {
-                    for (m, row) in y.chunks_mut(p).enumerate() {
-                        let src = &tmp[m * ld + i * p..][..p];
-                        let b = bias.map_or(0.0, |b| b[m]);
-                        row.iter_mut().zip(src).for_each(|(d, s)| *d = s + b);
-                    }
-                });
-        }
+    let block = |xs: &[f32], ys: &mut [f32]| forward_block(g, &map, xs, weight, bias, ys, threads);
+    let (xb, yb) = (b * g.in_image(), b * g.out_image());
+    match threads {
+        Threads::Serial => x
+            .par_chunks(xb)
+            .zip(y.par_chunks_mut(yb))
+            .for_each(|(xs, ys)| block(xs, ys)),
+        Threads::Pool => x
+            .chunks(xb)
+            .zip(y.chunks_mut(yb))
+            .for_each(|(xs, ys)| block(xs, ys)),
     }
     y
+}
+
+/// One block of [`forward_in_blocks`]: unfold, one product per group, scatter to NCHW with
+/// the bias.
+fn forward_block(
+    g: &ConvGeometry,
+    map: &TapMap,
+    xs: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    ys: &mut [f32],
+    threads: Threads,
+) {
+    let (p, mg, kg) = (g.out_pixels(), g.group_out(), g.group_rows());
+    let nb = ys.len() / g.out_image();
+    let ld = nb * p;
+    let mut buffer = Vec::new();
+    let col: &[f32] = if g.is_pointwise() && nb == 1 {
+        xs
+    } else {
+        buffer.resize(g.col_rows() * ld, 0.0);
+        unfold(g, map, xs, &mut buffer, ld, threads);
+        &buffer
+    };
+    let direct = nb == 1;
+    let mut tmp = Vec::new();
+    if !direct {
+        tmp.resize(g.out_channels * ld, 0.0);
+    }
+    let dst: &mut [f32] = if direct { ys } else { &mut tmp };
+    for gi in 0..g.groups {
+        matmul(
+            &mut dst[gi * mg * ld..],
+            ld,
+            false,
+            MatRef::row_major(&weight[gi * mg * kg..], mg, kg, kg),
+            MatRef::row_major(&col[gi * kg * ld..], kg, ld, ld),
+            threads,
+        );
+    }
+    if direct {
+        if let Some(bias) = bias {
+            for (row, b) in ys.chunks_mut(p).zip(bias) {
+                row.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    } else {
+        chunks(ys, g.out_image(), threads, |i, y| {
+            for (m, row) in y.chunks_mut(p).enumerate() {
+                let src = &tmp[m * ld + i * p..][..p];
+                let b = bias.map_or(0.0, |b| b[m]);
+                row.iter_mut().zip(src).for_each(|(d, s)| *d = s + b);
+            }
+        });
+    }
 }
 
 /// The backward pass: the gradients of [`forward`]'s inputs given `dy`, the gradient of its
@@ -188,10 +249,13 @@ pub fn backward(
     if g.is_depthwise() {
         return depthwise::backward(g, x, weight, dy, needed);
     }
-    backward_in_blocks(g, x, weight, dy, needed, block_images(g))
+    let (threads, b) = plan(g);
+    backward_in_blocks(g, x, weight, dy, needed, b, threads)
 }
 
-/// [`backward`] through the matrix products, `b` images per block.
+/// [`backward`] through the matrix products, `b` images per block: blocks in parallel
+/// (`Serial` products, each block's weight and bias gradients summed afterwards in block
+/// order) or one after another (`Pool` products accumulating into one gradient).
 pub(super) fn backward_in_blocks(
     g: &ConvGeometry,
     x: &[f32],
@@ -199,87 +263,163 @@ pub(super) fn backward_in_blocks(
     dy: &[f32],
     needed: Needed,
     b: usize,
+    threads: Threads,
 ) -> ConvGrads {
-    let (p, mg, kg) = (g.out_pixels(), g.group_out(), g.group_rows());
-    let mut dx = needed.x.then(|| vec![0.0; g.batch * g.in_image()]);
-    let mut dw = needed.weight.then(|| vec![0.0; g.weight_len()]);
-    let mut db = needed.bias.then(|| vec![0.0; g.out_channels]);
     let map = TapMap::new(g);
-    let mut col = Vec::new();
-    let mut gathered = Vec::new();
-    for (blk, (xs, dys)) in x
-        .chunks(b * g.in_image())
-        .zip(dy.chunks(b * g.out_image()))
-        .enumerate()
-    {
-        let nb = dys.len() / g.out_image();
-        let ld = nb * p;
-        let dyb: &[f32] = if nb == 1 {
-            dys
-        } else {
-            gathered.resize(g.out_channels * ld, 0.0);
-            gathered
-                .par_chunks_mut(ld)
-                .enumerate()
-                .for_each(|(m, row)| {
-                    for (i, dst) in row.chunks_mut(p).enumerate() {
-                        dst.copy_from_slice(&dys[i * g.out_image() + m * p..][..p]);
-                    }
-                });
-            &gathered
-        };
-        if let Some(db) = db.as_mut() {
-            let sums: Vec<f32> = dyb.par_chunks(ld).map(|row| row.iter().sum()).collect();
-            db.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
-        }
-        if let Some(dw) = dw.as_mut() {
-            let col: &[f32] = if g.is_pointwise() && nb == 1 {
-                xs
-            } else {
-                col.resize(g.col_rows() * ld, 0.0);
-                unfold(g, &map, xs, &mut col, ld);
-                &col
+    let mut dx = needed.x.then(|| vec![0.0; g.batch * g.in_image()]);
+    let (wl, bl) = (
+        if needed.weight { g.weight_len() } else { 0 },
+        if needed.bias { g.out_channels } else { 0 },
+    );
+    let blocks = g.batch.div_ceil(b.max(1));
+    let (xb, yb) = (b * g.in_image(), b * g.out_image());
+    let block = |i: usize, dxs: Option<&mut [f32]>, sums: &mut Sums, accumulate: bool| {
+        let (xs, dys) = (&x[i * xb..], &dy[i * yb..]);
+        let nb = (g.batch - i * b).min(b);
+        let (xs, dys) = (&xs[..nb * g.in_image()], &dys[..nb * g.out_image()]);
+        backward_block(g, &map, xs, dys, weight, dxs, sums, accumulate, threads);
+    };
+    let sums = match threads {
+        Threads::Serial => {
+            let one = |i: usize, dxs: Option<&mut [f32]>| {
+                let mut sums = Sums::zeros(wl, bl);
+                block(i, dxs, &mut sums, false);
+                sums
             };
-            for gi in 0..g.groups {
-                matmul(
-                    &mut dw[gi * mg * kg..],
-                    kg,
-                    blk > 0,
-                    MatRef::row_major(&dyb[gi * mg * ld..], mg, ld, ld),
-                    MatRef::row_major(&col[gi * kg * ld..], kg, ld, ld).t(),
-                    Threads::Pool,
-                );
-            }
-        }
-        if let Some(dx) = dx.as_mut() {
-            let dxs = &mut dx[blk * b * g.in_image()..][..nb * g.in_image()];
-            let direct = g.is_pointwise() && nb == 1;
-            if !direct {
-                col.resize(g.col_rows() * ld, 0.0);
-            }
-            let dcol: &mut [f32] = if direct { dxs } else { &mut col };
-            for gi in 0..g.groups {
-                matmul(
-                    &mut dcol[gi * kg * ld..],
-                    ld,
-                    false,
-                    MatRef::row_major(&weight[gi * mg * kg..], mg, kg, kg).t(),
-                    MatRef::row_major(&dyb[gi * mg * ld..], mg, ld, ld),
-                    Threads::Pool,
-                );
-            }
-            if !direct {
-                let col = &col;
-                dxs.par_chunks_mut(g.in_image())
+            let partial: Vec<Sums> = match dx.as_mut() {
+                Some(dx) => dx
+                    .par_chunks_mut(xb)
                     .enumerate()
-                    .for_each(|(i, dx)| col2im(g, &map, col, ld, i * p, dx));
-            }
+                    .map(|(i, dxs)| one(i, Some(dxs)))
+                    .collect(),
+                None => (0..blocks).into_par_iter().map(|i| one(i, None)).collect(),
+            };
+            partial
+                .into_iter()
+                .reduce(Sums::add)
+                .unwrap_or(Sums::zeros(wl, bl))
         }
-    }
+        Threads::Pool => {
+            let mut sums = Sums::zeros(wl, bl);
+            for i in 0..blocks {
+                let dxs = dx.as_mut().map(|dx| {
+                    let end = (i * xb + xb).min(dx.len());
+                    &mut dx[i * xb..end]
+                });
+                block(i, dxs, &mut sums, i > 0);
+            }
+            sums
+        }
+    };
     ConvGrads {
         x: dx,
-        weight: dw,
-        bias: db,
+        weight: needed.weight.then_some(sums.weight),
+        bias: needed.bias.then_some(sums.bias),
+    }
+}
+
+/// Weight and bias gradients summed over some images.
+struct Sums {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Sums {
+    fn zeros(weight: usize, bias: usize) -> Self {
+        Sums {
+            weight: vec![0.0; weight],
+            bias: vec![0.0; bias],
+        }
+    }
+
+    fn add(mut self, other: Sums) -> Sums {
+        self.weight
+            .iter_mut()
+            .zip(&other.weight)
+            .for_each(|(a, b)| *a += b);
+        self.bias
+            .iter_mut()
+            .zip(&other.bias)
+            .for_each(|(a, b)| *a += b);
+        self
+    }
+}
+
+/// One block of [`backward_in_blocks`]: gather the output gradient into one matrix, add its
+/// bias and weight gradients to `sums` (the weight's overwritten unless `accumulate`), and
+/// fold the input gradient into `dxs` when asked for.
+#[allow(clippy::too_many_arguments)]
+fn backward_block(
+    g: &ConvGeometry,
+    map: &TapMap,
+    xs: &[f32],
+    dys: &[f32],
+    weight: &[f32],
+    dxs: Option<&mut [f32]>,
+    sums: &mut Sums,
+    accumulate: bool,
+    threads: Threads,
+) {
+    let (p, mg, kg) = (g.out_pixels(), g.group_out(), g.group_rows());
+    let nb = dys.len() / g.out_image();
+    let ld = nb * p;
+    let mut gathered = Vec::new();
+    let dyb: &[f32] = if nb == 1 {
+        dys
+    } else {
+        gathered.resize(g.out_channels * ld, 0.0);
+        chunks(&mut gathered, ld, threads, |m, row| {
+            for (i, dst) in row.chunks_mut(p).enumerate() {
+                dst.copy_from_slice(&dys[i * g.out_image() + m * p..][..p]);
+            }
+        });
+        &gathered
+    };
+    for (d, row) in sums.bias.iter_mut().zip(dyb.chunks(ld)) {
+        *d += row.iter().sum::<f32>();
+    }
+    let mut col = Vec::new();
+    if !sums.weight.is_empty() {
+        let cols: &[f32] = if g.is_pointwise() && nb == 1 {
+            xs
+        } else {
+            col.resize(g.col_rows() * ld, 0.0);
+            unfold(g, map, xs, &mut col, ld, threads);
+            &col
+        };
+        for gi in 0..g.groups {
+            matmul(
+                &mut sums.weight[gi * mg * kg..],
+                kg,
+                accumulate,
+                MatRef::row_major(&dyb[gi * mg * ld..], mg, ld, ld),
+                MatRef::row_major(&cols[gi * kg * ld..], kg, ld, ld).t(),
+                threads,
+            );
+        }
+    }
+    if let Some(dxs) = dxs {
+        let direct = g.is_pointwise() && nb == 1;
+        if !direct {
+            col.resize(g.col_rows() * ld, 0.0);
+        }
+        let dcol: &mut [f32] = if direct { dxs } else { &mut col };
+        for gi in 0..g.groups {
+            matmul(
+                &mut dcol[gi * kg * ld..],
+                ld,
+                false,
+                MatRef::row_major(&weight[gi * mg * kg..], mg, kg, kg).t(),
+                MatRef::row_major(&dyb[gi * mg * ld..], mg, ld, ld),
+                threads,
+            );
+        }
+        if !direct {
+            let col = &col;
+            chunks(dxs, g.in_image(), threads, |i, dx| {
+                col2im(g, map, col, ld, i * p, dx)
+            });
+        }
     }
 }
 

@@ -21,21 +21,21 @@ pub struct LinearShape {
 /// `x` is `[batch, d_in]`, `weight` `[d_out, d_in]`, `bias` `[d_out]`; returns `[batch, d_out]`.
 pub fn forward(s: LinearShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     check(s, x, weight);
-    let mut y = vec![0.0; s.batch * s.d_out];
+    // As `y^T = W x^T`: the weight streams through the GEMM as its wide operand, twice as
+    // fast on VGG11's classifier as `x W^T` (bench/README.md, step 5).
+    let mut yt = vec![0.0; s.d_out * s.batch];
     matmul(
-        &mut y,
-        s.d_out,
+        &mut yt,
+        s.batch,
         false,
-        MatRef::row_major(x, s.batch, s.d_in, s.d_in),
-        MatRef::row_major(weight, s.d_out, s.d_in, s.d_in).t(),
+        MatRef::row_major(weight, s.d_out, s.d_in, s.d_in),
+        MatRef::row_major(x, s.batch, s.d_in, s.d_in).t(),
         Threads::Pool,
     );
     if let Some(bias) = bias {
         assert_eq!(bias.len(), s.d_out, "bias size");
-        y.par_chunks_mut(s.d_out)
-            .for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
     }
-    y
+    transpose(&yt, s.d_out, s.batch, bias)
 }
 
 /// The gradients of [`forward`]'s inputs given `dy` (`[batch, d_out]`).
@@ -50,10 +50,11 @@ pub fn backward(
     assert_eq!(dy.len(), s.batch * s.d_out, "output gradient size");
     let dy_m = MatRef::row_major(dy, s.batch, s.d_out, s.d_out);
     let dx = needed.x.then(|| {
-        let mut dx = vec![0.0; s.batch * s.d_in];
+        // As `dx^T = W^T dy^T`, for the same reason as the forward pass.
+        let mut dxt = vec![0.0; s.d_in * s.batch];
         let w = MatRef::row_major(weight, s.d_out, s.d_in, s.d_in);
-        matmul(&mut dx, s.d_in, false, dy_m, w, Threads::Pool);
-        dx
+        matmul(&mut dxt, s.batch, false, w.t(), dy_m.t(), Threads::Pool);
+        transpose(&dxt, s.d_in, s.batch, None)
     });
     let dw = needed.weight.then(|| {
         let mut dw = vec![0.0; s.d_out * s.d_in];
@@ -72,6 +73,18 @@ pub fn backward(
         weight: dw,
         bias: db,
     }
+}
+
+/// The `cols x rows` transpose of the row-major `rows x cols` matrix `m`, plus `bias[r]` on
+/// every value of row `r` of `m` when given.
+fn transpose(m: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut out = vec![0.0; rows * cols];
+    out.par_chunks_mut(rows).enumerate().for_each(|(c, dst)| {
+        for (r, d) in dst.iter_mut().enumerate() {
+            *d = m[r * cols + c] + bias.map_or(0.0, |b| b[r]);
+        }
+    });
+    out
 }
 
 fn check(s: LinearShape, x: &[f32], weight: &[f32]) {

@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::conv2d::{backward, backward_in_blocks, forward, forward_in_blocks, forward_per_image};
+use super::gemm::Threads;
 use super::im2col::ConvGeometry;
 use super::{ConvGrads, Needed, reference};
 
@@ -115,14 +116,12 @@ fn forward_and_backward_match_the_definition_on_random_shapes() {
                 &g,
             );
             for block in 1..=g.batch {
-                assert_close(
-                    "y (blocks)",
-                    &forward_in_blocks(&g, &x, &w, bias, block),
-                    &y,
-                    &g,
-                );
-                let got = backward_in_blocks(&g, &x, &w, &dy, ALL, block);
-                assert_grads(&got, &want, &g);
+                for threads in [Threads::Serial, Threads::Pool] {
+                    let got = forward_in_blocks(&g, &x, &w, bias, block, threads);
+                    assert_close("y (blocks)", &got, &y, &g);
+                    let got = backward_in_blocks(&g, &x, &w, &dy, ALL, block, threads);
+                    assert_grads(&got, &want, &g);
+                }
             }
         }
     }
@@ -207,10 +206,12 @@ fn the_named_layer_shapes_match_the_definition() {
     }
 }
 
+/// Both ways of using the threads (parallel blocks for small weights, pooled products for
+/// large ones) give bit-identical results on 1, 2 and 3 threads.
 #[test]
 fn results_do_not_depend_on_the_number_of_threads() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let g = ConvGeometry::new(
+    let small = ConvGeometry::new(
         [6, 8, 13, 11],
         [16, 8, 3, 3],
         [1, 1],
@@ -218,17 +219,27 @@ fn results_do_not_depend_on_the_number_of_threads() {
         [1, 1],
         1,
     );
-    let x = random(&mut rng, g.batch * g.in_image());
-    let w = random(&mut rng, g.weight_len());
-    let dy = random(&mut rng, g.batch * g.out_image());
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| (forward(&g, &x, &w, None), backward(&g, &x, &w, &dy, ALL)))
-    };
-    let one = run(1);
-    assert_eq!(one, run(2));
-    assert_eq!(one, run(3));
+    let large = ConvGeometry::new(
+        [5, 512, 3, 3],
+        [72, 512, 3, 3],
+        [1, 1],
+        [[1, 1], [1, 1]],
+        [1, 1],
+        1,
+    );
+    for g in [small, large] {
+        let x = random(&mut rng, g.batch * g.in_image());
+        let w = random(&mut rng, g.weight_len());
+        let dy = random(&mut rng, g.batch * g.out_image());
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| (forward(&g, &x, &w, None), backward(&g, &x, &w, &dy, ALL)))
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "{g:?}");
+        assert_eq!(one, run(3), "{g:?}");
+    }
 }
