@@ -5,7 +5,7 @@ use burn::nn::{Dropout, DropoutConfig, Relu};
 use burn::tensor::{Device, Tensor};
 
 use super::Init;
-use crate::kernels::burn_ext::apply_conv2d;
+use crate::kernels::burn_ext::{apply_conv2d, apply_max_pool2d};
 use crate::layers::{Fire, conv2d};
 
 /// A layer of SqueezeNet's `features` sequence (indices as in torchvision).
@@ -77,7 +77,7 @@ impl SqueezeNet {
             x = match layer {
                 FeatureLayer::Conv(l) => apply_conv2d(l, x),
                 FeatureLayer::Relu(l) => l.forward(x),
-                FeatureLayer::Pool(l) => l.forward(x),
+                FeatureLayer::Pool(l) => apply_max_pool2d(l, x),
                 FeatureLayer::Fire(l) => l.forward(x),
             };
         }

@@ -7,7 +7,7 @@ use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
 use super::Init;
-use crate::kernels::burn_ext::apply_conv2d;
+use crate::kernels::burn_ext::{apply_conv2d, apply_max_pool2d};
 use crate::layers::{Linear, conv2d};
 
 /// A layer of the small CNN's feature extractor.
@@ -51,7 +51,7 @@ impl TinyCnn {
             x = match layer {
                 TinyLayer::Conv(l) => apply_conv2d(l, x),
                 TinyLayer::Relu(l) => l.forward(x),
-                TinyLayer::Pool(l) => l.forward(x),
+                TinyLayer::Pool(l) => apply_max_pool2d(l, x),
             };
         }
         let x = adaptive_avg_pool2d(x, [4, 4]).flatten::<2>(1, 3);

@@ -6,7 +6,7 @@ use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
 use super::Init;
-use crate::kernels::burn_ext::apply_conv2d;
+use crate::kernels::burn_ext::{apply_conv2d, apply_max_pool2d};
 use crate::layers::{Linear, conv2d};
 
 /// A layer of VGG's `features` sequence (indices as in torchvision).
@@ -72,7 +72,7 @@ impl Vgg {
             x = match layer {
                 FeatureLayer::Conv(l) => apply_conv2d(l, x),
                 FeatureLayer::Relu(l) => l.forward(x),
-                FeatureLayer::Pool(l) => l.forward(x),
+                FeatureLayer::Pool(l) => apply_max_pool2d(l, x),
             };
         }
         let mut x = adaptive_avg_pool2d(x, [7, 7]).flatten::<2>(1, 3);

@@ -1,6 +1,6 @@
 //! The kernels as a Burn backend extension: [`LayerKernels`] is implemented for the `flex`
-//! CPU backend and for autodiff over it (with our backward pass); [`apply_conv2d`] and
-//! [`apply_linear`] are what the model layers call, so they stay Burn modules and keep
+//! CPU backend and for autodiff over it (with our backward pass); [`apply_conv2d`],
+//! [`apply_linear`] and [`apply_max_pool2d`] are what the model layers call, so they stay Burn modules and keep
 //! Burn's own operations on every other device (the GPU).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +18,14 @@ use burn::backend::{
 };
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::conv2d::{self, Needed};
 use super::im2col::ConvGeometry;
 use super::linear::{self, LinearShape};
+use super::pool::{self, PoolGeometry};
 
 /// The layers computed by our kernels instead of the backend's own operations.
 #[backend_extension(Flex, Autodiff)]
@@ -52,6 +54,65 @@ pub trait LayerKernels: Backend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// 2-D max pooling with PyTorch's semantics and output sizes.
+    fn max_pool2d_kernels(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self>;
+}
+
+/// The settings of one max pooling, as [`LayerKernels::max_pool2d_kernels`] takes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Window height and width.
+    pub kernel: [usize; 2],
+    /// Step between windows.
+    pub stride: [usize; 2],
+    /// `[[top, bottom], [left, right]]`.
+    pub padding: [[usize; 2]; 2],
+    /// Step between window taps.
+    pub dilation: [usize; 2],
+    /// Round the output size up (the last window may hang over the end).
+    pub ceil_mode: bool,
+}
+
+fn pool_geometry(x: &FlexTensor, o: &PoolOptions) -> PoolGeometry {
+    let shape = x.layout().shape();
+    assert_eq!(shape.num_dims(), 4, "pooling input is 4-D");
+    let dims = [shape[0], shape[1], shape[2], shape[3]];
+    PoolGeometry::new(dims, o.kernel, o.stride, o.padding, o.dilation, o.ceil_mode)
+}
+
+/// Max pooling on the CPU backend: the output, its winners and the geometry.
+fn max_pool(x: FlexTensor, options: &PoolOptions) -> (FlexTensor, Vec<u32>, PoolGeometry) {
+    let x = contiguous(x);
+    let g = pool_geometry(&x, options);
+    let (y, winners) = pool::max_forward(&g, slice(&x));
+    let shape = x.layout().shape();
+    let out = tensor(y, [shape[0], shape[1], g.out_size[0], g.out_size[1]]);
+    (out, winners, g)
+}
+
+/// The backward step of [`LayerKernels::max_pool2d_kernels`] under autodiff.
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    /// The winners, the geometry and the input's shape.
+    type State = (Vec<u32>, PoolGeometry, Shape);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let (winners, g, shape) = ops.state;
+        if let Some(node) = node_x {
+            let dx = pool::max_backward(&g, &winners, slice(&dy));
+            grads.register::<Flex>(node.id, tensor(dx, shape));
+        }
+    }
 }
 
 /// Which layer a recorded step computes.
@@ -81,6 +142,10 @@ impl LayerKernels for Flex {
 
     fn linear_kernels_bias(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
         forward(&Layer::Linear, x, weight, Some(bias))
+    }
+
+    fn max_pool2d_kernels(x: FlexTensor, options: PoolOptions) -> FlexTensor {
+        max_pool(x, &options).0
     }
 }
 
@@ -145,6 +210,21 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let parents = [x.node(), weight.node(), bias.node()];
         record::<C, 3>(parents, Layer::Linear, x, weight, Some(bias))
+    }
+
+    fn max_pool2d_kernels(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self> {
+        match PoolBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let shape = x.primitive().layout().shape().clone();
+                let (y, winners, g) = max_pool(x.into_primitive(), &options);
+                prep.finish((winners, g, shape), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(max_pool(x.into_primitive(), &options).0),
+        }
     }
 }
 
@@ -233,7 +313,7 @@ impl<const N: usize> Backward<Flex, N> for LayerBackward {
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Switches [`apply_conv2d`] and [`apply_linear`] between our kernels (the default) and
+/// Switches [`apply_conv2d`], [`apply_linear`] and [`apply_max_pool2d`] between our kernels (the default) and
 /// Burn's own operations for the whole process: benchmarks time both in one run to show what the kernels change.
 pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
@@ -284,6 +364,30 @@ pub fn apply_linear(weight: &Tensor<2>, bias: Option<&Tensor<1>>, x: Tensor<2>) 
         Some(b) => <Dispatch as LayerKernels>::linear_kernels_bias(x, w, b.clone().into_dispatch()),
         None => <Dispatch as LayerKernels>::linear_kernels(x, w),
     })
+}
+
+/// Applies `pool` to `x`: through [`LayerKernels`] on the CPU, through Burn's own max
+/// pooling elsewhere.
+pub fn apply_max_pool2d(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    if !use_kernels(&x) {
+        return pool.forward(x);
+    }
+    let padding = match pool.padding {
+        PaddingConfig2d::Valid => [[0, 0], [0, 0]],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [[top, bottom], [left, right]],
+        PaddingConfig2d::Same => return pool.forward(x),
+    };
+    let options = PoolOptions {
+        kernel: pool.kernel_size,
+        stride: pool.stride,
+        padding,
+        dilation: pool.dilation,
+        ceil_mode: pool.ceil_mode,
+    };
+    Tensor::from_dispatch(<Dispatch as LayerKernels>::max_pool2d_kernels(
+        x.into_dispatch(),
+        options,
+    ))
 }
 
 /// Whether `x` goes through our kernels: `f32` on the CPU backend, unless switched off.
@@ -477,6 +581,35 @@ mod tests {
                     as4(b.grad(&g_theirs).unwrap()),
                 );
             }
+        }
+    }
+
+    /// Through autodiff, the pooling kernel gives Burn's own max pooling's output and input
+    /// gradient (SqueezeNet's ceil-mode 3x3 stride-2 pooling, VGG's 2x2, padded windows).
+    #[test]
+    fn max_pool_matches_burns_forward_and_backward() {
+        use burn::nn::pool::MaxPool2dConfig;
+        let device = Device::flex().autodiff();
+        let pools = [
+            MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_ceil_mode(true),
+            MaxPool2dConfig::new([2, 2]).with_strides([2, 2]),
+            MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+        ];
+        for config in pools {
+            let pool = config.init();
+            let x = Tensor::<4>::random([2, 3, 9, 8], Distribution::Normal(0.0, 1.0), &device)
+                .require_grad();
+            let ours = apply_max_pool2d(&pool, x.clone());
+            let theirs = pool.forward(x.clone());
+            close("output", ours.clone(), theirs.clone());
+            let weights = Tensor::<4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let g_ours = (ours * weights.clone()).sum().backward();
+            let g_theirs = (theirs * weights).sum().backward();
+            close("dx", x.grad(&g_ours).unwrap(), x.grad(&g_theirs).unwrap());
         }
     }
 }
