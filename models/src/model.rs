@@ -5,6 +5,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::arch::{Init, Net};
+use crate::kernels::sink;
 use crate::params::{self, ParamTable};
 use crate::{Loss, ModelError, ModelSpec, Result};
 
@@ -137,8 +138,26 @@ impl Model {
         let output = loss.head(self.net.forward(images));
         let stats_output = output.clone().detach();
         let value = loss.forward(output, labels.clone());
-        let grads = value.backward();
-        params::read_grads(&self.net, &self.table, &grads, grad)?;
+        // Weight gradients computed by our kernels land in `grad` directly (kernels::sink).
+        let keys = params::sink_keys(&self.net, &self.table);
+        let mut targets = Vec::with_capacity(keys.len());
+        let mut rest = &mut grad[..];
+        let mut at = 0;
+        for &(index, key) in &keys {
+            let range = self.table.entries()[index].range();
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - at);
+            let (mine, tail) = tail.split_at_mut(range.len());
+            targets.push((key, mine));
+            rest = tail;
+            at = range.end;
+        }
+        let (grads, written) = sink::with_sinks(targets, || value.backward());
+        let sunk: Vec<usize> = keys
+            .iter()
+            .zip(written)
+            .filter_map(|(&(index, _), w)| w.then_some(index))
+            .collect();
+        params::read_grads(&self.net, &self.table, &grads, grad, &sunk)?;
         stats(stats_output, labels, value.detach(), batch.shape[0])
     }
 

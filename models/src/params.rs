@@ -230,32 +230,75 @@ pub(crate) fn read_flat(
     reader.result
 }
 
+/// The storage key ([`crate::kernels::burn_ext::param_storage_key`]) of every trainable
+/// tensor on the CPU backend, with its table index, in table order: where the backward
+/// pass may write gradients straight into the flat buffer.
+pub(crate) fn sink_keys(net: &Net, table: &ParamTable) -> Vec<(usize, usize)> {
+    struct Keys<'a> {
+        table: &'a ParamTable,
+        index: usize,
+        keys: Vec<(usize, usize)>,
+    }
+    impl ModuleVisitor for Keys<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let index = self.index;
+            self.index += 1;
+            if self.table.entries[index].kind != ParamKind::Trainable {
+                return;
+            }
+            if let Some(key) = crate::kernels::burn_ext::param_storage_key(&param.val()) {
+                self.keys.push((index, key));
+            }
+        }
+    }
+    let mut keys = Keys {
+        table,
+        index: 0,
+        keys: Vec::new(),
+    };
+    net.visit(&mut keys);
+    keys.keys
+}
+
 /// Copies the gradient of every trainable tensor into `out` (zero for a tensor that took
-/// no part in the loss).
+/// no part in the loss). Tensors whose table index is in `sunk` already have their gradient
+/// in `out`, written by the backward pass; any gradient Burn holds for them as well (a
+/// tensor used twice) is added.
 pub(crate) fn read_grads(
     net: &Net,
     table: &ParamTable,
     grads: &Gradients,
     out: &mut [f32],
+    sunk: &[usize],
 ) -> Result<(), ModelError> {
     struct GradReader<'a> {
         table: &'a ParamTable,
         index: usize,
         grads: &'a Gradients,
         out: &'a mut [f32],
+        sunk: &'a [usize],
         result: Result<(), ModelError>,
     }
     impl ModuleVisitor for GradReader<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let info = &self.table.entries[self.index];
+            let index = self.index;
+            let info = &self.table.entries[index];
             self.index += 1;
             if info.kind != ParamKind::Trainable || self.result.is_err() {
                 return;
             }
             let out = &mut self.out[info.range()];
-            self.result = match param.val().grad(self.grads) {
-                Some(g) => copy_tensor(g, out),
-                None => {
+            let sunk = self.sunk.contains(&index);
+            self.result = match (param.val().grad(self.grads), sunk) {
+                (Some(g), false) => copy_tensor(g, out),
+                (Some(g), true) => {
+                    let mut more = vec![0.0; out.len()];
+                    copy_tensor(g, &mut more).map(|()| {
+                        out.iter_mut().zip(more).for_each(|(o, m)| *o += m);
+                    })
+                }
+                (None, true) => Ok(()),
+                (None, false) => {
                     out.fill(0.0);
                     Ok(())
                 }
@@ -267,6 +310,7 @@ pub(crate) fn read_grads(
         index: 0,
         grads,
         out,
+        sunk,
         result: Ok(()),
     };
     net.visit(&mut reader);

@@ -26,6 +26,7 @@ use super::conv2d::{self, Needed};
 use super::im2col::ConvGeometry;
 use super::linear::{self, LinearShape};
 use super::pool::{self, PoolGeometry};
+use super::sink;
 
 /// The layers computed by our kernels instead of the backend's own operations.
 #[backend_extension(Flex, Autodiff)]
@@ -289,16 +290,28 @@ impl<const N: usize> Backward<Flex, N> for LayerBackward {
             bias: node_bias.is_some(),
         };
         let (xs, ws, dys) = (slice(&x), slice(&weight), slice(&dy));
-        let (out, channels) = match &layer {
+        let run = |dw: Option<&mut [f32]>| match &layer {
             Layer::Conv2d(options) => {
                 let g = geometry(&x, &weight, options);
-                (conv2d::backward(&g, xs, ws, dys, needed), g.out_channels)
+                (
+                    conv2d::backward_into(&g, xs, ws, dys, needed, dw),
+                    g.out_channels,
+                )
             }
             Layer::Linear => {
                 let s = linear_shape(&x, &weight);
-                (linear::backward(s, xs, ws, dys, needed), s.d_out)
+                (linear::backward_into(s, xs, ws, dys, needed, dw), s.d_out)
             }
         };
+        // The weight gradient goes straight into the caller's flat buffer when it opened a
+        // sink for this weight (`Model::grad_step` does).
+        let mut sunk = None;
+        if needed.weight {
+            sink::write_with(storage_key(&weight), ws.len(), |dw| {
+                sunk = Some(run(Some(dw)))
+            });
+        }
+        let (out, channels) = sunk.unwrap_or_else(|| run(None));
         if let (Some(node), Some(dx)) = (node_x, out.x) {
             grads.register::<Flex>(node.id, tensor(dx, x.layout().shape().clone()));
         }
@@ -395,6 +408,29 @@ fn use_kernels<const D: usize>(x: &Tensor<D>) -> bool {
     matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
         && x.dtype() == DType::F32
         && ENABLED.load(Ordering::Relaxed)
+}
+
+/// Identifies a tensor's values on the CPU backend by their address, the same for a
+/// parameter and for the copies of it that the autodiff graph keeps: the key of a gradient
+/// sink ([`super::sink`]). `None` for tensors elsewhere.
+pub fn param_storage_key<const D: usize>(tensor: &Tensor<D>) -> Option<usize> {
+    fn key_of(kind: DispatchTensorKind) -> Option<usize> {
+        match kind {
+            DispatchTensorKind::Flex(BackendTensor::Float(t)) => flex_key(&t),
+            DispatchTensorKind::Flex(BackendTensor::Autodiff(t)) => flex_key(t.primitive()),
+            DispatchTensorKind::Autodiff(inner) => key_of(*inner),
+            _ => None,
+        }
+    }
+    key_of(tensor.clone().into_dispatch().kind)
+}
+
+fn flex_key(t: &FlexTensor) -> Option<usize> {
+    t.as_slice::<f32>().map(|v| v.as_ptr() as usize)
+}
+
+fn storage_key(t: &FlexTensor) -> usize {
+    slice(t).as_ptr() as usize
 }
 
 /// Copies the `f32` values of a tensor on the CPU backend into `out` in row-major order,

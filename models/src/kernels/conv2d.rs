@@ -244,18 +244,56 @@ pub fn backward(
     dy: &[f32],
     needed: Needed,
 ) -> ConvGrads {
+    backward_into(g, x, weight, dy, needed, None)
+}
+
+/// [`backward`], with the weight gradient written into `weight_grad` when given (it is then
+/// absent from the result): see [`super::sink`].
+pub fn backward_into(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    needed: Needed,
+    weight_grad: Option<&mut [f32]>,
+) -> ConvGrads {
     check(g, x, weight, None);
     assert_eq!(dy.len(), g.batch * g.out_image(), "output gradient size");
-    if g.is_depthwise() {
-        return depthwise::backward(g, x, weight, dy, needed);
+    let grads = if g.is_depthwise() {
+        depthwise::backward(g, x, weight, dy, needed)
+    } else {
+        let (threads, b) = plan(g);
+        let direct = weight_grad.is_some() && threads == Threads::Pool;
+        let (grads, dst) = if direct {
+            (
+                backward_in_blocks(g, x, weight, dy, needed, b, threads, weight_grad),
+                None,
+            )
+        } else {
+            (
+                backward_in_blocks(g, x, weight, dy, needed, b, threads, None),
+                weight_grad,
+            )
+        };
+        return into_sink(grads, dst);
+    };
+    into_sink(grads, weight_grad)
+}
+
+/// Moves the weight gradient of `grads` into `dst` when given.
+fn into_sink(mut grads: ConvGrads, dst: Option<&mut [f32]>) -> ConvGrads {
+    if let Some(dst) = dst
+        && let Some(dw) = grads.weight.take()
+    {
+        dst.copy_from_slice(&dw);
     }
-    let (threads, b) = plan(g);
-    backward_in_blocks(g, x, weight, dy, needed, b, threads)
+    grads
 }
 
 /// [`backward`] through the matrix products, `b` images per block: blocks in parallel
 /// (`Serial` products, each block's weight and bias gradients summed afterwards in block
 /// order) or one after another (`Pool` products accumulating into one gradient).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward_in_blocks(
     g: &ConvGeometry,
     x: &[f32],
@@ -264,6 +302,7 @@ pub(super) fn backward_in_blocks(
     needed: Needed,
     b: usize,
     threads: Threads,
+    weight_grad: Option<&mut [f32]>,
 ) -> ConvGrads {
     let map = TapMap::new(g);
     let mut dx = needed.x.then(|| vec![0.0; g.batch * g.in_image()]);
@@ -273,17 +312,18 @@ pub(super) fn backward_in_blocks(
     );
     let blocks = g.batch.div_ceil(b.max(1));
     let (xb, yb) = (b * g.in_image(), b * g.out_image());
-    let block = |i: usize, dxs: Option<&mut [f32]>, sums: &mut Sums, accumulate: bool| {
-        let (xs, dys) = (&x[i * xb..], &dy[i * yb..]);
-        let nb = (g.batch - i * b).min(b);
-        let (xs, dys) = (&xs[..nb * g.in_image()], &dys[..nb * g.out_image()]);
-        backward_block(g, &map, xs, dys, weight, dxs, sums, accumulate, threads);
-    };
+    let block =
+        |i: usize, dxs: Option<&mut [f32]>, dw: &mut [f32], db: &mut [f32], accumulate: bool| {
+            let (xs, dys) = (&x[i * xb..], &dy[i * yb..]);
+            let nb = (g.batch - i * b).min(b);
+            let (xs, dys) = (&xs[..nb * g.in_image()], &dys[..nb * g.out_image()]);
+            backward_block(g, &map, xs, dys, weight, dxs, dw, db, accumulate, threads);
+        };
     let sums = match threads {
         Threads::Serial => {
             let one = |i: usize, dxs: Option<&mut [f32]>| {
                 let mut sums = Sums::zeros(wl, bl);
-                block(i, dxs, &mut sums, false);
+                block(i, dxs, &mut sums.weight, &mut sums.bias, false);
                 sums
             };
             let partial: Vec<Sums> = match dx.as_mut() {
@@ -300,13 +340,28 @@ pub(super) fn backward_in_blocks(
                 .unwrap_or(Sums::zeros(wl, bl))
         }
         Threads::Pool => {
-            let mut sums = Sums::zeros(wl, bl);
+            // The first block overwrites the weight gradient, so a sink needs no zeroing.
+            let (mut sums, mut dst) = match weight_grad {
+                Some(dst) if needed.weight => (Sums::zeros(0, bl), Some(dst)),
+                _ => (Sums::zeros(wl, bl), None),
+            };
             for i in 0..blocks {
                 let dxs = dx.as_mut().map(|dx| {
                     let end = (i * xb + xb).min(dx.len());
                     &mut dx[i * xb..end]
                 });
-                block(i, dxs, &mut sums, i > 0);
+                let dw = match dst.as_deref_mut() {
+                    Some(dst) => dst,
+                    None => &mut sums.weight[..],
+                };
+                block(i, dxs, dw, &mut sums.bias, i > 0);
+            }
+            if dst.is_some() {
+                return ConvGrads {
+                    x: dx,
+                    weight: None,
+                    bias: needed.bias.then_some(sums.bias),
+                };
             }
             sums
         }
@@ -346,8 +401,9 @@ impl Sums {
 }
 
 /// One block of [`backward_in_blocks`]: gather the output gradient into one matrix, add its
-/// bias and weight gradients to `sums` (the weight's overwritten unless `accumulate`), and
-/// fold the input gradient into `dxs` when asked for.
+/// bias gradient to `db` and its weight gradient to `dw` (overwriting it unless
+/// `accumulate`; either may be empty: not needed), and fold the input gradient into `dxs`
+/// when asked for.
 #[allow(clippy::too_many_arguments)]
 fn backward_block(
     g: &ConvGeometry,
@@ -356,7 +412,8 @@ fn backward_block(
     dys: &[f32],
     weight: &[f32],
     dxs: Option<&mut [f32]>,
-    sums: &mut Sums,
+    dw: &mut [f32],
+    db: &mut [f32],
     accumulate: bool,
     threads: Threads,
 ) {
@@ -375,11 +432,11 @@ fn backward_block(
         });
         &gathered
     };
-    for (d, row) in sums.bias.iter_mut().zip(dyb.chunks(ld)) {
+    for (d, row) in db.iter_mut().zip(dyb.chunks(ld)) {
         *d += row.iter().sum::<f32>();
     }
     let mut col = Vec::new();
-    if !sums.weight.is_empty() {
+    if !dw.is_empty() {
         let cols: &[f32] = if g.is_pointwise() && nb == 1 {
             xs
         } else {
@@ -389,7 +446,7 @@ fn backward_block(
         };
         for gi in 0..g.groups {
             matmul(
-                &mut sums.weight[gi * mg * kg..],
+                &mut dw[gi * mg * kg..],
                 kg,
                 accumulate,
                 MatRef::row_major(&dyb[gi * mg * ld..], mg, ld, ld),

@@ -46,6 +46,19 @@ pub fn backward(
     dy: &[f32],
     needed: Needed,
 ) -> ConvGrads {
+    backward_into(s, x, weight, dy, needed, None)
+}
+
+/// [`backward`], with the weight gradient written into `weight_grad` when given (it is then
+/// absent from the result): see [`super::sink`].
+pub fn backward_into(
+    s: LinearShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    needed: Needed,
+    weight_grad: Option<&mut [f32]>,
+) -> ConvGrads {
     check(s, x, weight);
     assert_eq!(dy.len(), s.batch * s.d_out, "output gradient size");
     let dy_m = MatRef::row_major(dy, s.batch, s.d_out, s.d_out);
@@ -56,12 +69,18 @@ pub fn backward(
         matmul(&mut dxt, s.batch, false, w.t(), dy_m.t(), Threads::Pool);
         transpose(&dxt, s.d_in, s.batch, None)
     });
-    let dw = needed.weight.then(|| {
-        let mut dw = vec![0.0; s.d_out * s.d_in];
-        let x = MatRef::row_major(x, s.batch, s.d_in, s.d_in);
-        matmul(&mut dw, s.d_in, false, dy_m.t(), x, Threads::Pool);
-        dw
-    });
+    let x = MatRef::row_major(x, s.batch, s.d_in, s.d_in);
+    let dw = match weight_grad {
+        Some(dst) if needed.weight => {
+            matmul(dst, s.d_in, false, dy_m.t(), x, Threads::Pool);
+            None
+        }
+        _ => needed.weight.then(|| {
+            let mut dw = vec![0.0; s.d_out * s.d_in];
+            matmul(&mut dw, s.d_in, false, dy_m.t(), x, Threads::Pool);
+            dw
+        }),
+    };
     let db = needed.bias.then(|| {
         (0..s.d_out)
             .into_par_iter()
@@ -112,6 +131,12 @@ mod tests {
             bias: true,
         };
         let g = backward(s, &x, &w, &dy, all);
+        let mut sink = vec![f32::NAN; 20];
+        assert_eq!(
+            backward_into(s, &x, &w, &dy, all, Some(&mut sink)).weight,
+            None
+        );
+        assert_eq!(Some(sink), g.weight);
         let close = |a: f32, e: f32| assert!((a - e).abs() < 1e-5, "{a} vs {e}");
         for i in 0..3 {
             for o in 0..4 {

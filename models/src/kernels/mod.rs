@@ -18,6 +18,7 @@ pub mod linear;
 pub mod pool;
 #[cfg(test)]
 mod reference;
+pub mod sink;
 #[cfg(test)]
 mod tests;
 

@@ -5,7 +5,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::conv2d::{backward, backward_in_blocks, forward, forward_in_blocks, forward_per_image};
+use super::conv2d::{
+    backward, backward_in_blocks, backward_into, forward, forward_in_blocks, forward_per_image,
+};
 use super::gemm::Threads;
 use super::im2col::ConvGeometry;
 use super::{ConvGrads, Needed, reference};
@@ -108,6 +110,11 @@ fn forward_and_backward_match_the_definition_on_random_shapes() {
         assert_close("y", &forward(&g, &x, &w, bias), &y, &g);
         let want = reference::backward(&g, &x, &w, &dy, ALL);
         assert_grads(&backward(&g, &x, &w, &dy, ALL), &want, &g);
+        // Into a sink that holds garbage: it must be overwritten, not added to.
+        let mut sink = vec![f32::NAN; g.weight_len()];
+        let got = backward_into(&g, &x, &w, &dy, ALL, Some(&mut sink));
+        assert_eq!(got.weight, None);
+        assert_close("dweight (sink)", &sink, want.weight.as_ref().unwrap(), &g);
         if !g.is_depthwise() {
             assert_close(
                 "y (per image)",
@@ -119,7 +126,7 @@ fn forward_and_backward_match_the_definition_on_random_shapes() {
                 for threads in [Threads::Serial, Threads::Pool] {
                     let got = forward_in_blocks(&g, &x, &w, bias, block, threads);
                     assert_close("y (blocks)", &got, &y, &g);
-                    let got = backward_in_blocks(&g, &x, &w, &dy, ALL, block, threads);
+                    let got = backward_in_blocks(&g, &x, &w, &dy, ALL, block, threads, None);
                     assert_grads(&got, &want, &g);
                 }
             }
@@ -241,5 +248,9 @@ fn results_do_not_depend_on_the_number_of_threads() {
         let one = run(1);
         assert_eq!(one, run(2), "{g:?}");
         assert_eq!(one, run(3), "{g:?}");
+        // A sink gets the same bits, whichever way the threads are used.
+        let mut sink = vec![f32::NAN; g.weight_len()];
+        backward_into(&g, &x, &w, &dy, ALL, Some(&mut sink));
+        assert_eq!(Some(sink), one.1.weight, "{g:?}");
     }
 }
