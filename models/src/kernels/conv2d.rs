@@ -48,8 +48,11 @@ pub struct ConvGrads {
 /// blocks one after another, each product on the whole pool.
 const PARALLEL_BLOCKS_MAX_WEIGHT: usize = 1 << 18;
 
-/// How many blocks a batch is cut into, at least, when blocks run in parallel.
-const PARALLEL_BLOCKS: usize = 8;
+/// How many blocks a batch is cut into, at least, when blocks run in parallel: one per core
+/// of the 2-core machines peers and functions run on (measured: 2 blocks beat 4 and 8 on
+/// SqueezeNet by 15-30%, bench/README.md). A constant, not the pool's size, so that results
+/// stay the same whatever the number of threads.
+const PARALLEL_BLOCKS: usize = 2;
 
 /// How `g` uses the threads, and its images per block (a function of the shapes only).
 fn plan(g: &ConvGeometry) -> (Threads, usize) {

@@ -86,37 +86,45 @@ pub fn max_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
     let (pin, pout) = (g.plane_in(), g.plane_out());
     let mut y = vec![0.0; g.planes * pout];
     let mut idx = vec![NONE; g.planes * pout];
+    // The input rows (columns) each output row (column) reads, in window order: the planes
+    // then loop over plain lists, with no padding checks per tap.
+    let taps = |i: usize| -> Vec<Vec<usize>> {
+        (0..g.out_size[i])
+            .map(|o| {
+                (0..g.kernel[i])
+                    .filter_map(|k| {
+                        (o * g.stride[i] + k * g.dilation[i])
+                            .checked_sub(g.padding[i])
+                            .filter(|&t| t < g.in_size[i])
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let (rows, cols) = (taps(0), taps(1));
+    let w = g.in_size[1];
     y.par_chunks_mut(pout)
         .zip(idx.par_chunks_mut(pout))
         .enumerate()
         .for_each(|(plane, (y, idx))| {
             let src = &x[plane * pin..][..pin];
-            let [h, w] = g.in_size;
-            for (o, (y, idx)) in y.iter_mut().zip(idx.iter_mut()).enumerate() {
-                let (oh, ow) = (o / g.out_size[1], o % g.out_size[1]);
-                let mut best = f32::NEG_INFINITY;
-                for ki in 0..g.kernel[0] {
-                    let Some(ih) = (oh * g.stride[0] + ki * g.dilation[0])
-                        .checked_sub(g.padding[0])
-                        .filter(|&ih| ih < h)
-                    else {
-                        continue;
-                    };
-                    for kj in 0..g.kernel[1] {
-                        let Some(iw) = (ow * g.stride[1] + kj * g.dilation[1])
-                            .checked_sub(g.padding[1])
-                            .filter(|&iw| iw < w)
-                        else {
-                            continue;
-                        };
-                        let v = src[ih * w + iw];
-                        if *idx == NONE || v > best || (v.is_nan() && !best.is_nan()) {
-                            best = v;
-                            *idx = (ih * w + iw) as u32;
+            let outs = y
+                .chunks_mut(g.out_size[1])
+                .zip(idx.chunks_mut(g.out_size[1]));
+            for ((y, idx), rows) in outs.zip(&rows) {
+                for ((y, idx), cols) in y.iter_mut().zip(idx.iter_mut()).zip(&cols) {
+                    let mut best = f32::NEG_INFINITY;
+                    for &ih in rows {
+                        for &iw in cols {
+                            let v = src[ih * w + iw];
+                            if *idx == NONE || v > best || (v.is_nan() && !best.is_nan()) {
+                                best = v;
+                                *idx = (ih * w + iw) as u32;
+                            }
                         }
                     }
+                    *y = best;
                 }
-                *y = best;
             }
         });
     (y, idx)
