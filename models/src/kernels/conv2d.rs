@@ -31,9 +31,10 @@ pub struct Needed {
     pub bias: bool,
 }
 
-/// The gradients of one convolution, each present when it was [`Needed`].
+/// The gradients of one layer (convolution or fully connected), each present when it was
+/// [`Needed`].
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ConvGrads {
+pub struct LayerGrads {
     /// Same shape as the input.
     pub x: Option<Vec<f32>>,
     /// Same shape as the weights.
@@ -246,7 +247,7 @@ pub fn backward(
     weight: &[f32],
     dy: &[f32],
     needed: Needed,
-) -> ConvGrads {
+) -> LayerGrads {
     backward_into(g, x, weight, dy, needed, None)
 }
 
@@ -259,7 +260,7 @@ pub fn backward_into(
     dy: &[f32],
     needed: Needed,
     weight_grad: Option<&mut [f32]>,
-) -> ConvGrads {
+) -> LayerGrads {
     check(g, x, weight, None);
     assert_eq!(dy.len(), g.batch * g.out_image(), "output gradient size");
     let grads = if g.is_depthwise() {
@@ -284,7 +285,7 @@ pub fn backward_into(
 }
 
 /// Moves the weight gradient of `grads` into `dst` when given.
-fn into_sink(mut grads: ConvGrads, dst: Option<&mut [f32]>) -> ConvGrads {
+fn into_sink(mut grads: LayerGrads, dst: Option<&mut [f32]>) -> LayerGrads {
     if let Some(dst) = dst
         && let Some(dw) = grads.weight.take()
     {
@@ -306,7 +307,7 @@ pub(super) fn backward_in_blocks(
     b: usize,
     threads: Threads,
     weight_grad: Option<&mut [f32]>,
-) -> ConvGrads {
+) -> LayerGrads {
     let map = TapMap::new(g);
     let mut dx = needed.x.then(|| vec![0.0; g.batch * g.in_image()]);
     let (wl, bl) = (
@@ -360,7 +361,7 @@ pub(super) fn backward_in_blocks(
                 block(i, dxs, dw, &mut sums.bias, i > 0);
             }
             if dst.is_some() {
-                return ConvGrads {
+                return LayerGrads {
                     x: dx,
                     weight: None,
                     bias: needed.bias.then_some(sums.bias),
@@ -369,7 +370,7 @@ pub(super) fn backward_in_blocks(
             sums
         }
     };
-    ConvGrads {
+    LayerGrads {
         x: dx,
         weight: needed.weight.then_some(sums.weight),
         bias: needed.bias.then_some(sums.bias),

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::conv2d::{ConvGrads, Needed};
+use super::conv2d::{LayerGrads, Needed};
 use super::im2col::{ConvGeometry, valid};
 
 /// Calls `f(tap, out_row, out_cols, in_row, first_in_col)` for every kernel tap and every
@@ -65,7 +65,7 @@ pub fn backward(
     weight: &[f32],
     dy: &[f32],
     needed: Needed,
-) -> ConvGrads {
+) -> LayerGrads {
     let (plane_in, p, taps_n) = (plane_in(g), g.out_pixels(), g.kernel[0] * g.kernel[1]);
     let (ow_n, sw, w_in) = (g.out_size[1], g.stride[1], g.in_size[1]);
     let channels = g.in_channels;
@@ -126,7 +126,7 @@ pub fn backward(
             })
             .collect()
     });
-    ConvGrads {
+    LayerGrads {
         x: dx,
         weight: weight_grad,
         bias,

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::conv2d::{ConvGrads, Needed};
+use super::conv2d::{LayerGrads, Needed};
 use super::gemm::{MatRef, Threads, matmul};
 
 /// The sizes of one fully connected layer applied to a batch.
@@ -45,7 +45,7 @@ pub fn backward(
     weight: &[f32],
     dy: &[f32],
     needed: Needed,
-) -> ConvGrads {
+) -> LayerGrads {
     backward_into(s, x, weight, dy, needed, None)
 }
 
@@ -58,7 +58,7 @@ pub fn backward_into(
     dy: &[f32],
     needed: Needed,
     weight_grad: Option<&mut [f32]>,
-) -> ConvGrads {
+) -> LayerGrads {
     check(s, x, weight);
     assert_eq!(dy.len(), s.batch * s.d_out, "output gradient size");
     let dy_m = MatRef::row_major(dy, s.batch, s.d_out, s.d_out);
@@ -87,7 +87,7 @@ pub fn backward_into(
             .map(|j| (0..s.batch).map(|i| dy[i * s.d_out + j]).sum())
             .collect()
     });
-    ConvGrads {
+    LayerGrads {
         x: dx,
         weight: dw,
         bias: db,

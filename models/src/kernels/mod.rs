@@ -22,5 +22,5 @@ pub mod sink;
 #[cfg(test)]
 mod tests;
 
-pub use conv2d::{ConvGrads, Needed};
+pub use conv2d::{LayerGrads, Needed};
 pub use im2col::ConvGeometry;

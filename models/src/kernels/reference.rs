@@ -2,7 +2,7 @@
 //! obviously right, the yardstick for the fast kernels.
 
 use super::im2col::ConvGeometry;
-use super::{ConvGrads, Needed};
+use super::{LayerGrads, Needed};
 
 /// Calls `f(x_index, weight_index, y_index)` for every tap that reads the input.
 fn each_tap(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize)) {
@@ -55,7 +55,7 @@ pub fn backward(
     weight: &[f32],
     dy: &[f32],
     needed: Needed,
-) -> ConvGrads {
+) -> LayerGrads {
     let p = g.out_pixels();
     let mut dx = vec![0.0; x.len()];
     let mut dw = vec![0.0; weight.len()];
@@ -67,7 +67,7 @@ pub fn backward(
     for (i, v) in dy.iter().enumerate() {
         db[(i / p) % g.out_channels] += v;
     }
-    ConvGrads {
+    LayerGrads {
         x: needed.x.then_some(dx),
         weight: needed.weight.then_some(dw),
         bias: needed.bias.then_some(db),

@@ -10,7 +10,7 @@ use super::conv2d::{
 };
 use super::gemm::Threads;
 use super::im2col::ConvGeometry;
-use super::{ConvGrads, Needed, reference};
+use super::{LayerGrads, Needed, reference};
 
 const ALL: Needed = Needed {
     x: true,
@@ -33,7 +33,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], g: &ConvGeometry) {
     }
 }
 
-fn assert_grads(got: &ConvGrads, want: &ConvGrads, g: &ConvGeometry) {
+fn assert_grads(got: &LayerGrads, want: &LayerGrads, g: &ConvGeometry) {
     for (what, a, b) in [
         ("dx", &got.x, &want.x),
         ("dweight", &got.weight, &want.weight),
