@@ -127,6 +127,17 @@ pub struct CallPolicy {
     pub first_backoff: Duration,
 }
 
+impl CallPolicy {
+    /// The waits between attempts: exponential from `first_backoff`, at most 10 s, at most
+    /// `retries` of them. Per-batch calls and Step Functions executions retry the same way.
+    pub fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.first_backoff)
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(self.retries as usize)
+    }
+}
+
 /// What one attempt produced when it succeeded: the response plus billing facts the
 /// backend could read.
 pub struct Attempt {
@@ -186,11 +197,7 @@ where
                     }
                 }
             };
-            let backoff = ExponentialBuilder::default()
-                .with_min_delay(policy.first_backoff)
-                .with_max_delay(Duration::from_secs(10))
-                .with_max_times(policy.retries as usize);
-            let result = attempt.retry(backoff).await;
+            let result = attempt.retry(policy.backoff()).await;
             let attempts = attempts.into_inner();
             let outcome = match result {
                 Ok(done) => Ok(invocation(done, attempts, start, memory_mb)),

@@ -4,11 +4,13 @@
 //! peer waits with `DescribeExecution` at a growing interval (50 ms doubling to 1 s) instead
 //! of the original's fixed 2 s sleeps: Standard workflows offer no blocking wait.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aws_sdk_sfn::Client;
 use aws_sdk_sfn::types::ExecutionStatus;
+use backon::Retryable;
 use peerless_lambda::{ComputeGradientEvent, ComputeGradientResponse, ProcessInputRequest};
 use serde_json::Value;
 
@@ -242,34 +244,38 @@ impl Functions for StepFunctions {
         request: &ProcessInputRequest,
         events: &[ComputeGradientEvent],
     ) -> FunctionsRound {
-        let retries = self.settings.policy.retries;
-        let mut last = String::new();
-        for attempt in 1..=retries + 1 {
-            match self.execute(request, events).await {
-                Ok((outcomes, state_transitions)) => {
-                    return FunctionsRound {
-                        outcomes,
-                        state_transitions,
-                        ..FunctionsRound::default()
-                    };
-                }
-                Err(e) => {
-                    tracing::warn!(attempt, "Step Functions round failed: {e:#}");
-                    last = format!("{e:#}");
+        let attempts = AtomicU32::new(0);
+        let execution = || async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.execute(request, events).await
+        };
+        let result = execution
+            .retry(self.settings.policy.backoff())
+            .notify(|e, wait| {
+                tracing::warn!("Step Functions round failed, retrying in {wait:?}: {e:#}")
+            })
+            .await;
+        match result {
+            Ok((outcomes, state_transitions)) => FunctionsRound {
+                outcomes,
+                state_transitions,
+                ..FunctionsRound::default()
+            },
+            Err(e) => {
+                let (attempts, message) = (attempts.into_inner(), format!("{e:#}"));
+                FunctionsRound {
+                    outcomes: events
+                        .iter()
+                        .map(|_| {
+                            Err(Failure {
+                                attempts,
+                                message: message.clone(),
+                            })
+                        })
+                        .collect(),
+                    ..FunctionsRound::default()
                 }
             }
-        }
-        FunctionsRound {
-            outcomes: events
-                .iter()
-                .map(|_| {
-                    Err(Failure {
-                        attempts: retries + 1,
-                        message: last.clone(),
-                    })
-                })
-                .collect(),
-            ..FunctionsRound::default()
         }
     }
 
