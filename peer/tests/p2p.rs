@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use assert_cmd::cargo::CommandCargoExt;
-use common::{json_lines as metrics, peerless, unique};
+use common::{json_lines as metrics, peer_metrics, peerless, training_run, unique};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -26,37 +26,22 @@ fn run_and_check(extra: &[&str], rounds: usize) -> Vec<Vec<Value>> {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let mdir = dir.path().join("metrics");
-    peerless()
+    training_run(3, &store, &mdir)
         .args([
-            "run",
-            "--peers",
-            "3",
-            "--dataset",
-            "synthetic",
-            "--model",
-            "tiny_cnn",
             "--epochs",
             "2",
             "--rounds-per-epoch",
             "29",
-            "--lr",
-            "0.05",
             "--momentum",
             "0.5",
-            "--store",
         ])
-        .arg(&store)
-        .arg("--metrics-dir")
-        .arg(&mdir)
         .args(extra)
         .assert()
         .success()
         .stdout(
             predicate::str::contains("identical").and(predicate::str::contains("DIFFER").not()),
         );
-    let peers: Vec<Vec<Value>> = (0..3)
-        .map(|r| metrics(&mdir.join(format!("peer-{r}.jsonl"))))
-        .collect();
+    let peers = peer_metrics(&mdir, 3);
     for (rank, p) in peers.iter().enumerate() {
         assert_eq!(p.len(), rounds, "peer {rank} rounds");
         let keys: BTreeSet<_> = p[0].as_object().unwrap().keys().cloned().collect();

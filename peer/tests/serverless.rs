@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{json_lines, peerless};
+use common::{peer_metrics, peerless, training_run};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -19,29 +19,10 @@ const ROUNDS_PER_EPOCH: &str = "2";
 /// `peerless run` of 2 peers (small CNN, synthetic data, 2 epochs of 2 rounds) with
 /// `extra` flags, metrics into `metrics`.
 fn training(store: &Path, metrics: &Path, extra: &[&str]) -> assert_cmd::Command {
-    let mut cmd = peerless();
-    cmd.args([
-        "run",
-        "--peers",
-        "2",
-        "--dataset",
-        "synthetic",
-        "--model",
-        "tiny_cnn",
-        "--batches",
-        BATCHES,
-        "--rounds-per-epoch",
-        ROUNDS_PER_EPOCH,
-        "--epochs",
-        "2",
-        "--lr",
-        "0.05",
-        "--store",
-    ])
-    .arg(store)
-    .arg("--metrics-dir")
-    .arg(metrics)
-    .args(extra);
+    let mut cmd = training_run(2, store, metrics);
+    cmd.args(["--batches", BATCHES, "--rounds-per-epoch", ROUNDS_PER_EPOCH])
+        .args(["--epochs", "2"])
+        .args(extra);
     cmd
 }
 
@@ -51,9 +32,7 @@ fn finish(mut cmd: assert_cmd::Command, metrics: &Path) -> Vec<Vec<Value>> {
     cmd.assert().success().stdout(
         predicate::str::contains("identical").and(predicate::str::contains("DIFFER").not()),
     );
-    (0..2)
-        .map(|r| json_lines(&metrics.join(format!("peer-{r}.jsonl"))))
-        .collect()
+    peer_metrics(metrics, 2)
 }
 
 fn run(store: &Path, metrics: &Path, extra: &[&str]) -> Vec<Vec<Value>> {

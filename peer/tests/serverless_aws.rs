@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{json_lines, peerless};
+use common::{json_lines, peer_metrics, peerless, training_run};
 use peerless_comm::RunId;
 use peerless_data::moto::MotoServer;
 use peerless_data::{SplitReader, StoreOptions};
@@ -49,28 +49,16 @@ fn moto() -> MotoServer {
 
 /// `peerless run` of 2 peers on the split in `store` (written by the first call).
 fn run(moto: &MotoServer, store: &str, metrics: &Path, extra: &[&str]) -> Vec<Vec<Value>> {
-    let mut cmd = peerless();
-    cmd.envs(CREDENTIALS)
+    training_run(2, store, metrics)
+        .envs(CREDENTIALS)
         .env("AWS_REGION", "us-east-1")
-        .args(["run", "--peers", "2", "--dataset", "synthetic"])
         .args(["--batches", "4", "--rounds-per-epoch", "2", "--epochs", "1"])
-        .args([
-            "--lr",
-            "0.05",
-            "--store",
-            store,
-            "--s3-endpoint",
-            moto.endpoint(),
-        ])
-        .arg("--metrics-dir")
-        .arg(metrics)
+        .args(["--s3-endpoint", moto.endpoint()])
         .args(extra)
         .assert()
         .success()
         .stdout(predicate::str::contains("identical"));
-    (0..2)
-        .map(|r| json_lines(&metrics.join(format!("peer-{r}.jsonl"))))
-        .collect()
+    peer_metrics(metrics, 2)
 }
 
 /// The flags of `--serverless lambda` through the emulator at `endpoint`.

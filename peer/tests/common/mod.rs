@@ -1,6 +1,7 @@
 //! What the `peerless` end-to-end tests share: the command builder and the metrics reader.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::Path;
 
 use assert_cmd::Command;
@@ -13,6 +14,34 @@ pub fn peerless() -> Command {
         .env_remove("PEERLESS_SERVERLESS")
         .env("PEERLESS_LOG", "warn");
     cmd
+}
+
+/// `peerless run` of `peers` peers training the small CNN on synthetic data at learning
+/// rate 0.05, split into `store`, metrics into `metrics`: the command every training test
+/// starts from before adding its own flags.
+pub fn training_run(peers: usize, store: impl AsRef<OsStr>, metrics: &Path) -> Command {
+    let mut cmd = peerless();
+    cmd.args(["run", "--peers", &peers.to_string()])
+        .args([
+            "--dataset",
+            "synthetic",
+            "--model",
+            "tiny_cnn",
+            "--lr",
+            "0.05",
+        ])
+        .arg("--store")
+        .arg(store)
+        .arg("--metrics-dir")
+        .arg(metrics);
+    cmd
+}
+
+/// Every peer's metrics after a run into `metrics`, by rank.
+pub fn peer_metrics(metrics: &Path, peers: usize) -> Vec<Vec<Value>> {
+    (0..peers)
+        .map(|r| json_lines(&metrics.join(format!("peer-{r}.jsonl"))))
+        .collect()
 }
 
 /// The JSON objects of a JSON-lines file.
