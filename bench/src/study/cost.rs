@@ -53,6 +53,31 @@ pub struct CostBreakdown {
     pub quantities: CostQuantities,
 }
 
+impl CostBreakdown {
+    /// The names of the priced parts, in the order of [`CostBreakdown::parts`]: one list for
+    /// the cost figure and the cost table.
+    pub const PARTS: [&'static str; 6] = [
+        "EC2",
+        "Lambda compute",
+        "Lambda requests",
+        "Step Functions",
+        "S3 requests",
+        "broker",
+    ];
+
+    /// The dollars of each part named in [`CostBreakdown::PARTS`].
+    pub fn parts(&self) -> [f64; 6] {
+        [
+            self.ec2,
+            self.lambda_compute,
+            self.lambda_requests,
+            self.step_functions,
+            self.s3_requests,
+            self.broker,
+        ]
+    }
+}
+
 /// The usage-priced quantities of some rounds (everything but time-billed resources).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Usage {

@@ -41,16 +41,7 @@ pub(super) fn cost_plot(runs: &[ArchitectureRun], costs: &[CostBreakdown]) -> St
         name: "cost".into(),
         title: "Cost per architecture".into(),
         y_label: "dollars".into(),
-        parts: [
-            "EC2",
-            "Lambda compute",
-            "Lambda requests",
-            "Step Functions",
-            "S3 requests",
-            "broker",
-        ]
-        .map(String::from)
-        .to_vec(),
+        parts: CostBreakdown::PARTS.map(String::from).to_vec(),
         groups: runs
             .iter()
             .zip(costs)
@@ -58,14 +49,7 @@ pub(super) fn cost_plot(runs: &[ArchitectureRun], costs: &[CostBreakdown]) -> St
                 name: String::new(),
                 bars: vec![Bar {
                     label: run.name.clone(),
-                    values: vec![
-                        c.ec2,
-                        c.lambda_compute,
-                        c.lambda_requests,
-                        c.step_functions,
-                        c.s3_requests,
-                        c.broker,
-                    ],
+                    values: c.parts().to_vec(),
                 }],
             })
             .collect(),

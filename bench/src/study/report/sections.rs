@@ -318,20 +318,11 @@ pub(super) fn cost_section(
         prices.source_file, prices.region
     )));
     blocks.push(Block::List(rules()));
-    let mut table = vec![
-        [
-            "architecture",
-            "EC2",
-            "Lambda compute",
-            "Lambda requests",
-            "Step Functions",
-            "S3 requests",
-            "broker",
-            "total",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
+    let header = ["architecture"]
+        .into_iter()
+        .chain(CostBreakdown::PARTS)
+        .chain(["total"]);
+    let mut table = vec![header.map(String::from).collect::<Vec<_>>()];
     let mut quantities = vec![
         [
             "architecture",
@@ -347,16 +338,8 @@ pub(super) fn cost_section(
         .to_vec(),
     ];
     for (run, c) in runs.iter().zip(costs) {
-        table.push(vec![
-            run.name.clone(),
-            dollars(c.ec2),
-            dollars(c.lambda_compute),
-            dollars(c.lambda_requests),
-            dollars(c.step_functions),
-            dollars(c.s3_requests),
-            dollars(c.broker),
-            dollars(c.total),
-        ]);
+        let parts = c.parts().into_iter().chain([c.total]).map(dollars);
+        table.push(std::iter::once(run.name.clone()).chain(parts).collect());
         let q = &c.quantities;
         quantities.push(vec![
             run.name.clone(),
