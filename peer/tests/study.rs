@@ -43,17 +43,23 @@ peers = [2, 8, 64]
     path
 }
 
+/// `peerless study --config config --out out`.
+fn study(config: &Path, out: &Path) -> assert_cmd::Command {
+    let mut cmd = peerless();
+    cmd.arg("study")
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
 #[test]
 fn a_tiny_study_writes_every_section_and_valid_images() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
     let out = dir.path().join("out");
-    peerless()
-        .arg("study")
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(&out)
+    study(&config, &out)
         .assert()
         .success()
         .stdout(predicate::str::contains("report:"));
@@ -119,12 +125,7 @@ fn bad_study_configs_fail_before_training_naming_the_key() {
     ] {
         let config = tiny_config(dir.path(), extra);
         let out = dir.path().join("out");
-        peerless()
-            .arg("study")
-            .arg("--config")
-            .arg(&config)
-            .arg("--out")
-            .arg(&out)
+        study(&config, &out)
             .assert()
             .failure()
             .stderr(predicate::str::contains(key));
@@ -133,12 +134,7 @@ fn bad_study_configs_fail_before_training_naming_the_key() {
     let config = tiny_config(dir.path(), "");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("speed = 0.5", "speed = 0")).unwrap();
-    peerless()
-        .arg("study")
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(dir.path().join("out"))
+    study(&config, &dir.path().join("out"))
         .assert()
         .failure()
         .stderr(predicate::str::contains("peer[1].speed"));
@@ -149,15 +145,7 @@ fn an_interrupted_study_keeps_finished_runs_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "architectures = [\"instance\", \"serverless\"]");
     let out = dir.path().join("out");
-    let study = || {
-        let mut cmd = peerless();
-        cmd.arg("study")
-            .arg("--config")
-            .arg(&config)
-            .arg("--out")
-            .arg(&out);
-        cmd
-    };
+    let study = || study(&config, &out);
     // Every function call fails: the serverless run stops the study.
     study()
         .env("PEERLESS_INJECT_FAILURES", "1000")

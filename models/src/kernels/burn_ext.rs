@@ -338,10 +338,8 @@ pub fn apply_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if !use_kernels(&x) {
         return conv.forward(x);
     }
-    let ((top, bottom), (left, right)) = match conv.padding {
-        PaddingConfig2d::Valid => ((0, 0), (0, 0)),
-        PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
-        PaddingConfig2d::Same => return conv.forward(x),
+    let Some([[top, bottom], [left, right]]) = explicit_padding(&conv.padding) else {
+        return conv.forward(x);
     };
     let options = ConvOptions::new_with_padding(
         conv.stride,
@@ -385,10 +383,8 @@ pub fn apply_max_pool2d(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     if !use_kernels(&x) {
         return pool.forward(x);
     }
-    let padding = match pool.padding {
-        PaddingConfig2d::Valid => [[0, 0], [0, 0]],
-        PaddingConfig2d::Explicit(top, left, bottom, right) => [[top, bottom], [left, right]],
-        PaddingConfig2d::Same => return pool.forward(x),
+    let Some(padding) = explicit_padding(&pool.padding) else {
+        return pool.forward(x);
     };
     let options = PoolOptions {
         kernel: pool.kernel_size,
@@ -401,6 +397,16 @@ pub fn apply_max_pool2d(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
         x.into_dispatch(),
         options,
     ))
+}
+
+/// `[[top, bottom], [left, right]]` of a padding that does not depend on the input size;
+/// `None` for `Same`, which the layers leave to Burn.
+fn explicit_padding(padding: &PaddingConfig2d) -> Option<[[usize; 2]; 2]> {
+    match *padding {
+        PaddingConfig2d::Valid => Some([[0, 0], [0, 0]]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([[top, bottom], [left, right]]),
+        PaddingConfig2d::Same => None,
+    }
 }
 
 /// Whether `x` goes through our kernels: `f32` on the CPU backend, unless switched off.
