@@ -19,6 +19,7 @@ pub mod memory;
 mod model;
 pub mod optim;
 pub mod params;
+mod parts;
 pub mod schedule;
 mod trainer;
 pub mod weights;

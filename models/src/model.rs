@@ -1,12 +1,16 @@
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
+use std::sync::Mutex;
+
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::arch::{Init, Net};
-use crate::kernels::sink;
+use crate::kernels::{burn_ext, sink};
+use crate::layers::dropout;
 use crate::params::{self, ParamTable};
+use crate::parts;
 use crate::{Loss, ModelError, ModelSpec, Result};
 
 /// One batch of images as the models consume them: NCHW `f32` pixels (already normalised)
@@ -39,6 +43,10 @@ pub struct Model {
     net: Net,
     device: Device,
     table: ParamTable,
+    /// Whether gradient steps may run in parts of the batch ([`crate::parts`]).
+    split: bool,
+    /// The gradient buffers of the parts beyond the first, kept from step to step.
+    part_grads: Mutex<Vec<Vec<f32>>>,
 }
 
 impl Model {
@@ -57,6 +65,8 @@ impl Model {
             net,
             device,
             table,
+            split: true,
+            part_grads: Mutex::new(Vec::new()),
         })
     }
 
@@ -132,8 +142,104 @@ impl Model {
     /// The per-batch gradient step: forward (training mode: batch statistics, dropout),
     /// loss, backward, and the flat gradient written into `grad` (length
     /// [`Model::num_params`], in [`ParamTable`] order).
+    ///
+    /// On the CPU, a model without batch normalisation runs the step in parts of the batch,
+    /// one per core ([`crate::parts`]), and adds their gradients weighted by their share of
+    /// the batch: the same gradient up to rounding. Dropout masks come from one draw of the
+    /// device's generator per step, so seeding the device makes steps reproducible.
     pub fn grad_step(&self, batch: &Batch<'_>, loss: Loss, grad: &mut [f32]) -> Result<StepStats> {
         check_len("gradient buffer", self.table.num_params(), grad.len())?;
+        self.check_batch(batch)?;
+        let seed = self.mask_seed()?;
+        let n = batch.shape[0];
+        let parts = self.step_parts(n);
+        if parts > 1 {
+            if let Some(stats) = self.grad_step_in_parts(batch, loss, grad, parts, seed) {
+                return stats;
+            }
+        }
+        dropout::with_masks(seed, || self.part_step(batch, loss, grad))
+    }
+
+    /// Lets gradient steps run in parts of the batch (the default) or not: for tests and
+    /// benchmarks that compare the two.
+    pub fn set_split(&mut self, split: bool) {
+        self.split = split;
+    }
+
+    /// How many parts a step on `n` images runs in, on the current thread pool: one per
+    /// thread (at least 4 images each) for a model on the CPU without batch statistics whose
+    /// gradient buffers are small enough to have one per part, else 1.
+    pub fn step_parts(&self, n: usize) -> usize {
+        let splits = self.split
+            && self.table.num_buffers() == 0
+            && self.table.num_params() <= parts::MAX_PARAMS
+            && burn_ext::is_cpu(&self.device);
+        if splits { parts::count(n) } else { 1 }
+    }
+
+    /// One draw of the device's generator, seeding this step's dropout masks.
+    fn mask_seed(&self) -> Result<u64> {
+        let draw = Tensor::<1>::random(
+            [3],
+            burn::tensor::Distribution::Uniform(0.0, 1.0),
+            &self.device,
+        );
+        let words = to_vec(draw)?;
+        Ok(words
+            .iter()
+            .fold(0u64, |acc, w| acc.rotate_left(22) ^ u64::from(w.to_bits())))
+    }
+
+    /// [`Model::grad_step`] on `parts` parts at once; `None` when the parts' threads cannot
+    /// be started.
+    fn grad_step_in_parts(
+        &self,
+        batch: &Batch<'_>,
+        loss: Loss,
+        grad: &mut [f32],
+        parts: usize,
+        seed: u64,
+    ) -> Option<Result<StepStats>> {
+        let [n, c, h, w] = batch.shape;
+        let ranges = parts::ranges(n, parts);
+        let mut buffers =
+            std::mem::take(&mut *self.part_grads.lock().unwrap_or_else(|e| e.into_inner()));
+        buffers.resize_with(parts - 1, Vec::new);
+        buffers.iter_mut().for_each(|b| b.resize(grad.len(), 0.0));
+        let outputs: Vec<&mut [f32]> = std::iter::once(&mut grad[..])
+            .chain(buffers.iter_mut().map(|b| &mut b[..]))
+            .collect();
+        let image = c * h * w;
+        let results = parts::run(outputs, |i, target| {
+            let r = ranges[i].clone();
+            let part = Batch {
+                images: &batch.images[r.start * image..r.end * image],
+                labels: &batch.labels[r.clone()],
+                shape: [r.len(), c, h, w],
+            };
+            let seed = seed.wrapping_add(i as u64);
+            dropout::with_masks(seed, || self.part_step(&part, loss, target))
+        })?;
+        let weights: Vec<f32> = ranges.iter().map(|r| r.len() as f32 / n as f32).collect();
+        let stats = results
+            .into_iter()
+            .collect::<Result<Vec<StepStats>>>()
+            .map(|stats| {
+                add_weighted(grad, &buffers, &weights);
+                StepStats {
+                    loss: stats.iter().zip(&weights).map(|(s, w)| s.loss * w).sum(),
+                    correct: stats.iter().map(|s| s.correct).sum(),
+                    samples: n,
+                }
+            });
+        *self.part_grads.lock().unwrap_or_else(|e| e.into_inner()) = buffers;
+        Some(stats)
+    }
+
+    /// The step on one whole batch (or one part of it): forward, loss, backward, gradients
+    /// into `grad`.
+    fn part_step(&self, batch: &Batch<'_>, loss: Loss, grad: &mut [f32]) -> Result<StepStats> {
         let (images, labels) = self.tensors(batch)?;
         let output = loss.head(self.net.forward(images));
         let stats_output = output.clone().detach();
@@ -180,7 +286,7 @@ impl Model {
         to_vec(output)
     }
 
-    fn tensors(&self, batch: &Batch<'_>) -> Result<(Tensor<4>, Tensor<1, Int>)> {
+    fn check_batch(&self, batch: &Batch<'_>) -> Result<()> {
         let [n, c, h, w] = batch.shape;
         let min = self.spec.arch.min_input_size();
         let problem = if n == 0 {
@@ -211,9 +317,15 @@ impl Model {
                 .find(|&&l| l < 0 || l >= k)
                 .map(|l| format!("label {l} is outside 0..{k}"))
         };
-        if let Some(p) = problem {
-            return Err(ModelError::InvalidBatch(p));
+        match problem {
+            Some(p) => Err(ModelError::InvalidBatch(p)),
+            None => Ok(()),
         }
+    }
+
+    fn tensors(&self, batch: &Batch<'_>) -> Result<(Tensor<4>, Tensor<1, Int>)> {
+        self.check_batch(batch)?;
+        let n = batch.shape[0];
         let images = Tensor::<4>::from_data(
             TensorData::new(batch.images.to_vec(), batch.shape),
             &self.device,
@@ -222,6 +334,21 @@ impl Model {
             Tensor::<1, Int>::from_data(TensorData::new(batch.labels.to_vec(), [n]), &self.device);
         Ok((images, labels))
     }
+}
+
+/// `grad = weights[0] * grad + sum(weights[i] * others[i - 1])`, in part order, chunks of
+/// the flat vector on all threads.
+fn add_weighted(grad: &mut [f32], others: &[Vec<f32>], weights: &[f32]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    grad.par_chunks_mut(CHUNK).enumerate().for_each(|(k, g)| {
+        g.iter_mut().for_each(|v| *v *= weights[0]);
+        for (other, &w) in others.iter().zip(&weights[1..]) {
+            g.iter_mut()
+                .zip(&other[k * CHUNK..])
+                .for_each(|(v, o)| *v += w * o);
+        }
+    });
 }
 
 fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {

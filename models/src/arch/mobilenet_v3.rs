@@ -4,6 +4,7 @@ use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
 use super::Init;
+use crate::layers::dropout::dropout;
 use crate::layers::{
     Activation, ConvNormAct, HardSwish, InvertedResidual, InvertedResidualConfig, Linear,
 };
@@ -114,7 +115,7 @@ impl MobileNetV3 {
             x = match layer {
                 ClassifierLayer::Linear(l) => l.forward(x),
                 ClassifierLayer::HardSwish(l) => l.forward(x),
-                ClassifierLayer::Dropout(l) => l.forward(x),
+                ClassifierLayer::Dropout(l) => dropout(l, x),
             };
         }
         x

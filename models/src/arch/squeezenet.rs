@@ -6,6 +6,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::Init;
 use crate::kernels::burn_ext::{apply_conv2d, apply_max_pool2d};
+use crate::layers::dropout::dropout;
 use crate::layers::{Fire, conv2d};
 
 /// A layer of SqueezeNet's `features` sequence (indices as in torchvision).
@@ -83,7 +84,7 @@ impl SqueezeNet {
         }
         for layer in &self.classifier {
             x = match layer {
-                ClassifierLayer::Dropout(l) => l.forward(x),
+                ClassifierLayer::Dropout(l) => dropout(l, x),
                 ClassifierLayer::Conv(l) => apply_conv2d(l, x),
                 ClassifierLayer::Relu(l) => l.forward(x),
                 ClassifierLayer::Pool(l) => l.forward(x),

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::Init;
 use crate::kernels::burn_ext::{apply_conv2d, apply_max_pool2d};
+use crate::layers::dropout::dropout;
 use crate::layers::{Linear, conv2d};
 
 /// A layer of VGG's `features` sequence (indices as in torchvision).
@@ -80,7 +81,7 @@ impl Vgg {
             x = match layer {
                 ClassifierLayer::Linear(l) => l.forward(x),
                 ClassifierLayer::Relu(l) => l.forward(x),
-                ClassifierLayer::Dropout(l) => l.forward(x),
+                ClassifierLayer::Dropout(l) => dropout(l, x),
             };
         }
         x

@@ -19,7 +19,7 @@ use burn::backend::{
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::conv2d::{self, Needed};
@@ -411,9 +411,15 @@ fn explicit_padding(padding: &PaddingConfig2d) -> Option<[[usize; 2]; 2]> {
 
 /// Whether `x` goes through our kernels: `f32` on the CPU backend, unless switched off.
 fn use_kernels<const D: usize>(x: &Tensor<D>) -> bool {
-    matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
-        && x.dtype() == DType::F32
-        && ENABLED.load(Ordering::Relaxed)
+    is_cpu(&x.device()) && x.dtype() == DType::F32 && ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether `device` is the CPU (Burn's `flex` backend, with or without autodiff).
+pub fn is_cpu(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
 }
 
 /// Identifies a tensor's values on the CPU backend by their address, the same for a

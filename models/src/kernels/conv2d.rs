@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use super::depthwise;
 use super::gemm::{MatRef, Threads, matmul};
 use super::im2col::{ConvGeometry, TapMap, col2im, im2col};
+use super::trim::Trimmed;
 
 /// Most values one block's column matrix may hold (32 MiB of `f32`).
 const COL_BUDGET: usize = 8 << 20;
@@ -107,7 +108,9 @@ fn unfold(
 /// returns `[batch, out_channels, out_h, out_w]`.
 pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     check(g, x, weight, bias);
-    if g.is_depthwise() {
+    if let Some(t) = Trimmed::new(g) {
+        forward(&t.geometry, x, &t.weight(weight), bias)
+    } else if g.is_depthwise() {
         depthwise::forward(g, x, weight, bias)
     } else if g.out_pixels() >= PER_IMAGE_MIN_PIXELS {
         forward_per_image(g, x, weight, bias)
@@ -263,6 +266,20 @@ pub fn backward_into(
 ) -> LayerGrads {
     check(g, x, weight, None);
     assert_eq!(dy.len(), g.batch * g.out_image(), "output gradient size");
+    if let Some(t) = Trimmed::new(g) {
+        let mut grads = backward_into(&t.geometry, x, &t.weight(weight), dy, needed, None);
+        if let Some(compact) = grads.weight.take() {
+            match weight_grad {
+                Some(dst) => t.expand(&compact, dst),
+                None => {
+                    let mut full = vec![0.0; g.weight_len()];
+                    t.expand(&compact, &mut full);
+                    grads.weight = Some(full);
+                }
+            }
+        }
+        return grads;
+    }
     let grads = if g.is_depthwise() {
         depthwise::backward(g, x, weight, dy, needed)
     } else {

@@ -21,6 +21,7 @@ mod reference;
 pub mod sink;
 #[cfg(test)]
 mod tests;
+mod trim;
 
 pub use conv2d::{LayerGrads, Needed};
 pub use im2col::ConvGeometry;

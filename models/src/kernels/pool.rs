@@ -73,6 +73,28 @@ impl PoolGeometry {
     fn plane_out(&self) -> usize {
         self.out_size[0] * self.out_size[1]
     }
+
+    /// For every output row (`axis` 0) or column (1), the first input row (column) its
+    /// windows read and how many they read, `dilation` apart: the taps in the padding cut off,
+    /// so the planes loop with no padding checks.
+    fn spans(&self, axis: usize) -> Vec<(usize, usize)> {
+        let (s, d, p, len) = (
+            self.stride[axis],
+            self.dilation[axis],
+            self.padding[axis],
+            self.in_size[axis],
+        );
+        (0..self.out_size[axis])
+            .map(|o| {
+                let mut inside = (0..self.kernel[axis])
+                    .filter_map(|k| (o * s + k * d).checked_sub(p).filter(|&t| t < len));
+                match inside.next() {
+                    Some(first) => (first, 1 + inside.count()),
+                    None => (0, 0),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Marks an output whose window lies entirely in the padding (no winner).
@@ -86,23 +108,8 @@ pub fn max_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
     let (pin, pout) = (g.plane_in(), g.plane_out());
     let mut y = vec![0.0; g.planes * pout];
     let mut idx = vec![NONE; g.planes * pout];
-    // The input rows (columns) each output row (column) reads, in window order: the planes
-    // then loop over plain lists, with no padding checks per tap.
-    let taps = |i: usize| -> Vec<Vec<usize>> {
-        (0..g.out_size[i])
-            .map(|o| {
-                (0..g.kernel[i])
-                    .filter_map(|k| {
-                        (o * g.stride[i] + k * g.dilation[i])
-                            .checked_sub(g.padding[i])
-                            .filter(|&t| t < g.in_size[i])
-                    })
-                    .collect()
-            })
-            .collect()
-    };
-    let (rows, cols) = (taps(0), taps(1));
-    let w = g.in_size[1];
+    let (rows, cols) = (g.spans(0), g.spans(1));
+    let (w, [dh, dw]) = (g.in_size[1], g.dilation);
     y.par_chunks_mut(pout)
         .zip(idx.par_chunks_mut(pout))
         .enumerate()
@@ -111,19 +118,26 @@ pub fn max_forward(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
             let outs = y
                 .chunks_mut(g.out_size[1])
                 .zip(idx.chunks_mut(g.out_size[1]));
-            for ((y, idx), rows) in outs.zip(&rows) {
-                for ((y, idx), cols) in y.iter_mut().zip(idx.iter_mut()).zip(&cols) {
-                    let mut best = f32::NEG_INFINITY;
-                    for &ih in rows {
-                        for &iw in cols {
-                            let v = src[ih * w + iw];
-                            if *idx == NONE || v > best || (v.is_nan() && !best.is_nan()) {
-                                best = v;
-                                *idx = (ih * w + iw) as u32;
-                            }
+            for ((y, idx), &(r0, rn)) in outs.zip(&rows) {
+                for ((y, idx), &(c0, cn)) in y.iter_mut().zip(idx.iter_mut()).zip(&cols) {
+                    if rn == 0 || cn == 0 {
+                        (*y, *idx) = (f32::NEG_INFINITY, NONE);
+                        continue;
+                    }
+                    // Branch-free scan from the window's first pixel: a later pixel wins
+                    // when greater, or when NaN against a number.
+                    let (mut best, mut arg) = (src[r0 * w + c0], r0 * w + c0);
+                    for r in 0..rn {
+                        let base = (r0 + r * dh) * w + c0;
+                        for c in 0..cn {
+                            let i = base + c * dw;
+                            let v = src[i];
+                            let take = v > best || (v.is_nan() && !best.is_nan());
+                            best = if take { v } else { best };
+                            arg = if take { i } else { arg };
                         }
                     }
-                    *y = best;
+                    (*y, *idx) = (best, arg as u32);
                 }
             }
         });

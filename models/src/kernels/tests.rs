@@ -173,6 +173,24 @@ fn the_named_layer_shapes_match_the_definition() {
             [1, 1],
             1,
         ),
+        // A fire module's 3x3 expand at 1x1 (eight of nine taps in the padding) and a
+        // 2x1 image (two of three kernel columns).
+        ConvGeometry::new(
+            [5, 6, 1, 1],
+            [7, 6, 3, 3],
+            [1, 1],
+            [[1, 1], [1, 1]],
+            [1, 1],
+            1,
+        ),
+        ConvGeometry::new(
+            [3, 4, 2, 1],
+            [6, 2, 3, 3],
+            [1, 1],
+            [[1, 1], [1, 1]],
+            [1, 1],
+            2,
+        ),
         // A fire module's 1x1 squeeze.
         ConvGeometry::new(
             [3, 10, 5, 5],
@@ -209,6 +227,11 @@ fn the_named_layer_shapes_match_the_definition() {
         ] {
             let want = reference::backward(&g, &x, &w, &dy, needed);
             assert_grads(&backward(&g, &x, &w, &dy, needed), &want, &g);
+            if let Some(dw) = &want.weight {
+                let mut sink = vec![f32::NAN; g.weight_len()];
+                backward_into(&g, &x, &w, &dy, needed, Some(&mut sink));
+                assert_close("dweight (sink)", &sink, dw, &g);
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 mod activation;
 mod conv;
 mod conv_norm_act;
+pub mod dropout;
 mod fire;
 mod inverted_residual;
 mod linear;
