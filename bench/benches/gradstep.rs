@@ -4,7 +4,8 @@
 //! `PEERLESS_BENCH_MODELS=squeezenet1_1,vgg11` and `PEERLESS_BENCH_STEPS=N` narrow a run;
 //! `PEERLESS_TORCH_PYTHON=/path/to/python` (with torch and torchvision) adds PyTorch's step
 //! measured in the same run, and the throughput ratio; `PEERLESS_BENCH_BASELINE=burn` times
-//! each step a second time with Burn's own convolution instead of our kernels.
+//! each step a second time with Burn's own operations instead of our kernels, `=whole` with
+//! the batch whole instead of in parts (both: `burn,whole`).
 
 use peerless_bench::gradstep::{GradStepBench, markdown_table, measure};
 use peerless_bench::torch::{TORCH_PYTHON_ENV, measure_torch};
@@ -38,7 +39,9 @@ fn main() {
         .unwrap_or(0);
     let device = Device::flex();
     let torch = std::env::var_os(TORCH_PYTHON_ENV).map(std::path::PathBuf::from);
-    let baseline = std::env::var("PEERLESS_BENCH_BASELINE").is_ok_and(|v| v == "burn");
+    let baselines = std::env::var("PEERLESS_BENCH_BASELINE").unwrap_or_default();
+    let baseline = |name: &str| baselines.split(',').any(|b| b.trim() == name);
+    let (burn_baseline, whole_baseline) = (baseline("burn"), baseline("whole"));
     let mut rows = Vec::new();
     for arch in models {
         if !filter.is_empty() && !filter.iter().any(|f| arch.name().contains(f.as_str())) {
@@ -53,13 +56,19 @@ fn main() {
                 size: 32,
                 warmup: 2,
                 steps: if steps > 0 { steps } else { default_steps },
+                split: true,
             };
             let mut r = measure(&b, &device).unwrap_or_else(|e| panic!("{}: {e}", arch.name()));
-            if baseline {
+            if burn_baseline {
                 kernels::set_enabled(false);
                 let burn = measure(&b, &device).unwrap_or_else(|e| panic!("{}: {e}", arch.name()));
                 kernels::set_enabled(true);
                 r.burn_conv_ms_per_step = Some(burn.ms_per_step);
+            }
+            if whole_baseline {
+                let b = GradStepBench { split: false, ..b };
+                let whole = measure(&b, &device).unwrap_or_else(|e| panic!("{}: {e}", arch.name()));
+                r.whole_batch_ms_per_step = Some(whole.ms_per_step);
             }
             if let Some(python) = &torch {
                 let t = measure_torch(python, &b).unwrap_or_else(|e| panic!("{e}"));

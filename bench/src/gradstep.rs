@@ -19,6 +19,8 @@ pub struct GradStepBench {
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,
+    /// Whether steps may run in parts of the batch, one per core (`Model::step_parts`).
+    pub split: bool,
 }
 
 /// One row of the benchmark table; `model`, `batch`, `ms_per_step` and `images_per_s` are
@@ -38,6 +40,8 @@ pub struct GradStepResult {
     pub peak_rss_mib: Option<f64>,
     /// CPU seconds per wall second during the timed steps (2.0 = both cores busy).
     pub cores_busy: Option<f64>,
+    /// Parts of the batch each step ran in, one per core (1: the batch whole).
+    pub parts: usize,
     /// PyTorch's median for the same step in the same run (`--torch`), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pytorch_ms_per_step: Option<f64>,
@@ -51,6 +55,10 @@ pub struct GradStepResult {
     /// same run (`PEERLESS_BENCH_BASELINE=burn`), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub burn_conv_ms_per_step: Option<f64>,
+    /// The same step with the batch whole (not in parts), measured in the same run
+    /// (`PEERLESS_BENCH_BASELINE=whole`), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whole_batch_ms_per_step: Option<f64>,
 }
 
 impl GradStepResult {
@@ -66,7 +74,8 @@ impl GradStepResult {
 /// Runs the measurement on `device`.
 pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, ModelError> {
     let spec = ModelSpec::new(b.arch).with_in_channels(3);
-    let model = Model::new(spec, device, 0)?;
+    let mut model = Model::new(spec, device, 0)?;
+    model.set_split(b.split);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let shape = [b.batch, 3, b.size, b.size];
     let images: Vec<f32> = (0..shape.iter().product::<usize>())
@@ -107,61 +116,75 @@ pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, Mod
         steps: times.len(),
         peak_rss_mib: crate::sys::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
         cores_busy,
+        parts: model.step_parts(b.batch),
         pytorch_ms_per_step: None,
         pytorch_peak_rss_mib: None,
         vs_pytorch: None,
         burn_conv_ms_per_step: None,
+        whole_batch_ms_per_step: None,
     })
 }
 
 /// Formats results as the Markdown table that `bench/README.md` records, with PyTorch's
 /// columns when any row has them.
 pub fn markdown_table(rows: &[GradStepResult]) -> String {
-    let torch = rows.iter().any(|r| r.pytorch_ms_per_step.is_some());
-    let mut s = String::from(
-        "| model | batch | input | median ms/step | min–max ms | images/s | cores busy | peak RSS MiB |",
-    );
-    let baseline = rows.iter().any(|r| r.burn_conv_ms_per_step.is_some());
-    if torch {
-        s.push_str(" PyTorch ms/step | peerless/PyTorch throughput | PyTorch peak RSS MiB |");
-    }
-    if baseline {
-        s.push_str(" with Burn's conv ms/step |");
-    }
-    s.push_str("\n|---|---|---|---|---|---|---|---|");
-    if torch {
-        s.push_str("---|---|---|");
-    }
-    if baseline {
-        s.push_str("---|");
-    }
-    s.push('\n');
     let opt = |v: Option<f64>, digits: usize| v.map_or("–".into(), |v| format!("{v:.digits$}"));
+    let torch = rows.iter().any(|r| r.pytorch_ms_per_step.is_some());
+    let burn = rows.iter().any(|r| r.burn_conv_ms_per_step.is_some());
+    let whole = rows.iter().any(|r| r.whole_batch_ms_per_step.is_some());
+    let mut header = vec![
+        "model",
+        "batch",
+        "input",
+        "parts",
+        "median ms/step",
+        "min–max ms",
+        "images/s",
+        "cores busy",
+        "peak RSS MiB",
+    ];
+    if torch {
+        header.extend([
+            "PyTorch ms/step",
+            "peerless/PyTorch throughput",
+            "PyTorch peak RSS MiB",
+        ]);
+    }
+    if burn {
+        header.push("with Burn's own ops ms/step");
+    }
+    if whole {
+        header.push("batch whole ms/step");
+    }
+    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    let mut s = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    s.push_str(&line(&vec!["---".to_string(); header.len()]));
     for r in rows {
-        s.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1}–{:.1} | {:.1} | {} | {} |",
-            r.model,
-            r.batch,
-            r.input,
-            r.ms_per_step,
-            r.min_ms,
-            r.max_ms,
-            r.images_per_s,
+        let mut cells = vec![
+            r.model.clone(),
+            r.batch.to_string(),
+            r.input.clone(),
+            r.parts.to_string(),
+            format!("{:.1}", r.ms_per_step),
+            format!("{:.1}–{:.1}", r.min_ms, r.max_ms),
+            format!("{:.1}", r.images_per_s),
             opt(r.cores_busy, 2),
             opt(r.peak_rss_mib, 0),
-        ));
+        ];
         if torch {
-            s.push_str(&format!(
-                " {} | {} | {} |",
+            cells.extend([
                 opt(r.pytorch_ms_per_step, 1),
                 opt(r.vs_pytorch, 2),
-                opt(r.pytorch_peak_rss_mib, 0)
-            ));
+                opt(r.pytorch_peak_rss_mib, 0),
+            ]);
         }
-        if baseline {
-            s.push_str(&format!(" {} |", opt(r.burn_conv_ms_per_step, 1)));
+        if burn {
+            cells.push(opt(r.burn_conv_ms_per_step, 1));
         }
-        s.push('\n');
+        if whole {
+            cells.push(opt(r.whole_batch_ms_per_step, 1));
+        }
+        s.push_str(&line(&cells));
     }
     s
 }

@@ -153,10 +153,10 @@ impl Model {
         let seed = self.mask_seed()?;
         let n = batch.shape[0];
         let parts = self.step_parts(n);
-        if parts > 1 {
-            if let Some(stats) = self.grad_step_in_parts(batch, loss, grad, parts, seed) {
-                return stats;
-            }
+        if parts > 1
+            && let Some(stats) = self.grad_step_in_parts(batch, loss, grad, parts, seed)
+        {
+            return stats;
         }
         dropout::with_masks(seed, || self.part_step(batch, loss, grad))
     }

@@ -81,7 +81,7 @@ mod tests {
         let draw = |seed| {
             with_masks(seed, || dropout(&layer, ones(&device)))
                 .into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap()
         };
         let a = draw(7);
@@ -100,7 +100,7 @@ mod tests {
         let out = with_masks(1, || dropout(&layer, ones(&device)));
         assert!(
             out.into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap()
                 .iter()
                 .all(|&v| v == 1.0)

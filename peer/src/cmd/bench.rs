@@ -32,6 +32,7 @@ pub fn run(args: BenchArgs, device: DeviceChoice) -> Result<()> {
                 size: args.size as usize,
                 warmup: args.warmup as usize,
                 steps: args.steps as usize,
+                split: true,
             };
             tracing::info!(model = arch.name(), batch, "timing the gradient step");
             let mut r = measure(&b, &device)
