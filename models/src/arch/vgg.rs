@@ -37,6 +37,9 @@ pub struct Vgg {
 /// Configuration "A": output channels, 0 meaning a 2x2 max-pool.
 const CFG_A: [usize; 13] = [64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0];
 
+/// The side of the feature map the classifier reads (torchvision's adaptive pooling to 7x7).
+const POOLED: usize = 7;
+
 impl Vgg {
     pub fn new(in_channels: usize, num_classes: usize, device: &Device) -> Self {
         let mut features = Vec::new();
@@ -56,7 +59,7 @@ impl Vgg {
         Vgg {
             features,
             classifier: vec![
-                ClassifierLayer::Linear(Linear::new(512 * 7 * 7, 4096, true, device)),
+                ClassifierLayer::Linear(Linear::new(512 * POOLED * POOLED, 4096, true, device)),
                 ClassifierLayer::Relu(Relu),
                 dropout(),
                 ClassifierLayer::Linear(Linear::new(4096, 4096, true, device)),
@@ -76,8 +79,20 @@ impl Vgg {
                 FeatureLayer::Pool(l) => apply_max_pool2d(l, x),
             };
         }
-        let mut x = adaptive_avg_pool2d(x, [7, 7]).flatten::<2>(1, 3);
-        for layer in &self.classifier {
+        let [_, _, h, w] = x.dims();
+        let (mut x, first) = match &self.classifier[0] {
+            // At 32x32 inputs the features end at 1x1, and the adaptive pooling would copy
+            // each value over 7x7 for the first layer to multiply 49 copies by 49 weights:
+            // the layer adds those weights instead (the same output, 49x fewer products).
+            ClassifierLayer::Linear(l) if [h, w] == [1, 1] => {
+                (l.forward_repeated(x.flatten::<2>(1, 3), POOLED * POOLED), 1)
+            }
+            _ => (
+                adaptive_avg_pool2d(x, [POOLED, POOLED]).flatten::<2>(1, 3),
+                0,
+            ),
+        };
+        for layer in &self.classifier[first..] {
             x = match layer {
                 ClassifierLayer::Linear(l) => l.forward(x),
                 ClassifierLayer::Relu(l) => l.forward(x),
@@ -95,5 +110,40 @@ pub(super) fn init(name: &str, shape: &[usize]) -> Init {
         (true, 4) => Init::KaimingNormalFanOut,
         (true, _) => Init::Normal { std: 0.01 },
         (false, _) => Init::Zeros,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    /// The classifier's shortcut for 1x1 features gives what pooling them to 7x7 and
+    /// applying the layer gives, values and gradients.
+    #[test]
+    fn the_first_layer_on_1x1_features_equals_the_layer_on_their_pooled_copies() {
+        let device = Device::flex().autodiff();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let mut layer = Linear::new(4 * POOLED * POOLED, 6, true, &device);
+        let w = Tensor::<2>::random([6, 4 * POOLED * POOLED], normal, &device);
+        layer.weight = burn::module::Param::from_tensor(w);
+        let x = Tensor::<4>::random([3, 4, 1, 1], normal, &device).require_grad();
+        let pooled = adaptive_avg_pool2d(x.clone(), [POOLED, POOLED]).flatten::<2>(1, 3);
+        let want = layer.forward(pooled);
+        let got = layer.forward_repeated(x.clone().flatten::<2>(1, 3), POOLED * POOLED);
+        let values = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        let (g_want, g_got) = (want.clone().sum().backward(), got.clone().sum().backward());
+        let close = |a: Vec<f32>, b: Vec<f32>| {
+            assert_eq!(a.len(), b.len());
+            for (a, b) in a.iter().zip(&b) {
+                assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        };
+        close(values(got), values(want));
+        let dx = |g| x.grad(g).unwrap().flatten::<2>(1, 3);
+        close(values(dx(&g_got)), values(dx(&g_want)));
+        let dw = |g| layer.weight.val().grad(g).unwrap();
+        close(values(dw(&g_got)), values(dw(&g_want)));
     }
 }

@@ -46,14 +46,20 @@ pub trait LayerKernels: Backend {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
 
-    /// `x W^T` for `x` `[batch, in]` and `weight` `[out, in]`.
-    fn linear_kernels(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x' W^T` for `weight` `[out, in]` and `x` `[batch, in / repeat]`, where `x'` repeats
+    /// each value of `x` `repeat` times in a row (1: `x' = x`).
+    fn linear_kernels(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        repeat: usize,
+    ) -> FloatTensor<Self>;
 
-    /// `x W^T + bias`.
+    /// `x' W^T + bias`.
     fn linear_kernels_bias(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        repeat: usize,
     ) -> FloatTensor<Self>;
 
     /// 2-D max pooling with PyTorch's semantics and output sizes.
@@ -120,7 +126,10 @@ impl Backward<Flex, 1> for PoolBackward {
 #[derive(Clone, Debug)]
 enum Layer {
     Conv2d(ConvOptions<2>),
-    Linear,
+    /// A fully connected layer whose input values each stand for `repeat` inputs in a row.
+    Linear {
+        repeat: usize,
+    },
 }
 
 impl LayerKernels for Flex {
@@ -137,12 +146,17 @@ impl LayerKernels for Flex {
         forward(&Layer::Conv2d(options), x, weight, Some(bias))
     }
 
-    fn linear_kernels(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
-        forward(&Layer::Linear, x, weight, None)
+    fn linear_kernels(x: FlexTensor, weight: FlexTensor, repeat: usize) -> FlexTensor {
+        forward(&Layer::Linear { repeat }, x, weight, None)
     }
 
-    fn linear_kernels_bias(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        forward(&Layer::Linear, x, weight, Some(bias))
+    fn linear_kernels_bias(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        repeat: usize,
+    ) -> FlexTensor {
+        forward(&Layer::Linear { repeat }, x, weight, Some(bias))
     }
 
     fn max_pool2d_kernels(x: FlexTensor, options: PoolOptions) -> FlexTensor {
@@ -165,10 +179,11 @@ fn forward(
             let y = conv2d::forward(&g, slice(&x), slice(&weight), bias);
             tensor(y, [g.batch, g.out_channels, g.out_size[0], g.out_size[1]])
         }
-        Layer::Linear => {
-            let s = linear_shape(&x, &weight);
+        &Layer::Linear { repeat } => {
+            let s = linear_shape(&x, &weight, repeat);
+            let weight = folded(&weight, s, repeat);
             tensor(
-                linear::forward(s, slice(&x), slice(&weight), bias),
+                linear::forward(s, slice(&x), &weight, bias),
                 [s.batch, s.d_out],
             )
         }
@@ -200,17 +215,23 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
         record::<C, 3>(parents, Layer::Conv2d(options), x, weight, Some(bias))
     }
 
-    fn linear_kernels(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        record::<C, 2>([x.node(), weight.node()], Layer::Linear, x, weight, None)
+    fn linear_kernels(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        repeat: usize,
+    ) -> FloatTensor<Self> {
+        let parents = [x.node(), weight.node()];
+        record::<C, 2>(parents, Layer::Linear { repeat }, x, weight, None)
     }
 
     fn linear_kernels_bias(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        repeat: usize,
     ) -> FloatTensor<Self> {
         let parents = [x.node(), weight.node(), bias.node()];
-        record::<C, 3>(parents, Layer::Linear, x, weight, Some(bias))
+        record::<C, 3>(parents, Layer::Linear { repeat }, x, weight, Some(bias))
     }
 
     fn max_pool2d_kernels(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self> {
@@ -298,9 +319,27 @@ impl<const N: usize> Backward<Flex, N> for LayerBackward {
                     g.out_channels,
                 )
             }
-            Layer::Linear => {
-                let s = linear_shape(&x, &weight);
+            &Layer::Linear { repeat: 1 } => {
+                let s = linear_shape(&x, &weight, 1);
                 (linear::backward_into(s, xs, ws, dys, needed, dw), s.d_out)
+            }
+            &Layer::Linear { repeat } => {
+                // The products run on the folded weight; its gradient is copied over each
+                // run of `repeat` columns.
+                let s = linear_shape(&x, &weight, repeat);
+                let folded = folded(&weight, s, repeat);
+                let mut out = linear::backward_into(s, xs, &folded, dys, needed, None);
+                if let Some(small) = out.weight.take() {
+                    match dw {
+                        Some(dw) => linear::unfold_repeats(&small, repeat, dw),
+                        None => {
+                            let mut full = vec![0.0; ws.len()];
+                            linear::unfold_repeats(&small, repeat, &mut full);
+                            out.weight = Some(full);
+                        }
+                    }
+                }
+                (out, s.d_out)
             }
         };
         // The weight gradient goes straight into the caller's flat buffer when it opened a
@@ -363,7 +402,27 @@ pub fn apply_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// (`[batch, in]`): through [`LayerKernels`] on the CPU, as `(W x^T)^T` through Burn's own
 /// matrix product elsewhere (so the weight gradient is in the weight's layout either way).
 pub fn apply_linear(weight: &Tensor<2>, bias: Option<&Tensor<1>>, x: Tensor<2>) -> Tensor<2> {
+    apply_linear_repeated(weight, bias, x, 1)
+}
+
+/// [`apply_linear`] to the input that repeats each value of `x` (`[batch, in / repeat]`)
+/// `repeat` times in a row: on the CPU without building that input, with `repeat` times
+/// fewer products ([`linear::fold_repeats`]).
+pub fn apply_linear_repeated(
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    x: Tensor<2>,
+    repeat: usize,
+) -> Tensor<2> {
     if !use_kernels(&x) {
+        let x = if repeat == 1 {
+            x
+        } else {
+            let [n, d] = x.dims();
+            x.unsqueeze_dim::<3>(2)
+                .repeat_dim(2, repeat)
+                .reshape([n, d * repeat])
+        };
         let y = weight.clone().matmul(x.transpose()).transpose();
         return match bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
@@ -372,8 +431,10 @@ pub fn apply_linear(weight: &Tensor<2>, bias: Option<&Tensor<1>>, x: Tensor<2>) 
     }
     let (x, w) = (x.into_dispatch(), weight.clone().into_dispatch());
     Tensor::from_dispatch(match bias {
-        Some(b) => <Dispatch as LayerKernels>::linear_kernels_bias(x, w, b.clone().into_dispatch()),
-        None => <Dispatch as LayerKernels>::linear_kernels(x, w),
+        Some(b) => {
+            <Dispatch as LayerKernels>::linear_kernels_bias(x, w, b.clone().into_dispatch(), repeat)
+        }
+        None => <Dispatch as LayerKernels>::linear_kernels(x, w, repeat),
     })
 }
 
@@ -465,17 +526,33 @@ pub fn copy_to_slice<const D: usize>(tensor: &Tensor<D>, out: &mut [f32]) -> boo
     true
 }
 
-fn linear_shape(x: &FlexTensor, weight: &FlexTensor) -> LinearShape {
+/// The shape of the products of a fully connected layer whose input values each stand for
+/// `repeat` inputs (`d_in` counts the input's own values).
+fn linear_shape(x: &FlexTensor, weight: &FlexTensor, repeat: usize) -> LinearShape {
     let (xs, ws) = (x.layout().shape(), weight.layout().shape());
     assert!(
         xs.num_dims() == 2 && ws.num_dims() == 2,
         "linear operands are 2-D"
     );
-    assert_eq!(xs[1], ws[1], "input features of the input and the weight");
+    assert_eq!(
+        xs[1] * repeat,
+        ws[1],
+        "input features of the input (x{repeat}) and the weight"
+    );
     LinearShape {
         batch: xs[0],
         d_in: xs[1],
         d_out: ws[0],
+    }
+}
+
+/// The weight the products of `s` use: the weight itself, or its runs of `repeat` columns
+/// summed ([`linear::fold_repeats`]).
+fn folded(weight: &FlexTensor, s: LinearShape, repeat: usize) -> std::borrow::Cow<'_, [f32]> {
+    if repeat == 1 {
+        std::borrow::Cow::Borrowed(slice(weight))
+    } else {
+        std::borrow::Cow::Owned(linear::fold_repeats(slice(weight), s.d_out, repeat))
     }
 }
 
@@ -628,6 +705,52 @@ mod tests {
                     as4(b.grad(&g_ours).unwrap()),
                     as4(b.grad(&g_theirs).unwrap()),
                 );
+            }
+        }
+    }
+
+    /// A layer on an input whose values repeat gives the same output and gradients as
+    /// Burn's `linear` on the repeated input, with its weight gradient in a sink or not.
+    #[test]
+    fn linear_on_repeated_inputs_matches_the_layer_on_the_repeated_input() {
+        let device = Device::flex().autodiff();
+        let normal = Distribution::Normal(0.0, 1.0);
+        for into_sink in [false, true] {
+            let x = Tensor::<2>::random([4, 6], normal, &device).require_grad();
+            let w = Tensor::<2>::random([5, 18], normal, &device).require_grad();
+            let b = Tensor::<1>::random([5], normal, &device).require_grad();
+            let ours = apply_linear_repeated(&w, Some(&b), x.clone(), 3);
+            let repeated = x
+                .clone()
+                .unsqueeze_dim::<3>(2)
+                .repeat_dim(2, 3)
+                .reshape([4, 18]);
+            let theirs = burn::tensor::module::linear(repeated, w.clone().transpose(), Some(b));
+            let as4 = |t: Tensor<2>| t.unsqueeze::<4>();
+            close("output", as4(ours.clone()), as4(theirs.clone()));
+            let weights = Tensor::<2>::random([4, 5], normal, &device);
+            let mut sink = vec![f32::NAN; 5 * 18];
+            let key = param_storage_key(&w).unwrap();
+            let (g_ours, written) = if into_sink {
+                sink::with_sinks(vec![(key, &mut sink[..])], || {
+                    (ours * weights.clone()).sum().backward()
+                })
+            } else {
+                ((ours * weights.clone()).sum().backward(), vec![false])
+            };
+            let g_theirs = (theirs * weights).sum().backward();
+            close(
+                "dx",
+                as4(x.grad(&g_ours).unwrap()),
+                as4(x.grad(&g_theirs).unwrap()),
+            );
+            let want = as4(w.grad(&g_theirs).unwrap());
+            if into_sink {
+                assert_eq!(written, [true]);
+                let got = Tensor::<2>::from_data(TensorData::new(sink, [5, 18]), &device);
+                close("dweight (sink)", as4(got), want);
+            } else {
+                close("dweight", as4(w.grad(&g_ours).unwrap()), want);
             }
         }
     }

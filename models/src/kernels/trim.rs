@@ -79,7 +79,7 @@ impl Trimmed {
         let mut out = Vec::with_capacity(self.geometry.weight_len());
         for kernel in weight.chunks(kh * kw) {
             for row in self.rows.clone() {
-                out.extend_from_slice(&kernel[row * kw..][self.cols.clone()]);
+                out.extend(kernel[row * kw..][self.cols.clone()].iter().copied());
             }
         }
         out

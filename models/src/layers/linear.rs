@@ -1,7 +1,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
-use crate::kernels::burn_ext::apply_linear;
+use crate::kernels::burn_ext::apply_linear_repeated;
 
 /// A fully connected layer storing its weight as `[out, in]`, PyTorch's layout, so the flat
 /// parameter vector and safetensors files need no transposition (Burn's `Linear` stores
@@ -25,7 +25,13 @@ impl Linear {
 
     /// `y = x W^T + b`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_repeated(x, 1)
+    }
+
+    /// [`Linear::forward`] of the input that repeats each value of `x` `repeat` times in a
+    /// row, without building it ([`apply_linear_repeated`]).
+    pub fn forward_repeated(&self, x: Tensor<2>, repeat: usize) -> Tensor<2> {
         let bias = self.bias.as_ref().map(|b| b.val());
-        apply_linear(&self.weight.val(), bias.as_ref(), x)
+        apply_linear_repeated(&self.weight.val(), bias.as_ref(), x, repeat)
     }
 }
