@@ -101,7 +101,7 @@ pub fn backward_into(
 /// layer with `repeat` times fewer products.
 pub fn fold_repeats(weight: &[f32], d_out: usize, repeat: usize) -> Vec<f32> {
     assert!(
-        repeat > 0 && weight.len() % (d_out * repeat) == 0,
+        repeat > 0 && weight.len().is_multiple_of(d_out * repeat),
         "weight rows split into runs"
     );
     let d_in = weight.len() / d_out;
