@@ -1,6 +1,6 @@
 //! A gradient step cut into parts of the batch, one per core, each part on a single-thread
 //! pool of its own. SqueezeNet's many small operations spent more time handing work to the
-//! other core and waking it than computing (`bench/README.md`, step 10); two halves that each
+//! other core and waking it than computing (`bench/README.md`, step 11); two halves that each
 //! run every operation on one core keep both cores busy without a hand-over.
 //!
 //! Only models without batch normalisation split (its statistics are per batch), and only
