@@ -30,8 +30,13 @@ const PYTHON: &str = "python3";
 /// How long the server may take to listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Time limit of one control request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time limit of one attempt of a control request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Attempts of a control request that may be repeated (resetting, configuring, creating a
+/// bucket): once, under load, moto left a reset unanswered for a minute while a new
+/// connection is served at once.
+const IDEMPOTENT_ATTEMPTS: usize = 3;
 
 /// Why moto could not be started or a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +181,7 @@ impl MotoServer {
             "stepfunctions": { "execute_state_machine": true },
             "lambda": { "use_docker": false },
         });
-        self.post("/moto-api/config", &body)
+        self.post("/moto-api/config", &body, IDEMPOTENT_ATTEMPTS)
     }
 
     /// Queues `results` as the next Lambda invocation results in `region` (the region of
@@ -191,29 +196,42 @@ impl MotoServer {
         results: &[String],
     ) -> Result<(), MotoError> {
         let body = json!({ "region": region, "results": results });
-        self.post("/moto-api/static/lambda-simple/response", &body)
+        // Not repeated: a retry after a lost answer would queue the results twice.
+        self.post("/moto-api/static/lambda-simple/response", &body, 1)
     }
 
     /// Drops every resource of every service (buckets, state machines, executions, queued
     /// Lambda responses); the configuration set by
     /// [`MotoServer::enable_stepfunctions_execution`] stays.
     pub fn reset(&self) -> Result<(), MotoError> {
-        self.post("/moto-api/reset", &json!({}))
+        self.post("/moto-api/reset", &json!({}), IDEMPOTENT_ATTEMPTS)
     }
 
     /// Creates an S3 bucket (moto accepts unsigned requests), for tests that need one
     /// before any peerless command runs.
     pub fn create_bucket(&self, bucket: &str) -> Result<(), MotoError> {
-        self.request("PUT", &format!("/{bucket}"), "")
+        self.request("PUT", &format!("/{bucket}"), "", IDEMPOTENT_ATTEMPTS)
     }
 
-    /// One HTTP/1.1 POST of a JSON body over a fresh connection; any 2xx status succeeds.
-    fn post(&self, path: &'static str, body: &serde_json::Value) -> Result<(), MotoError> {
-        self.request("POST", path, &body.to_string())
+    /// An HTTP/1.1 POST of a JSON body, see [`MotoServer::request`].
+    fn post(
+        &self,
+        path: &'static str,
+        body: &serde_json::Value,
+        attempts: usize,
+    ) -> Result<(), MotoError> {
+        self.request("POST", path, &body.to_string(), attempts)
     }
 
-    /// One HTTP/1.1 request over a fresh connection; any 2xx status succeeds.
-    fn request(&self, method: &str, path: &str, body: &str) -> Result<(), MotoError> {
+    /// An HTTP/1.1 request over a fresh connection, tried up to `attempts` times while moto
+    /// does not answer within [`REQUEST_TIMEOUT`]; any 2xx status succeeds.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        attempts: usize,
+    ) -> Result<(), MotoError> {
         let fail = |message: String| MotoError::Request {
             path: path.to_owned(),
             endpoint: self.endpoint.clone(),
@@ -235,7 +253,33 @@ impl MotoServer {
             stream.read_to_end(&mut response)?;
             Ok(response)
         };
-        let response = exchange().map_err(|e| fail(e.to_string()))?;
+        let mut tried = 0;
+        let response = loop {
+            tried += 1;
+            match exchange() {
+                Ok(response) => break response,
+                Err(e)
+                    if tried < attempts
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    continue;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(fail(format!(
+                        "no answer within {REQUEST_TIMEOUT:?} ({tried} attempts)"
+                    )));
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        };
         let text = String::from_utf8_lossy(&response);
         let status_line = text.lines().next().unwrap_or_default();
         let status = status_line
