@@ -144,9 +144,10 @@ impl Model {
     /// [`Model::num_params`], in [`ParamTable`] order).
     ///
     /// On the CPU, a model without batch normalisation runs the step in parts of the batch,
-    /// one per core ([`crate::parts`]), and adds their gradients weighted by their share of
-    /// the batch: the same gradient up to rounding. Dropout masks come from one draw of the
-    /// device's generator per step, so seeding the device makes steps reproducible.
+    /// one per core of a 2-core machine ([`crate::parts`]), and adds their gradients weighted
+    /// by their share of the batch: the whole-batch gradient up to rounding, and the same bits
+    /// whatever the number of threads. Dropout masks come from one draw of the device's
+    /// generator per step, so seeding the device makes steps reproducible.
     pub fn grad_step(&self, batch: &Batch<'_>, loss: Loss, grad: &mut [f32]) -> Result<StepStats> {
         check_len("gradient buffer", self.table.num_params(), grad.len())?;
         self.check_batch(batch)?;
@@ -167,9 +168,10 @@ impl Model {
         self.split = split;
     }
 
-    /// How many parts a step on `n` images runs in, on the current thread pool: one per
-    /// thread (at least 4 images each) for a model on the CPU without batch statistics whose
-    /// gradient buffers are small enough to have one per part, else 1.
+    /// How many parts a step on `n` images runs in: two (of at least 4 images each) for a
+    /// model on the CPU without batch statistics whose gradient buffers are small enough to
+    /// have one per part, else 1. Never the number of threads, so the gradient is the same
+    /// wherever the step runs.
     pub fn step_parts(&self, n: usize) -> usize {
         let splits = self.split
             && self.table.num_buffers() == 0
