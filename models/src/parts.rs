@@ -66,11 +66,23 @@ fn pools(parts: usize) -> Option<Vec<Arc<ThreadPool>>> {
 }
 
 /// Runs `f(i, item)` for every item at once, item `i` on pool `i`, and returns the results in
-/// order; `None` when the pools cannot be started (the caller then runs unsplit).
+/// order; `None` when the pools cannot be started (the caller then runs unsplit). Called
+/// from a single-thread pool (a peer given one core, a one-core machine), the items run one
+/// after another on the calling thread instead: the same results, and no more cores than
+/// the caller was given.
 pub(crate) fn run<T: Send, R: Send>(
     items: Vec<T>,
     f: impl Fn(usize, T) -> R + Sync,
 ) -> Option<Vec<R>> {
+    if rayon::current_num_threads() == 1 {
+        return Some(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| f(i, item))
+                .collect(),
+        );
+    }
     let pools = pools(items.len())?;
     Some(
         pools
@@ -122,6 +134,16 @@ mod tests {
         let order: Vec<_> = seen.iter().map(|s| (s.0, s.1)).collect();
         assert_eq!(order, [(0, 'a'), (1, 'b'), (2, 'c')]);
         assert!(seen.iter().all(|s| s.2 == 1), "single-thread pools");
+        // From a single-thread pool: in order on the calling thread.
+        let one = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let (caller, threads) = one.install(|| {
+            let me = std::thread::current().id();
+            (
+                me,
+                run(vec![0, 1], |_, _| std::thread::current().id()).unwrap(),
+            )
+        });
+        assert_eq!(threads, [caller, caller]);
         assert!(seen[0].3 != seen[1].3 && seen[1].3 != seen[2].3 && seen[0].3 != seen[2].3);
     }
 }

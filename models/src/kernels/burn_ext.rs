@@ -16,12 +16,13 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Backend, BackendTensor, Dispatch, DispatchDevice, DispatchTensorKind, Flex, backend_extension,
 };
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
+use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::batch_norm::{self, NormShape};
 use super::conv2d::{self, Needed};
 use super::im2col::ConvGeometry;
 use super::linear::{self, LinearShape};
@@ -64,6 +65,56 @@ pub trait LayerKernels: Backend {
 
     /// 2-D max pooling with PyTorch's semantics and output sizes.
     fn max_pool2d_kernels(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self>;
+
+    /// Batch normalisation of `x` (`[batch, channels, h, w]`) with `stats`, the batch's own
+    /// statistics: differentiated with the statistics as functions of `x`, as in training.
+    fn batch_norm_train_kernels(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: BatchStats,
+    ) -> FloatTensor<Self>;
+}
+
+/// A batch's per-channel statistics and the layer's epsilon, as
+/// [`LayerKernels::batch_norm_train_kernels`] takes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    /// Mean per channel.
+    pub mean: Vec<f32>,
+    /// Biased variance per channel.
+    pub var: Vec<f32>,
+    /// Added to the variance under the square root.
+    pub epsilon: f64,
+}
+
+fn norm_shape(x: &FlexTensor) -> NormShape {
+    let shape = x.layout().shape();
+    assert_eq!(shape.num_dims(), 4, "batch norm input is 4-D");
+    NormShape {
+        batch: shape[0],
+        channels: shape[1],
+        pixels: shape[2] * shape[3],
+    }
+}
+
+fn batch_norm(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    stats: &BatchStats,
+) -> FlexTensor {
+    let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+    let s = norm_shape(&x);
+    let y = batch_norm::forward(
+        s,
+        slice(&x),
+        slice(&gamma),
+        slice(&beta),
+        (&stats.mean, &stats.var),
+        stats.epsilon,
+    );
+    tensor(y, x.layout().shape().clone())
 }
 
 /// The settings of one max pooling, as [`LayerKernels::max_pool2d_kernels`] takes them.
@@ -132,6 +183,48 @@ enum Layer {
     },
 }
 
+/// The backward step of [`LayerKernels::batch_norm_train_kernels`] under autodiff: parents
+/// are the input, gamma and beta.
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl Backward<Flex, 3> for BatchNormBackward {
+    /// The input's and gamma's checkpoints and the statistics.
+    type State = (NodeId, NodeId, BatchStats);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x_state, gamma_state, stats) = ops.state;
+        let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_state));
+        let gamma = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(gamma_state));
+        let s = norm_shape(&x);
+        let (dx, dgamma, dbeta) = batch_norm::backward(
+            s,
+            slice(&x),
+            slice(&gamma),
+            (&stats.mean, &stats.var),
+            stats.epsilon,
+            slice(&dy),
+            node_x.is_some(),
+        );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, x.layout().shape().clone()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(dgamma, [s.channels]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(dbeta, [s.channels]));
+        }
+    }
+}
+
 impl LayerKernels for Flex {
     fn conv2d_kernels(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
         forward(&Layer::Conv2d(options), x, weight, None)
@@ -157,6 +250,15 @@ impl LayerKernels for Flex {
         repeat: usize,
     ) -> FlexTensor {
         forward(&Layer::Linear { repeat }, x, weight, Some(bias))
+    }
+
+    fn batch_norm_train_kernels(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        stats: BatchStats,
+    ) -> FlexTensor {
+        batch_norm(x, gamma, beta, &stats)
     }
 
     fn max_pool2d_kernels(x: FlexTensor, options: PoolOptions) -> FlexTensor {
@@ -232,6 +334,37 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let parents = [x.node(), weight.node(), bias.node()];
         record::<C, 3>(parents, Layer::Linear { repeat }, x, weight, Some(bias))
+    }
+
+    fn batch_norm_train_kernels(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: BatchStats,
+    ) -> FloatTensor<Self> {
+        let parents = [x.node(), gamma.node(), beta.node()];
+        match BatchNormBackward
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let y = batch_norm(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    &stats,
+                );
+                prep.finish((x_state, gamma_state, stats), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(batch_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                &stats,
+            )),
+        }
     }
 
     fn max_pool2d_kernels(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self> {
@@ -436,6 +569,55 @@ pub fn apply_linear_repeated(
         }
         None => <Dispatch as LayerKernels>::linear_kernels(x, w, repeat),
     })
+}
+
+/// Applies `bn` to `x` as `BatchNorm::forward` does: in training on the CPU through
+/// [`LayerKernels`] (statistics per channel on all threads, the running statistics updated
+/// as Burn updates them), otherwise through Burn's own layer.
+pub fn apply_batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let values = match flex_values(&x) {
+        Some(v) if use_kernels(&x) && device.is_autodiff() && bn.training.is_enabled() => v,
+        _ => return bn.forward(x),
+    };
+    let values = contiguous(values);
+    let (mean, var) = batch_norm::stats(norm_shape(&values), slice(&values));
+    let channels = mean.len();
+    let running = |state: &burn::module::RunningState<Tensor<1>>, batch: &[f32]| {
+        let batch = Tensor::<1>::from_data(TensorData::new(batch.to_vec(), [channels]), &device);
+        let updated = state
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - bn.momentum)
+            .add(batch.mul_scalar(bn.momentum));
+        state.update(updated.detach());
+    };
+    running(&bn.running_mean, &mean);
+    running(&bn.running_var, &var);
+    let stats = BatchStats {
+        mean,
+        var,
+        epsilon: bn.epsilon,
+    };
+    Tensor::from_dispatch(<Dispatch as LayerKernels>::batch_norm_train_kernels(
+        x.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        stats,
+    ))
+}
+
+/// The values of a tensor on the CPU backend (tracked or not), without copying them.
+fn flex_values<const D: usize>(tensor: &Tensor<D>) -> Option<FlexTensor> {
+    fn of(kind: DispatchTensorKind) -> Option<FlexTensor> {
+        match kind {
+            DispatchTensorKind::Flex(BackendTensor::Float(t)) => Some(t),
+            DispatchTensorKind::Flex(BackendTensor::Autodiff(t)) => Some(t.primitive().clone()),
+            DispatchTensorKind::Autodiff(inner) => of(*inner),
+            _ => None,
+        }
+    }
+    of(tensor.clone().into_dispatch().kind)
 }
 
 /// Applies `pool` to `x`: through [`LayerKernels`] on the CPU, through Burn's own max
@@ -752,6 +934,54 @@ mod tests {
             } else {
                 close("dweight", as4(w.grad(&g_ours).unwrap()), want);
             }
+        }
+    }
+
+    /// In training, the batch norm kernels give Burn's own layer's output, gradients (input,
+    /// gamma, beta) and running statistics, also on 1x1 images (MobileNet's last layers).
+    #[test]
+    fn batch_norm_matches_burns_layer_in_training() {
+        use burn::nn::BatchNormConfig;
+        let device = Device::flex().autodiff();
+        let normal = Distribution::Normal(0.5, 2.0);
+        for shape in [[4, 3, 5, 7], [3, 6, 1, 1], [1, 2, 4, 4]] {
+            let fresh = || {
+                let mut bn = BatchNormConfig::new(shape[1]).init(&device);
+                let gamma = Tensor::<1>::random([shape[1]], normal, &device);
+                bn.gamma = burn::module::Param::from_tensor(gamma.clone());
+                bn.beta = burn::module::Param::from_tensor(gamma.mul_scalar(-0.5));
+                bn
+            };
+            let (ours_bn, theirs_bn) = (fresh(), fresh());
+            let mut theirs_bn = theirs_bn;
+            theirs_bn.gamma = ours_bn.gamma.clone();
+            theirs_bn.beta = ours_bn.beta.clone();
+            let x = Tensor::<4>::random(shape, normal, &device).require_grad();
+            let ours = apply_batch_norm(&ours_bn, x.clone());
+            let theirs = theirs_bn.forward(x.clone());
+            close("output", ours.clone(), theirs.clone());
+            let weights = Tensor::<4>::random(shape, normal, &device);
+            let g_ours = (ours * weights.clone()).sum().backward();
+            let g_theirs = (theirs * weights).sum().backward();
+            close("dx", x.grad(&g_ours).unwrap(), x.grad(&g_theirs).unwrap());
+            let as4 = |t: Tensor<1>| t.reshape([1, 1, 1, shape[1]]);
+            for (what, p) in [("dgamma", &ours_bn.gamma), ("dbeta", &ours_bn.beta)] {
+                close(
+                    what,
+                    as4(p.val().grad(&g_ours).unwrap()),
+                    as4(p.val().grad(&g_theirs).unwrap()),
+                );
+            }
+            close(
+                "running mean",
+                as4(ours_bn.running_mean.value()),
+                as4(theirs_bn.running_mean.value()),
+            );
+            close(
+                "running var",
+                as4(ours_bn.running_var.value()),
+                as4(theirs_bn.running_var.value()),
+            );
         }
     }
 

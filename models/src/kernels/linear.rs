@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::conv2d::{LayerGrads, Needed};
 use super::gemm::{MatRef, Threads, matmul};
+use super::reduce::sum;
 
 /// The sizes of one fully connected layer applied to a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,17 +116,6 @@ pub fn fold_repeats(weight: &[f32], d_out: usize, repeat: usize) -> Vec<f32> {
             }
         });
     folded
-}
-
-/// The sum of `values` in eight interleaved partial sums: a single running sum is one long
-/// chain of dependent additions (VGG's fold took 150 ms of CPU per step that way).
-fn sum(values: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let mut chunks = values.chunks_exact(8);
-    for chunk in &mut chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(l, v)| *l += v);
-    }
-    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
 /// The adjoint of [`fold_repeats`]: the full weight gradient `dst` (`[d_out, d_in]`), each

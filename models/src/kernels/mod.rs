@@ -9,6 +9,7 @@
 //! products; these kernels make it one product per block of images (`bench/README.md`
 //! records what each step changed).
 
+pub mod batch_norm;
 pub mod burn_ext;
 pub mod conv2d;
 mod depthwise;
@@ -16,6 +17,7 @@ pub mod gemm;
 pub mod im2col;
 pub mod linear;
 pub mod pool;
+mod reduce;
 #[cfg(test)]
 mod reference;
 pub mod sink;

@@ -1,4 +1,4 @@
-use crate::kernels::burn_ext::apply_conv2d;
+use crate::kernels::burn_ext::{apply_batch_norm, apply_conv2d};
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, BatchNormConfig};
@@ -52,6 +52,6 @@ impl ConvNormAct {
     /// conv -> bn -> activation.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.activation
-            .apply(self.bn.forward(apply_conv2d(&self.conv, x)))
+            .apply(apply_batch_norm(&self.bn, apply_conv2d(&self.conv, x)))
     }
 }
