@@ -498,8 +498,9 @@ impl<const N: usize> Backward<Flex, N> for LayerBackward {
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Switches [`apply_conv2d`], [`apply_linear`] and [`apply_max_pool2d`] between our kernels (the default) and
-/// Burn's own operations for the whole process: benchmarks time both in one run to show what the kernels change.
+/// Switches [`apply_conv2d`], [`apply_linear`], [`apply_max_pool2d`] and [`apply_batch_norm`]
+/// between our kernels (the default) and Burn's own operations for the whole process:
+/// benchmarks time both in one run to show what the kernels change.
 pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }

@@ -1,8 +1,8 @@
 //! Our CPU kernels for the operations that dominate a gradient step, wired into Burn as a
 //! backend extension ([`burn_ext`]) so the models stay Burn modules: convolution forward and
-//! backward as blocked `im2col` + GEMM, depthwise convolution by direct loops, and fully
-//! connected layers as products that write the weight gradient in the weight's layout, and
-//! max pooling.
+//! backward as blocked `im2col` + GEMM (without the kernel taps that only read padding),
+//! depthwise convolution by direct loops, fully connected layers as products that write the
+//! weight gradient in the weight's layout, max pooling, and batch normalisation in training.
 //!
 //! Burn's `flex` backend computes a convolution's weight gradient as another convolution
 //! with the batch and channel axes swapped, which turns into thousands of single-column
