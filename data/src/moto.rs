@@ -253,26 +253,19 @@ impl MotoServer {
             stream.read_to_end(&mut response)?;
             Ok(response)
         };
+        let timed_out = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            )
+        };
         let mut tried = 0;
         let response = loop {
             tried += 1;
             match exchange() {
                 Ok(response) => break response,
-                Err(e)
-                    if tried < attempts
-                        && matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                {
-                    continue;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if timed_out(&e) && tried < attempts => continue,
+                Err(e) if timed_out(&e) => {
                     return Err(fail(format!(
                         "no answer within {REQUEST_TIMEOUT:?} ({tried} attempts)"
                     )));

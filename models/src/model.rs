@@ -242,7 +242,8 @@ impl Model {
     /// The step on one whole batch (or one part of it): forward, loss, backward, gradients
     /// into `grad`.
     fn part_step(&self, batch: &Batch<'_>, loss: Loss, grad: &mut [f32]) -> Result<StepStats> {
-        let (images, labels) = self.tensors(batch)?;
+        // `grad_step` checked the whole batch; its parts are slices of it.
+        let (images, labels) = self.tensors(batch);
         let output = loss.head(self.net.forward(images));
         let stats_output = output.clone().detach();
         let value = loss.forward(output, labels.clone());
@@ -271,8 +272,9 @@ impl Model {
 
     /// Loss and accuracy in evaluation mode (running statistics, no dropout, no autodiff).
     pub fn evaluate(&self, batch: &Batch<'_>, loss: Loss) -> Result<StepStats> {
+        self.check_batch(batch)?;
         let net = self.net.valid();
-        let (images, labels) = self.tensors(batch)?;
+        let (images, labels) = self.tensors(batch);
         let images = images.without_autodiff();
         let labels = labels.without_autodiff();
         let output = loss.head(net.forward(images));
@@ -282,12 +284,14 @@ impl Model {
 
     /// Evaluation-mode outputs (logits, or log-probabilities for NLL) as `[batch * classes]`.
     pub fn predict(&self, batch: &Batch<'_>) -> Result<Vec<f32>> {
+        self.check_batch(batch)?;
         let net = self.net.valid();
-        let (images, _) = self.tensors(batch)?;
+        let (images, _) = self.tensors(batch);
         let output = net.forward(images.without_autodiff());
         to_vec(output)
     }
 
+    /// Why `batch` does not fit this model, if it does not.
     fn check_batch(&self, batch: &Batch<'_>) -> Result<()> {
         let [n, c, h, w] = batch.shape;
         let min = self.spec.arch.min_input_size();
@@ -325,8 +329,9 @@ impl Model {
         }
     }
 
-    fn tensors(&self, batch: &Batch<'_>) -> Result<(Tensor<4>, Tensor<1, Int>)> {
-        self.check_batch(batch)?;
+    /// The batch as tensors on the model's device; the caller has checked it
+    /// ([`Model::check_batch`]).
+    fn tensors(&self, batch: &Batch<'_>) -> (Tensor<4>, Tensor<1, Int>) {
         let n = batch.shape[0];
         let images = Tensor::<4>::from_data(
             TensorData::new(batch.images.to_vec(), batch.shape),
@@ -334,7 +339,7 @@ impl Model {
         );
         let labels =
             Tensor::<1, Int>::from_data(TensorData::new(batch.labels.to_vec(), [n]), &self.device);
-        Ok((images, labels))
+        (images, labels)
     }
 }
 

@@ -343,6 +343,12 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
         stats: BatchStats,
     ) -> FloatTensor<Self> {
         let parents = [x.node(), gamma.node(), beta.node()];
+        let y = batch_norm(
+            x.primitive().clone(),
+            gamma.primitive().clone(),
+            beta.into_primitive(),
+            &stats,
+        );
         match BatchNormBackward
             .prepare::<C>(parents)
             .compute_bound()
@@ -350,20 +356,9 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(mut prep) => {
                 let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let y = batch_norm(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    &stats,
-                );
                 prep.finish((x_state, gamma_state, stats), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(batch_norm(
-                x.into_primitive(),
-                gamma.into_primitive(),
-                beta.into_primitive(),
-                &stats,
-            )),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 
@@ -392,6 +387,12 @@ fn record<C: CheckpointStrategy, const N: usize>(
     weight: FloatTensor<Autodiff<Flex, C>>,
     bias: Option<FloatTensor<Autodiff<Flex, C>>>,
 ) -> FloatTensor<Autodiff<Flex, C>> {
+    let output = forward(
+        &layer,
+        x.primitive().clone(),
+        weight.primitive().clone(),
+        bias.map(|b| b.into_primitive()),
+    );
     match LayerBackward
         .prepare::<C>(parents)
         .compute_bound()
@@ -399,20 +400,9 @@ fn record<C: CheckpointStrategy, const N: usize>(
     {
         OpsKind::Tracked(mut prep) => {
             let (x_state, weight_state) = (prep.checkpoint(&x), prep.checkpoint(&weight));
-            let output = forward(
-                &layer,
-                x.into_primitive(),
-                weight.into_primitive(),
-                bias.map(|b| b.into_primitive()),
-            );
             prep.finish((x_state, weight_state, layer), output)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward(
-            &layer,
-            x.into_primitive(),
-            weight.into_primitive(),
-            bias.map(|b| b.into_primitive()),
-        )),
+        OpsKind::UnTracked(prep) => prep.finish(output),
     }
 }
 
@@ -670,19 +660,9 @@ pub fn is_cpu(device: &Device) -> bool {
 /// parameter and for the copies of it that the autodiff graph keeps: the key of a gradient
 /// sink ([`super::sink`]). `None` for tensors elsewhere.
 pub fn param_storage_key<const D: usize>(tensor: &Tensor<D>) -> Option<usize> {
-    fn key_of(kind: DispatchTensorKind) -> Option<usize> {
-        match kind {
-            DispatchTensorKind::Flex(BackendTensor::Float(t)) => flex_key(&t),
-            DispatchTensorKind::Flex(BackendTensor::Autodiff(t)) => flex_key(t.primitive()),
-            DispatchTensorKind::Autodiff(inner) => key_of(*inner),
-            _ => None,
-        }
-    }
-    key_of(tensor.clone().into_dispatch().kind)
-}
-
-fn flex_key(t: &FlexTensor) -> Option<usize> {
-    t.as_slice::<f32>().map(|v| v.as_ptr() as usize)
+    flex_values(tensor)?
+        .as_slice::<f32>()
+        .map(|v| v.as_ptr() as usize)
 }
 
 fn storage_key(t: &FlexTensor) -> usize {
