@@ -143,11 +143,12 @@ impl Model {
     /// loss, backward, and the flat gradient written into `grad` (length
     /// [`Model::num_params`], in [`ParamTable`] order).
     ///
-    /// On the CPU, a model without batch normalisation runs the step in parts of the batch,
-    /// one per core of a 2-core machine ([`crate::parts`]), and adds their gradients weighted
-    /// by their share of the batch: the whole-batch gradient up to rounding, and the same bits
-    /// whatever the number of threads. Dropout masks come from one draw of the device's
-    /// generator per step, so seeding the device makes steps reproducible.
+    /// On the CPU, the step runs in parts of the batch, one per core of a 2-core machine
+    /// ([`crate::parts`]; batch normalisation still takes the whole batch's statistics), and
+    /// adds their gradients weighted by their share of the batch: the whole-batch gradient
+    /// up to rounding, and the same bits whatever the number of threads. Dropout masks come
+    /// from one draw of the device's generator per step (a part draws the rows the uncut
+    /// batch would), so seeding the device makes steps reproducible.
     pub fn grad_step(&self, batch: &Batch<'_>, loss: Loss, grad: &mut [f32]) -> Result<StepStats> {
         check_len("gradient buffer", self.table.num_params(), grad.len())?;
         self.check_batch(batch)?;
@@ -159,7 +160,7 @@ impl Model {
         {
             return stats;
         }
-        dropout::with_masks(seed, || self.part_step(batch, loss, grad))
+        dropout::with_masks(seed, 0, || self.part_step(&self.net, batch, loss, grad))
     }
 
     /// Lets gradient steps run in parts of the batch (the default) or not: for tests and
@@ -169,12 +170,13 @@ impl Model {
     }
 
     /// How many parts a step on `n` images runs in: two (of at least 4 images each) for a
-    /// model on the CPU without batch statistics whose gradient buffers are small enough to
-    /// have one per part, else 1. Never the number of threads, so the gradient is the same
-    /// wherever the step runs.
+    /// model on the CPU whose gradient buffers are small enough to have one per part, else
+    /// 1. Never the number of threads, so the gradient is the same wherever the step runs.
+    /// With our kernels switched off ([`burn_ext::set_enabled`]), models with batch
+    /// normalisation run whole: Burn's own layer cannot pool statistics across parts.
     pub fn step_parts(&self, n: usize) -> usize {
         let splits = self.split
-            && self.table.num_buffers() == 0
+            && (self.table.num_buffers() == 0 || burn_ext::enabled())
             && self.table.num_params() <= parts::MAX_PARAMS
             && burn_ext::is_cpu(&self.device);
         if splits { parts::count(n) } else { 1 }
@@ -209,20 +211,27 @@ impl Model {
             std::mem::take(&mut *self.part_grads.lock().unwrap_or_else(|e| e.into_inner()));
         buffers.resize_with(parts - 1, Vec::new);
         buffers.iter_mut().for_each(|b| b.resize(grad.len(), 0.0));
-        let outputs: Vec<&mut [f32]> = std::iter::once(&mut grad[..])
+        // Each part with leaves of its own, so that its graph is not merged with the others'.
+        let outputs: Vec<(&mut [f32], Net)> = std::iter::once(&mut grad[..])
             .chain(buffers.iter_mut().map(|b| &mut b[..]))
+            .map(|target| (target, params::own_leaves(&self.net)))
             .collect();
         let image = c * h * w;
-        let results = parts::run(outputs, |i, target| {
+        let sizes = ranges.iter().map(|r| r.len()).collect();
+        // The first part updates the running statistics, on a thread of its own: fold in
+        // updates other threads left pending before, and its own after.
+        self.sync_running_stats();
+        let results = parts::run(outputs, sizes, |part, (target, net)| {
+            let i = part.index();
             let r = ranges[i].clone();
-            let part = Batch {
+            let piece = Batch {
                 images: &batch.images[r.start * image..r.end * image],
                 labels: &batch.labels[r.clone()],
                 shape: [r.len(), c, h, w],
             };
-            let seed = seed.wrapping_add(i as u64);
-            dropout::with_masks(seed, || self.part_step(&part, loss, target))
+            dropout::with_masks(seed, r.start, || self.part_step(&net, &piece, loss, target))
         })?;
+        self.sync_running_stats();
         let weights: Vec<f32> = ranges.iter().map(|r| r.len() as f32 / n as f32).collect();
         let stats = results
             .into_iter()
@@ -239,16 +248,22 @@ impl Model {
         Some(stats)
     }
 
-    /// The step on one whole batch (or one part of it): forward, loss, backward, gradients
-    /// into `grad`.
-    fn part_step(&self, batch: &Batch<'_>, loss: Loss, grad: &mut [f32]) -> Result<StepStats> {
+    /// The step of `net` (this model's network, or a copy of it) on one whole batch (or one
+    /// part of it): forward, loss, backward, gradients into `grad`.
+    fn part_step(
+        &self,
+        net: &Net,
+        batch: &Batch<'_>,
+        loss: Loss,
+        grad: &mut [f32],
+    ) -> Result<StepStats> {
         // `grad_step` checked the whole batch; its parts are slices of it.
         let (images, labels) = self.tensors(batch);
-        let output = loss.head(self.net.forward(images));
+        let output = loss.head(net.forward(images));
         let stats_output = output.clone().detach();
         let value = loss.forward(output, labels.clone());
         // Weight gradients computed by our kernels land in `grad` directly (kernels::sink).
-        let keys = params::sink_keys(&self.net, &self.table);
+        let keys = params::sink_keys(net, &self.table);
         let mut targets = Vec::with_capacity(keys.len());
         let mut rest = &mut grad[..];
         let mut at = 0;
@@ -266,7 +281,7 @@ impl Model {
             .zip(written)
             .filter_map(|(&(index, _), w)| w.then_some(index))
             .collect();
-        params::read_grads(&self.net, &self.table, &grads, grad, &sunk)?;
+        params::read_grads(net, &self.table, &grads, grad, &sunk)?;
         stats(stats_output, labels, value.detach(), batch.shape[0])
     }
 

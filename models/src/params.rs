@@ -317,6 +317,27 @@ pub(crate) fn read_grads(
     reader.result
 }
 
+/// A copy of `net` whose trainable tensors are new autodiff leaves over the same values (and
+/// whose running statistics are shared). Burn merges the graphs of computations that share
+/// a leaf and runs a merged graph's backward pass under one lock: parts of a step that run
+/// at once and meet inside their backward passes ([`crate::parts`]) need graphs of their own.
+pub(crate) fn own_leaves(net: &Net) -> Net {
+    struct Leaves;
+    impl ModuleMapper for Leaves {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            // `detach` keeps the tensor tracked, as a new leaf.
+            let tensor = if tensor.is_require_grad() {
+                tensor.detach()
+            } else {
+                tensor
+            };
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    net.clone().map(&mut Leaves)
+}
+
 /// Replaces the tensors of `net` with values from the flat vectors; `None` leaves that kind
 /// unchanged. Lengths must already have been checked against the table.
 pub(crate) fn write_flat(

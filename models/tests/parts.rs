@@ -1,6 +1,6 @@
 //! Gradient steps run in parts of the batch, one per thread (`peerless_models::Model::grad_step`):
-//! the same gradient as the whole batch, reproducible with dropout, and never for models with
-//! batch normalisation.
+//! the same gradient as the whole batch, with batch normalisation and dropout, reproducible,
+//! and safe when several threads step at once.
 
 mod common;
 
@@ -103,24 +103,115 @@ fn split_steps_with_dropout_are_reproducible_from_the_device_seed() {
     assert_ne!(first, seeded(6), "another seed draws other dropout masks");
 }
 
+/// Batch normalisation pools its statistics over the parts and dropout draws the rows the
+/// whole batch would: a split step gives the whole batch's loss, gradient and running
+/// statistics, up to rounding.
 #[test]
-fn models_with_batch_norm_run_whole_batches() {
+fn split_steps_match_whole_steps_with_batch_norm_and_dropout() {
     let _turn = serial();
-    // With batch statistics, a split step would change the gradient itself: MobileNetV3's
-    // step must not depend on whether splitting is allowed.
-    let mut m = model(Architecture::MobileNetV3Small, 6);
-    assert_eq!(m.step_parts(64), 1);
-    let (images, labels, shape) = random_batch(m.spec(), 8, 16, 3);
+    for arch in [Architecture::MobileNetV3Small, Architecture::SqueezeNet1_1] {
+        let mut m = model(arch, 6);
+        // 13 images: parts of 7 and 6.
+        let (images, labels, shape) = random_batch(m.spec(), 13, 17, 3);
+        let batch = Batch {
+            images: &images,
+            labels: &labels,
+            shape,
+        };
+        assert_eq!(m.step_parts(13), 2, "{arch}");
+        let seeded = |m: &mut Model, split: bool| {
+            m.set_split(split);
+            let before = m.buffers().unwrap();
+            m.device().seed(9);
+            let (stats, grad) = step(m, &batch, 2);
+            let after = m.buffers().unwrap();
+            m.set_buffers(&before).unwrap();
+            (stats, grad, after)
+        };
+        let (parts, split, split_buffers) = seeded(&mut m, true);
+        let (whole, want, want_buffers) = seeded(&mut m, false);
+        assert!(
+            (parts.loss - whole.loss).abs() <= 1e-5 * whole.loss.abs().max(1.0),
+            "{arch}: loss {} in parts, {} whole",
+            parts.loss,
+            whole.loss
+        );
+        assert_eq!(parts.correct, whole.correct, "{arch}");
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0);
+        for (i, (a, b)) in split.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * scale,
+                "{arch}: gradient[{i}]: {a} in parts, {b} whole (scale {scale})"
+            );
+        }
+        assert_eq!(split_buffers.len(), want_buffers.len());
+        for (i, (a, b)) in split_buffers.iter().zip(&want_buffers).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{arch}: running statistic {i}: {a} in parts, {b} whole"
+            );
+        }
+        if arch == Architecture::MobileNetV3Small {
+            assert_ne!(split_buffers, m.buffers().unwrap(), "the step updated them");
+        }
+    }
+}
+
+/// With batch normalisation too, a split step's bits do not depend on the threads: on one
+/// thread the parts take turns and meet all the same.
+#[test]
+fn batch_norm_steps_give_the_same_bits_on_any_number_of_threads() {
+    let _turn = serial();
+    let m = model(Architecture::MobileNetV3Small, 2);
+    let (images, labels, shape) = random_batch(m.spec(), 8, 16, 5);
     let batch = Batch {
         images: &images,
         labels: &labels,
         shape,
     };
-    let seeded = |m: &Model| {
-        m.device().seed(9);
-        step(m, &batch, 2).1
+    let seeded = |threads| {
+        m.device().seed(4);
+        step(&m, &batch, threads).1
     };
-    let allowed = seeded(&m);
-    m.set_split(false);
-    assert_eq!(allowed, seeded(&m));
+    let one = seeded(1);
+    assert_eq!(one, seeded(2));
+    assert_eq!(one, seeded(3));
+}
+
+/// Steps running at once on other threads (peers and functions in one process) each get
+/// parts of their own: none waits for ever on another's, and each gets the gradient it
+/// would get alone.
+#[test]
+fn steps_on_several_threads_at_once_split_independently() {
+    let _turn = serial();
+    let mut m = model(Architecture::MobileNetV3Small, 3);
+    let (images, labels, shape) = random_batch(m.spec(), 8, 16, 20);
+    let batch = Batch {
+        images: &images,
+        labels: &labels,
+        shape,
+    };
+    let weights = m.params().unwrap();
+    // Three steps one after another, each with the next draw of the device generator (its
+    // dropout masks)...
+    m.device().seed(1);
+    let alone: Vec<Vec<f32>> = (0..3).map(|_| step(&m, &batch, 2).1).collect();
+    assert!(alone[0] != alone[1] && alone[1] != alone[2]);
+    for _ in 0..2 {
+        // ...and at once, right after new weights (fresh leaves: Burn would merge the
+        // graphs of parts that shared them).
+        m.set_params(&weights).unwrap();
+        m.device().seed(1);
+        let together: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3).map(|_| s.spawn(|| step(&m, &batch, 2).1)).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // The threads drew in some order: the same three gradients.
+        for (i, grad) in together.iter().enumerate() {
+            let matched = alone.iter().filter(|a| *a == grad).count();
+            assert_eq!(matched, 1, "thread {i}'s gradient is one of the three");
+        }
+        assert!(together[0] != together[1] && together[1] != together[2]);
+    }
 }

@@ -73,51 +73,81 @@ pub fn forward(
     y
 }
 
-/// The gradients of [`forward`] with the statistics taken from the batch itself:
-/// `(dx, dgamma, dbeta)`, the input's when `want_x`.
-pub fn backward(
+/// Gamma's and beta's gradients, `(sum(dy * xhat), sum(dy))` per channel: also the two sums
+/// the input's gradient needs.
+pub fn param_grads(
+    s: NormShape,
+    x: &[f32],
+    (mean, var): (&[f32], &[f32]),
+    epsilon: f64,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(dy.len(), s.len(), "output gradient size");
+    (0..s.channels)
+        .into_par_iter()
+        .map(|c| {
+            let istd = inv_std(var[c], epsilon);
+            let (dot, total) = s
+                .planes(dy, c)
+                .zip(s.planes(x, c))
+                .map(|(g, x)| {
+                    let dot = g.iter().zip(x).map(|(g, x)| g * (x - mean[c])).sum::<f32>();
+                    (dot, sum(g))
+                })
+                .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            (dot * istd, total)
+        })
+        .unzip()
+}
+
+/// The input's gradient, given per channel the sums of `dy` and `dy * xhat` over the
+/// `count` values the statistics were taken from (this batch's, or a whole batch's of which
+/// this is a part, [`crate::parts`]).
+#[allow(clippy::too_many_arguments)]
+pub fn input_grad(
     s: NormShape,
     x: &[f32],
     gamma: &[f32],
     (mean, var): (&[f32], &[f32]),
     epsilon: f64,
     dy: &[f32],
-    want_x: bool,
-) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
-    assert_eq!(dy.len(), s.len(), "output gradient size");
-    // Per channel: sum(dy) (beta's gradient) and sum(dy * xhat) (gamma's).
-    let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = (0..s.channels)
-        .into_par_iter()
-        .map(|c| {
+    (sum_dy, sum_dy_xhat): (&[f32], &[f32]),
+    count: usize,
+) -> Vec<f32> {
+    let count = count as f32;
+    let mut dx = vec![0.0; x.len()];
+    dx.par_chunks_mut(s.pixels)
+        .zip(x.par_chunks(s.pixels).zip(dy.par_chunks(s.pixels)))
+        .enumerate()
+        .for_each(|(plane, (dx, (x, dy)))| {
+            let c = plane % s.channels;
             let istd = inv_std(var[c], epsilon);
-            s.planes(dy, c)
-                .zip(s.planes(x, c))
-                .map(|(g, x)| {
-                    let dot = g.iter().zip(x).map(|(g, x)| g * (x - mean[c])).sum::<f32>();
-                    (sum(g), dot * istd)
-                })
-                .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+            let (mean_dy, mean_dy_xhat) = (sum_dy[c] / count, sum_dy_xhat[c] / count);
+            let scale = gamma[c] * istd;
+            for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
+                let xhat = (x - mean[c]) * istd;
+                *dx = scale * (dy - mean_dy - xhat * mean_dy_xhat);
+            }
+        });
+    dx
+}
+
+/// The mean and biased variance of a whole batch from its parts': `parts[i]` is part `i`'s
+/// image count, means and variances (per channel, each over the same values per image).
+pub fn pooled_stats(parts: &[(usize, &[f32], &[f32])]) -> (Vec<f32>, Vec<f32>) {
+    let total = parts.iter().map(|p| p.0).sum::<usize>() as f32;
+    let channels = parts.first().map_or(0, |p| p.1.len());
+    (0..channels)
+        .map(|c| {
+            let mean = parts.iter().map(|p| p.0 as f32 * p.1[c]).sum::<f32>() / total;
+            let var = parts
+                .iter()
+                .map(|p| p.0 as f32 * (p.2[c] + (p.1[c] - mean) * (p.1[c] - mean)))
+                .sum::<f32>()
+                / total;
+            (mean, var)
         })
-        .unzip();
-    let dx = want_x.then(|| {
-        let count = (s.batch * s.pixels) as f32;
-        let mut dx = vec![0.0; x.len()];
-        dx.par_chunks_mut(s.pixels)
-            .zip(x.par_chunks(s.pixels).zip(dy.par_chunks(s.pixels)))
-            .enumerate()
-            .for_each(|(plane, (dx, (x, dy)))| {
-                let c = plane % s.channels;
-                let istd = inv_std(var[c], epsilon);
-                let (mean_dy, mean_dy_xhat) = (dbeta[c] / count, dgamma[c] / count);
-                let scale = gamma[c] * istd;
-                for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
-                    let xhat = (x - mean[c]) * istd;
-                    *dx = scale * (dy - mean_dy - xhat * mean_dy_xhat);
-                }
-            });
-        dx
-    });
-    (dx, dgamma, dbeta)
+        .unzip()
 }
 
 fn inv_std(var: f32, epsilon: f64) -> f32 {
@@ -127,6 +157,56 @@ fn inv_std(var: f32, epsilon: f64) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gradients of [`forward`] with the statistics taken from the batch itself:
+    /// `(dx, dgamma, dbeta)`, the input's when `want_x`.
+    fn backward(
+        s: NormShape,
+        x: &[f32],
+        gamma: &[f32],
+        stats: (&[f32], &[f32]),
+        epsilon: f64,
+        dy: &[f32],
+        want_x: bool,
+    ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+        let (dgamma, dbeta) = param_grads(s, x, stats, epsilon, dy);
+        let count = s.batch * s.pixels;
+        let dx =
+            want_x.then(|| input_grad(s, x, gamma, stats, epsilon, dy, (&dbeta, &dgamma), count));
+        (dx, dgamma, dbeta)
+    }
+
+    /// The statistics pooled from parts are those of the whole batch.
+    #[test]
+    fn pooled_statistics_are_the_whole_batch_statistics() {
+        let shape = |batch| NormShape {
+            batch,
+            channels: 3,
+            pixels: 4,
+        };
+        let x: Vec<f32> = (0..5 * 12)
+            .map(|i| (i as f32 * 0.61).cos() * 3.0 + 1.0)
+            .collect();
+        let (head, tail) = x.split_at(3 * 12);
+        let (m1, v1) = stats(shape(3), head);
+        let (m2, v2) = stats(shape(2), tail);
+        let (mean, var) = pooled_stats(&[(3, &m1, &v1), (2, &m2, &v2)]);
+        let (want_mean, want_var) = stats(shape(5), &x);
+        for c in 0..3 {
+            assert!(
+                (mean[c] - want_mean[c]).abs() < 1e-5,
+                "{mean:?} vs {want_mean:?}"
+            );
+            assert!(
+                (var[c] - want_var[c]).abs() < 1e-5,
+                "{var:?} vs {want_var:?}"
+            );
+        }
+        assert!(
+            m1 != want_mean && v2 != want_var,
+            "the parts differ from the whole"
+        );
+    }
 
     /// Forward and backward against the definition, with the gradient checked by central
     /// differences of `sum(y * w)`.

@@ -28,6 +28,7 @@ use super::im2col::ConvGeometry;
 use super::linear::{self, LinearShape};
 use super::pool::{self, PoolGeometry};
 use super::sink;
+use crate::parts::{self, Part};
 
 /// The layers computed by our kernels instead of the backend's own operations.
 #[backend_extension(Flex, Autodiff)]
@@ -189,8 +190,9 @@ enum Layer {
 struct BatchNormBackward;
 
 impl Backward<Flex, 3> for BatchNormBackward {
-    /// The input's and gamma's checkpoints and the statistics.
-    type State = (NodeId, NodeId, BatchStats);
+    /// The input's and gamma's checkpoints, the statistics, and the part of a split step
+    /// the layer ran in ([`crate::parts`]).
+    type State = (NodeId, NodeId, BatchStats, Option<Part>);
 
     fn backward(
         self,
@@ -200,20 +202,28 @@ impl Backward<Flex, 3> for BatchNormBackward {
     ) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let dy = contiguous(grads.consume::<Flex>(&ops.node));
-        let (x_state, gamma_state, stats) = ops.state;
+        let (x_state, gamma_state, stats, part) = ops.state;
         let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_state));
         let gamma = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(gamma_state));
         let s = norm_shape(&x);
-        let (dx, dgamma, dbeta) = batch_norm::backward(
-            s,
-            slice(&x),
-            slice(&gamma),
-            (&stats.mean, &stats.var),
-            stats.epsilon,
-            slice(&dy),
-            node_x.is_some(),
-        );
-        if let (Some(node), Some(dx)) = (node_x, dx) {
+        let moments = (&stats.mean[..], &stats.var[..]);
+        let (dgamma, dbeta) =
+            batch_norm::param_grads(s, slice(&x), moments, stats.epsilon, slice(&dy));
+        let (sums, count) = match &part {
+            Some(part) => whole_batch_sums(part, s, &dgamma, &dbeta),
+            None => ([dbeta.clone(), dgamma.clone()], s.batch * s.pixels),
+        };
+        if let Some(node) = node_x {
+            let dx = batch_norm::input_grad(
+                s,
+                slice(&x),
+                slice(&gamma),
+                moments,
+                stats.epsilon,
+                slice(&dy),
+                (&sums[0], &sums[1]),
+                count,
+            );
             grads.register::<Flex>(node.id, tensor(dx, x.layout().shape().clone()));
         }
         if let Some(node) = node_gamma {
@@ -356,7 +366,7 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(mut prep) => {
                 let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                prep.finish((x_state, gamma_state, stats), y)
+                prep.finish((x_state, gamma_state, stats, parts::current()), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
@@ -495,6 +505,11 @@ pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
+/// Whether our kernels are switched on ([`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Applies `conv` to `x`: through [`LayerKernels`] on the CPU (`flex`, with or without
 /// autodiff), through Burn's own convolution elsewhere.
 pub fn apply_conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -572,7 +587,15 @@ pub fn apply_batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         _ => return bn.forward(x),
     };
     let values = contiguous(values);
-    let (mean, var) = batch_norm::stats(norm_shape(&values), slice(&values));
+    let shape = norm_shape(&values);
+    let (mean, var) = batch_norm::stats(shape, slice(&values));
+    // In a split step, the statistics of the whole batch; its first part updates the
+    // running statistics for all.
+    let part = parts::current();
+    let (mean, var) = match &part {
+        Some(part) => whole_batch_stats(part, shape, mean, var),
+        None => (mean, var),
+    };
     let channels = mean.len();
     let running = |state: &burn::module::RunningState<Tensor<1>>, batch: &[f32]| {
         let batch = Tensor::<1>::from_data(TensorData::new(batch.to_vec(), [channels]), &device);
@@ -583,8 +606,10 @@ pub fn apply_batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
             .add(batch.mul_scalar(bn.momentum));
         state.update(updated.detach());
     };
-    running(&bn.running_mean, &mean);
-    running(&bn.running_var, &var);
+    if part.is_none_or(|p| p.index() == 0) {
+        running(&bn.running_mean, &mean);
+        running(&bn.running_var, &var);
+    }
     let stats = BatchStats {
         mean,
         var,
@@ -596,6 +621,52 @@ pub fn apply_batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         bn.beta.val().into_dispatch(),
         stats,
     ))
+}
+
+/// What the parts of a step share at a batch normalisation: its sizes and direction, the
+/// same in every part when they are in step.
+fn share_tag(s: NormShape, backward: bool) -> u64 {
+    ((s.pixels as u64) << 33) | ((s.channels as u64) << 1) | u64::from(backward)
+}
+
+/// The whole batch's mean and variance per channel, pooled from every part's.
+fn whole_batch_stats(
+    part: &Part,
+    s: NormShape,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+) -> (Vec<f32>, Vec<f32>) {
+    let c = s.channels;
+    let all = part.share(share_tag(s, false), [mean, var].concat());
+    let views: Vec<_> = all
+        .iter()
+        .zip(part.sizes())
+        .map(|(v, &n)| (n, &v[..c], &v[c..]))
+        .collect();
+    batch_norm::pooled_stats(&views)
+}
+
+/// The sums of `dy` and `dy * xhat` per channel over the whole batch, on this part's scale,
+/// and the number of values they are over. Each part's loss is the mean over its own images
+/// and its gradient counts with its share of the batch, so part `q`'s sums weigh
+/// `size(q) / size(this part)` here.
+fn whole_batch_sums(
+    part: &Part,
+    s: NormShape,
+    dgamma: &[f32],
+    dbeta: &[f32],
+) -> ([Vec<f32>; 2], usize) {
+    let c = s.channels;
+    let all = part.share(share_tag(s, true), [dbeta, dgamma].concat());
+    let sizes = part.sizes();
+    let mine = sizes[part.index()] as f32;
+    let mut total = vec![0.0f32; 2 * c];
+    for (values, &n) in all.iter().zip(sizes) {
+        let w = n as f32 / mine;
+        total.iter_mut().zip(values).for_each(|(t, v)| *t += w * v);
+    }
+    let sum_dy_xhat = total.split_off(c);
+    ([total, sum_dy_xhat], sizes.iter().sum::<usize>() * s.pixels)
 }
 
 /// The values of a tensor on the CPU backend (tracked or not), without copying them.
@@ -645,7 +716,7 @@ fn explicit_padding(padding: &PaddingConfig2d) -> Option<[[usize; 2]; 2]> {
 
 /// Whether `x` goes through our kernels: `f32` on the CPU backend, unless switched off.
 fn use_kernels<const D: usize>(x: &Tensor<D>) -> bool {
-    is_cpu(&x.device()) && x.dtype() == DType::F32 && ENABLED.load(Ordering::Relaxed)
+    is_cpu(&x.device()) && x.dtype() == DType::F32 && enabled()
 }
 
 /// Whether `device` is the CPU (Burn's `flex` backend, with or without autodiff).
