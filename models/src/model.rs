@@ -171,8 +171,8 @@ impl Model {
 
     /// How many parts a step on `n` images runs in: two (of at least 4 images each) for a
     /// model on the CPU whose gradient buffers are small enough to have one per part, else
-    /// 1. Never the number of threads, so the gradient is the same wherever the step runs.
-    /// With our kernels switched off ([`burn_ext::set_enabled`]), models with batch
+    /// one. Never the number of threads, so the gradient is the same wherever the step
+    /// runs. With our kernels switched off ([`burn_ext::set_enabled`]), models with batch
     /// normalisation run whole: Burn's own layer cannot pool statistics across parts.
     pub fn step_parts(&self, n: usize) -> usize {
         let splits = self.split
