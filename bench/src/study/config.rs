@@ -173,7 +173,7 @@ pub struct ProjectionConfig {
     #[serde(default = "default_concurrency_limit")]
     pub lambda_concurrency_limit: u32,
     /// vCPUs one gradient step can use: more Lambda memory buys CPU up to this many
-    /// vCPUs (a step runs in at most two parts and kept 1.3-2.0 of 2 cores busy in
+    /// vCPUs (a step runs in at most two parts and kept 1.7-1.9 of 2 cores busy in
     /// bench/README.md), at most 6.
     #[serde(default = "default_useful_vcpus")]
     pub max_useful_vcpus: f64,

@@ -759,7 +759,7 @@ pub fn assumptions() -> Vec<String> {
         "Functions: a call takes the warm calls' mean call overhead (wall_ms - handler_ms) \
          plus their mean handler times; only the compute part scales with memory, by vCPUs = \
          min(memory_mb / 1769, 6, projection.max_useful_vcpus) (AWS: 1,769 MB buys one vCPU, \
-         10,240 MB six; a gradient step splits into at most two parts and kept 1.3-2.0 \
+         10,240 MB six; a gradient step splits into at most two parts and kept 1.7-1.9 \
          cores busy, hence the default cap of 2)."
             .into(),
         "The measured function timings stand for the memory size the invocations recorded, \
