@@ -80,6 +80,7 @@ fn take_pools(parts: usize) -> Option<Vec<Arc<ThreadPool>>> {
     Some(taken)
 }
 
+/// Returns a step's pools for later steps.
 fn give_back(pools: Vec<Arc<ThreadPool>>) {
     IDLE.lock().unwrap_or_else(|e| e.into_inner()).extend(pools);
 }
