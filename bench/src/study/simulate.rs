@@ -53,8 +53,9 @@ pub struct FunctionCalibration {
     pub memory_mb: u32,
     /// Mean of `wall_ms - handler_ms` of warm calls, seconds: invocation and network.
     pub call_overhead_s: f64,
-    /// Standard deviation of warm calls' `wall_ms`, seconds: the spread that makes a wave
-    /// wait for its slowest call and a round for its slowest peer.
+    /// Standard deviation of warm calls' `wall_ms` within a round (pooled over rounds),
+    /// seconds: the spread that makes a wave wait for its slowest call and a round for its
+    /// slowest peer.
     pub call_sd_s: f64,
     /// Mean handler timings of warm calls, seconds (`load_weights` averages in the calls
     /// that found the weights already loaded).
@@ -295,10 +296,7 @@ fn function_calibration(runs: &[ArchitectureRun]) -> Option<FunctionCalibration>
     Some(FunctionCalibration {
         memory_mb: most_common_memory(&all),
         call_overhead_s: avg(&|i| (i.wall_ms - i.handler_ms).max(0.0)) / 1000.0,
-        call_sd_s: {
-            let m = avg(&|i| i.wall_ms);
-            (avg(&|i| (i.wall_ms - m).powi(2))).sqrt() / 1000.0
-        },
+        call_sd_s: within_round_sd(runs),
         load_weights_s: avg(&|i| i.load_weights_ms) / 1000.0,
         load_batch_s: avg(&|i| i.load_batch_ms) / 1000.0,
         compute_s: avg(&|i| i.compute_ms) / 1000.0,
@@ -313,6 +311,36 @@ fn function_calibration(runs: &[ArchitectureRun]) -> Option<FunctionCalibration>
         ),
         invocations: all.len(),
     })
+}
+
+/// The spread of warm calls' wall times within a round, pooled over every run's rounds,
+/// seconds: what makes a wave wait for its slowest call and a round for its slowest peer.
+/// What moves all the calls of a round alike (a round when the machine was busier) does
+/// not make one call wait for another, and is left out.
+fn within_round_sd(runs: &[ArchitectureRun]) -> f64 {
+    let mut rounds = std::collections::BTreeMap::<(usize, u64), Vec<f64>>::new();
+    for (r, run) in runs.iter().enumerate() {
+        for m in run.all_rounds() {
+            let warm = m.invocations.iter().filter(|i| !i.cold);
+            rounds
+                .entry((r, m.round))
+                .or_default()
+                .extend(warm.map(|i| i.wall_ms));
+        }
+    }
+    let (squares, freedom) = rounds.values().filter(|calls| calls.len() > 1).fold(
+        (0.0, 0usize),
+        |(squares, freedom), calls| {
+            let m = mean(calls.iter().copied());
+            let s: f64 = calls.iter().map(|x| (x - m).powi(2)).sum();
+            (squares + s, freedom + calls.len() - 1)
+        },
+    );
+    if freedom == 0 {
+        0.0
+    } else {
+        (squares / freedom as f64).sqrt() / 1000.0
+    }
 }
 
 fn most_common_memory(all: &[&InvocationRecord]) -> u32 {
@@ -770,7 +798,7 @@ pub fn assumptions() -> Vec<String> {
          limit evenly."
             .into(),
         "Stragglers: call times spread with the measured standard deviation sd of warm \
-         calls, independently and roughly normally; a wave of k calls lasts the mean call \
+         calls within a round, independently and roughly normally; a wave of k calls lasts the mean call \
          plus sd x E[max of k standard normals] (Blom's approximation), and when the round \
          waits on functions, the slowest of the P offloading peers adds sd x sqrt(waves) x \
          E[max of P]."

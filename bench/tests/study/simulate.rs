@@ -240,6 +240,33 @@ fn function_calibration_separates_warm_and_cold_calls() {
     close(f.load_weights_s, 0.02);
 }
 
+/// The straggler spread is the calls' spread within a round: a round in which every call
+/// was slower (a busier machine) makes no call wait for another.
+#[test]
+fn call_spread_is_taken_within_rounds() {
+    let config = config_with_speeds(&[1.0, 0.5]);
+    let mut run = instance_run();
+    run.name = "serverless".into();
+    for peer in &mut run.peers {
+        for (r, m) in peer.rounds.iter_mut().enumerate() {
+            m.local_batches = 0;
+            m.offloaded_batches = 2;
+            let slower = 400 * r as u64;
+            m.invocations = vec![
+                invocation(0, 300 + slower, 2048, false),
+                invocation(1, 340 + slower, 2048, false),
+            ];
+        }
+    }
+    let f = calibrate(&config, &[instance_run(), run])
+        .unwrap()
+        .functions
+        .unwrap();
+    // Each round: wall times 350, 390, 350, 390 ms (mean 370, squares 1,600, 3 degrees of
+    // freedom); the 400 ms between the rounds does not count.
+    close(f.call_sd_s, (1600.0f64 / 3.0).sqrt() / 1000.0);
+}
+
 #[test]
 fn projection_covers_the_grid_and_prices_each_point() {
     let mut config = config_with_speeds(&[1.0, 0.5]);
