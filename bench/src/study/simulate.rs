@@ -798,10 +798,10 @@ pub fn assumptions() -> Vec<String> {
          limit evenly."
             .into(),
         "Stragglers: call times spread with the measured standard deviation sd of warm \
-         calls within a round, independently and roughly normally; a wave of k calls lasts the mean call \
-         plus sd x E[max of k standard normals] (Blom's approximation), and when the round \
-         waits on functions, the slowest of the P offloading peers adds sd x sqrt(waves) x \
-         E[max of P]."
+         calls within a round, independently and roughly normally; a wave of k calls lasts \
+         the mean call plus sd x E[max of k standard normals] (Blom's approximation), and \
+         when the round waits on functions, the slowest of the P offloading peers adds sd x \
+         sqrt(waves) x E[max of P]."
             .into(),
         "Cold start: the first offloading round pays the mean cold handler time minus the \
          mean warm one once (the first wave); later rounds are warm."

@@ -1,6 +1,6 @@
 //! The projection model on hand-computed cases.
 
-use peerless_bench::metrics::RoundMetrics;
+use peerless_bench::metrics::{InvocationRecord, RoundMetrics};
 use peerless_bench::study::{
     Architecture, ArchitectureRun, Calibration, FunctionCalibration, PeerRun, Scenario, calibrate,
     predict_mean_round_s, predict_round, project, validate_against,
@@ -207,9 +207,9 @@ fn validation_against_the_local_run_returns_the_ratio() {
     assert_eq!(v.rounds, 2);
 }
 
-#[test]
-fn function_calibration_separates_warm_and_cold_calls() {
-    let config = config_with_speeds(&[1.0, 0.5]);
+/// [`instance_run`] with every batch offloaded: each peer's round `r` makes the calls
+/// `calls(r)`, uploads the weights in 0.2 s and fetches the gradients in 0.06 s.
+fn serverless_run(calls: impl Fn(usize) -> Vec<InvocationRecord>) -> ArchitectureRun {
     let mut run = instance_run();
     run.name = "serverless".into();
     for peer in &mut run.peers {
@@ -218,12 +218,21 @@ fn function_calibration_separates_warm_and_cold_calls() {
             m.offloaded_batches = 2;
             m.weights_upload_time_s = 0.2;
             m.gradient_fetch_time_s = 0.06;
-            m.invocations = vec![
-                invocation(0, 500, 2048, r == 0),
-                invocation(1, 300, 2048, false),
-            ];
+            m.invocations = calls(r);
         }
     }
+    run
+}
+
+#[test]
+fn function_calibration_separates_warm_and_cold_calls() {
+    let config = config_with_speeds(&[1.0, 0.5]);
+    let run = serverless_run(|r| {
+        vec![
+            invocation(0, 500, 2048, r == 0),
+            invocation(1, 300, 2048, false),
+        ]
+    });
     let cal = calibrate(&config, &[instance_run(), run]).unwrap();
     let f = cal.functions.unwrap();
     assert_eq!(f.memory_mb, 2048);
@@ -245,19 +254,13 @@ fn function_calibration_separates_warm_and_cold_calls() {
 #[test]
 fn call_spread_is_taken_within_rounds() {
     let config = config_with_speeds(&[1.0, 0.5]);
-    let mut run = instance_run();
-    run.name = "serverless".into();
-    for peer in &mut run.peers {
-        for (r, m) in peer.rounds.iter_mut().enumerate() {
-            m.local_batches = 0;
-            m.offloaded_batches = 2;
-            let slower = 400 * r as u64;
-            m.invocations = vec![
-                invocation(0, 300 + slower, 2048, false),
-                invocation(1, 340 + slower, 2048, false),
-            ];
-        }
-    }
+    let run = serverless_run(|r| {
+        let slower = 400 * r as u64;
+        vec![
+            invocation(0, 300 + slower, 2048, false),
+            invocation(1, 340 + slower, 2048, false),
+        ]
+    });
     let f = calibrate(&config, &[instance_run(), run])
         .unwrap()
         .functions
