@@ -91,7 +91,7 @@ pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, Mod
     for _ in 0..b.warmup {
         model.grad_step(&batch, Loss::CrossEntropy, &mut grad)?;
     }
-    let cpu_start = crate::sys::cpu_time_s();
+    let cpu_start = peerless_runtime::sys::cpu_time_s();
     let wall = Instant::now();
     let mut times = Vec::with_capacity(b.steps);
     for _ in 0..b.steps.max(1) {
@@ -101,7 +101,7 @@ pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, Mod
     }
     let wall = wall.elapsed().as_secs_f64();
     let cores_busy = cpu_start
-        .zip(crate::sys::cpu_time_s())
+        .zip(peerless_runtime::sys::cpu_time_s())
         .map(|(a, z)| (z - a) / wall);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -114,7 +114,7 @@ pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, Mod
         max_ms: times[times.len() - 1],
         images_per_s: b.batch as f64 / (median / 1e3),
         steps: times.len(),
-        peak_rss_mib: crate::sys::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
+        peak_rss_mib: peerless_runtime::sys::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
         cores_busy,
         parts: model.step_parts(b.batch),
         pytorch_ms_per_step: None,

@@ -2,7 +2,5 @@
 //! subcommand, so users and developers see the same numbers.
 
 pub mod gradstep;
-pub mod metrics;
 pub mod study;
-pub mod sys;
 pub mod torch;

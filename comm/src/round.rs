@@ -41,6 +41,28 @@ pub enum OnTimeout {
     AverageArrived,
 }
 
+impl OnTimeout {
+    /// The `--on-timeout` value: `fail` or `partial`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnTimeout::Fail => "fail",
+            OnTimeout::AverageArrived => "partial",
+        }
+    }
+}
+
+impl std::str::FromStr for OnTimeout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail" => Ok(OnTimeout::Fail),
+            "partial" => Ok(OnTimeout::AverageArrived),
+            _ => Err(format!("expected `fail` or `partial`, got {s:?}")),
+        }
+    }
+}
+
 /// Identity of this peer and the rules of its rounds; identical on every
 /// peer of a run except `rank`.
 #[derive(Clone, Debug)]

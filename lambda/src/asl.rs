@@ -54,6 +54,19 @@ pub enum OnTaskFailure {
     RecordError,
 }
 
+impl std::str::FromStr for OnTaskFailure {
+    type Err = String;
+
+    /// `fail` or `record`, as `peerless stepfn generate --on-failure` takes them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail" => Ok(OnTaskFailure::FailExecution),
+            "record" => Ok(OnTaskFailure::RecordError),
+            _ => Err(format!("expected `fail` or `record`, got {s:?}")),
+        }
+    }
+}
+
 /// Everything the generated definition depends on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StateMachineConfig {

@@ -4,10 +4,18 @@
 
 use std::path::PathBuf;
 
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use peerless_data::{DatasetKind, Partition};
+use peerless_comm::OnTimeout;
+use peerless_data::{DatasetKind, Partition, S3Options, StoreOptions};
+use peerless_lambda::OnTaskFailure;
 use peerless_models::optim::OptimizerKind;
 use peerless_models::{Architecture, DeviceChoice, Loss};
+use peerless_runtime::config::duration_secs;
+use peerless_runtime::{
+    Capability, ExchangeConfig, LocalRunConfig, OffloadPolicy, OnFunctionFailure, ServerlessConfig,
+    ServerlessMode, SplitSource, TrainingConfig,
+};
 
 /// Peer-to-peer data-parallel training with and without serverless gradient offload.
 #[derive(Debug, Parser)]
@@ -104,8 +112,8 @@ pub struct StepfnGenerateArgs {
 
     /// A batch that fails for good: fail the execution, or record it so the peer
     /// computes it (use with --on-function-failure local).
-    #[arg(long, default_value = "fail", value_parser = ["fail", "record"])]
-    pub on_failure: String,
+    #[arg(long, default_value = "fail", value_name = "fail|record")]
+    pub on_failure: OnTaskFailure,
 
     /// Write the definition to FILE instead of standard output.
     #[arg(long, value_name = "FILE")]
@@ -157,8 +165,8 @@ pub struct ExchangeArgs {
 
     /// What a round does when a peer is missing at the timeout: fail, or partial (average
     /// what arrived and log the missing ranks).
-    #[arg(long, default_value = "fail", value_parser = ["fail", "partial"])]
-    pub on_timeout: String,
+    #[arg(long, default_value = "fail", value_name = "fail|partial")]
+    pub on_timeout: OnTimeout,
 
     /// Largest message payload in MiB; bigger gradients are sent in chunks.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=128))]
@@ -171,44 +179,23 @@ pub struct ExchangeArgs {
     pub serverless: ServerlessArgs,
 }
 
-/// Where a peer's batches may run besides its own CPU.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServerlessMode {
-    /// Every batch on the peer (the architecture without serverless).
-    #[default]
-    None,
-    /// An in-process pool running the compute_gradient handler (no cloud needed).
-    Local,
-    /// AWS Lambda: one invocation per batch.
-    Lambda,
-    /// AWS Step Functions: one execution per round (`peerless stepfn generate`).
-    Stepfn,
-}
-
 /// Serverless gradient offload: shared by `peer` and `run`.
-impl ServerlessMode {
-    /// The flag value, as metrics record it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Local => "local",
-            Self::Lambda => "lambda",
-            Self::Stepfn => "stepfn",
-        }
-    }
-}
-
 #[derive(Debug, Args, Clone)]
 pub struct ServerlessArgs {
     /// Where batches may be computed besides the peer: none, local (in-process function
     /// pool), lambda or stepfn. Needs a split with batch objects (`--batches K`).
-    #[arg(long, value_enum, default_value = "none", env = "PEERLESS_SERVERLESS")]
+    #[arg(
+        long,
+        default_value = "none",
+        value_name = "none|local|lambda|stepfn",
+        env = "PEERLESS_SERVERLESS"
+    )]
     pub serverless: ServerlessMode,
 
     /// Share of each round's batches sent to functions: a fraction from 0 to 1, or `auto`
     /// (just enough to finish with the fastest peer). Default with --serverless: 1.
     #[arg(long, value_name = "auto|F", env = "PEERLESS_OFFLOAD")]
-    pub offload: Option<crate::source::offload::OffloadPolicy>,
+    pub offload: Option<OffloadPolicy>,
 
     /// Function calls in flight at once (default: the cores for `local`, 64 otherwise).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -224,8 +211,8 @@ pub struct ServerlessArgs {
 
     /// What a round does with a batch whose function failed after its retries: fail, or
     /// local (compute it on the peer).
-    #[arg(long, default_value = "fail", value_parser = ["fail", "local"])]
-    pub on_function_failure: String,
+    #[arg(long, default_value = "fail", value_name = "fail|local")]
+    pub on_function_failure: OnFunctionFailure,
 
     /// Function memory in MB, for billing when the platform does not report it (the pool,
     /// Step Functions).
@@ -534,4 +521,110 @@ pub struct BenchArgs {
     /// print peerless/PyTorch throughput ratios.
     #[arg(long, value_name = "PYTHON", env = "PEERLESS_TORCH_PYTHON")]
     pub torch: Option<std::path::PathBuf>,
+}
+
+// The flags as the runtime's typed configuration: converted once, here, and validated by
+// the runtime before anything is loaded.
+
+impl S3Args {
+    /// Store options from the S3 flags.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            s3: S3Options {
+                endpoint_url: self.s3_endpoint.clone(),
+                ..S3Options::default()
+            },
+        }
+    }
+}
+
+impl TrainingArgs {
+    /// The training settings every peer shares (`--metrics-out` is per peer).
+    pub fn to_config(&self) -> TrainingConfig {
+        TrainingConfig {
+            model: self.model,
+            batch_size: self.batch_size,
+            optimizer: self.optimizer,
+            loss: self.loss,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            epochs: self.epochs,
+            seed: self.seed,
+            patience: self.patience,
+            plateau_patience: self.plateau_patience,
+            plateau_factor: self.plateau_factor,
+            min_lr: self.min_lr,
+        }
+    }
+}
+
+impl ServerlessArgs {
+    /// The offload settings, with durations checked.
+    pub fn to_config(&self) -> Result<ServerlessConfig> {
+        Ok(ServerlessConfig {
+            mode: self.serverless,
+            offload: self.offload,
+            concurrency: self.function_concurrency.map(|n| n as usize),
+            retries: self.function_retries,
+            timeout: duration_secs("--function-timeout", self.function_timeout)?,
+            on_failure: self.on_function_failure,
+            memory_mb: self.function_memory_mb,
+            function: self.function.clone(),
+            lambda_endpoint: self.lambda_endpoint.clone(),
+            state_machine_arn: self.state_machine_arn.clone(),
+            sfn_endpoint: self.sfn_endpoint.clone(),
+        })
+    }
+}
+
+impl ExchangeArgs {
+    /// The exchange settings every peer shares, validated.
+    pub fn to_config(&self) -> Result<ExchangeConfig> {
+        let config = ExchangeConfig {
+            store: self.store.clone(),
+            store_options: self.s3.store_options(),
+            broker: self.broker.clone(),
+            codec: self.compression,
+            evaluation: self.evaluation,
+            eval_limit: self.eval_limit,
+            rounds_per_epoch: self.rounds_per_epoch,
+            round_timeout: duration_secs("--round-timeout", self.round_timeout)?,
+            on_timeout: self.on_timeout,
+            max_chunk_bytes: self.chunk_mib as usize * (1 << 20),
+            serverless: self.serverless.to_config()?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl RunArgs {
+    /// The local run these flags describe, validated peer by peer.
+    pub fn to_config(&self) -> Result<LocalRunConfig> {
+        let capabilities = (0..self.speeds.len().max(self.threads.len()))
+            .map(|rank| Capability {
+                speed: self.speeds.get(rank).copied().unwrap_or(1.0),
+                threads: self.threads.get(rank).copied().filter(|&t| t > 0),
+            })
+            .collect();
+        let config = LocalRunConfig {
+            peers: self.peers,
+            run_id: self.exchange.run_id.clone(),
+            metrics_dir: self.metrics_dir.clone(),
+            split: SplitSource {
+                dataset: self.data.dataset,
+                data_dir: self.data.data_dir.clone(),
+                limit: self.limit.map(|l| l as usize),
+                batches: self.batches.map(|k| k as usize),
+                partition: self.partition,
+            },
+            resize: self.data.resize.map(|r| r as usize),
+            training: self.training.to_config(),
+            exchange: self.exchange.to_config()?,
+            capabilities,
+        };
+        config.node_configs()?;
+        Ok(config)
+    }
 }

@@ -4,11 +4,7 @@
 mod cli;
 mod cmd;
 mod config;
-mod eval;
-mod node;
 mod progress;
-mod setup;
-mod source;
 
 use std::process::ExitCode;
 

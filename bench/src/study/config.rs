@@ -1,5 +1,5 @@
 //! The study's TOML file (`peerless study --config study.toml`): one training job, the
-//! architectures to run it under, the peers' capabilities and the projection grid. Every
+//! deployments to run it under, the peers' capabilities and the projection grid. Every
 //! table refuses unknown keys, and [`StudyConfig::validate`] checks every range before any
 //! training starts, naming the offending key.
 //!
@@ -25,14 +25,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use peerless_models::Architecture as ModelArchitecture;
+pub use peerless_data::DatasetKind;
+pub use peerless_models::Architecture;
+use peerless_runtime::OffloadPolicy;
+pub use peerless_runtime::ServerlessMode;
 
 use super::error::StudyError;
 
-/// How the peers compute their gradients: the three set-ups the study compares.
+/// How the peers compute their gradients: the three deployments the study compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Architecture {
+pub enum Deployment {
     /// Every peer computes all its batches itself.
     Instance,
     /// Every peer offloads every batch to functions.
@@ -41,84 +44,35 @@ pub enum Architecture {
     Hybrid,
 }
 
-impl Architecture {
+impl Deployment {
     /// All three, in the order the report lists them.
-    pub const ALL: [Architecture; 3] = [
-        Architecture::Instance,
-        Architecture::Serverless,
-        Architecture::Hybrid,
+    pub const ALL: [Deployment; 3] = [
+        Deployment::Instance,
+        Deployment::Serverless,
+        Deployment::Hybrid,
     ];
 
     /// The name used in config files, metrics directories and the report.
     pub fn name(self) -> &'static str {
         match self {
-            Architecture::Instance => "instance",
-            Architecture::Serverless => "serverless",
-            Architecture::Hybrid => "hybrid",
+            Deployment::Instance => "instance",
+            Deployment::Serverless => "serverless",
+            Deployment::Hybrid => "hybrid",
         }
     }
 
-    /// The peer's `--offload` value for this architecture (`None`: no functions at all).
-    pub fn offload(self) -> Option<&'static str> {
+    /// The peers' offload policy in this deployment (`None`: no functions at all).
+    pub fn offload(self) -> Option<OffloadPolicy> {
         match self {
-            Architecture::Instance => None,
-            Architecture::Serverless => Some("1"),
-            Architecture::Hybrid => Some("auto"),
+            Deployment::Instance => None,
+            Deployment::Serverless => Some(OffloadPolicy::Fixed(1.0)),
+            Deployment::Hybrid => Some(OffloadPolicy::Auto),
         }
     }
 
-    /// The architecture called `name`, if any.
-    pub fn from_name(name: &str) -> Option<Architecture> {
-        Architecture::ALL.into_iter().find(|a| a.name() == name)
-    }
-}
-
-/// The training data set, named as `peerless train --dataset` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Dataset {
-    #[serde(rename = "mnist")]
-    Mnist,
-    #[serde(rename = "fashion-mnist")]
-    FashionMnist,
-    #[serde(rename = "cifar10")]
-    Cifar10,
-    #[serde(rename = "synthetic")]
-    Synthetic,
-}
-
-impl Dataset {
-    /// The `--dataset` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dataset::Mnist => "mnist",
-            Dataset::FashionMnist => "fashion-mnist",
-            Dataset::Cifar10 => "cifar10",
-            Dataset::Synthetic => "synthetic",
-        }
-    }
-}
-
-/// Where offloaded batches run: the peer's `--serverless` value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FunctionBackend {
-    /// A pool of function processes on this machine (no AWS account needed).
-    #[default]
-    Local,
-    /// AWS Lambda (or an emulator at `lambda_endpoint`), invoked per batch.
-    Lambda,
-    /// A Step Functions state machine fanning out to Lambda.
-    Stepfn,
-}
-
-impl FunctionBackend {
-    /// The `--serverless` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            FunctionBackend::Local => "local",
-            FunctionBackend::Lambda => "lambda",
-            FunctionBackend::Stepfn => "stepfn",
-        }
+    /// The deployment called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Deployment> {
+        Deployment::ALL.into_iter().find(|a| a.name() == name)
     }
 }
 
@@ -191,7 +145,7 @@ impl Default for ProjectionConfig {
     }
 }
 
-/// The whole study: one training job, the architectures to compare, the peers, the
+/// The whole study: one training job, the deployments to compare, the peers, the
 /// resources they are billed as, and the projection grid.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,13 +154,13 @@ pub struct StudyConfig {
     pub name: String,
     /// The model to train; give either `model` or `models`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<ModelArchitecture>,
+    pub model: Option<Architecture>,
     /// Several models: one study per model, each named `<name>-<model>` (see
     /// [`StudyConfig::per_model`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub models: Vec<ModelArchitecture>,
+    pub models: Vec<Architecture>,
     /// The training data (`--dataset`).
-    pub dataset: Dataset,
+    pub dataset: DatasetKind,
     /// Where the data set's files are (default: the runner's per-dataset default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
@@ -225,7 +179,7 @@ pub struct StudyConfig {
     /// SGD momentum in [0, 1).
     #[serde(default)]
     pub momentum: f64,
-    /// Seeds weights, shuffling and partitioning: the same seed gives every architecture
+    /// Seeds weights, shuffling and partitioning: the same seed gives every deployment
     /// the same start.
     #[serde(default = "default_seed")]
     pub seed: u64,
@@ -236,12 +190,13 @@ pub struct StudyConfig {
     /// Evaluate on at most this many images of each validation shard and of the test set.
     #[serde(default)]
     pub eval_limit: Option<usize>,
-    /// The architectures to run, in this order.
-    #[serde(default = "default_architectures")]
-    pub architectures: Vec<Architecture>,
-    /// Where offloaded batches run.
-    #[serde(default)]
-    pub serverless: FunctionBackend,
+    /// The deployments to run, in this order (`architectures`, the key's earlier name, is
+    /// read too).
+    #[serde(default = "default_deployments", alias = "architectures")]
+    pub deployments: Vec<Deployment>,
+    /// Where offloaded batches run: local, lambda or stepfn.
+    #[serde(default = "local_functions")]
+    pub serverless: ServerlessMode,
     /// Concurrent function calls per peer.
     #[serde(default = "default_function_concurrency")]
     pub function_concurrency: usize,
@@ -293,8 +248,11 @@ fn yes() -> bool {
 fn default_seed() -> u64 {
     1234
 }
-fn default_architectures() -> Vec<Architecture> {
-    Architecture::ALL.to_vec()
+fn default_deployments() -> Vec<Deployment> {
+    Deployment::ALL.to_vec()
+}
+fn local_functions() -> ServerlessMode {
+    ServerlessMode::Local
 }
 fn default_function_concurrency() -> usize {
     2
@@ -403,16 +361,13 @@ impl StudyConfig {
                 format!("must be in [0, 1), got {}", self.momentum),
             );
         }
-        if self.architectures.is_empty() {
-            return bad(
-                "architectures",
-                "must name at least one architecture".into(),
-            );
+        if self.deployments.is_empty() {
+            return bad("deployments", "must name at least one deployment".into());
         }
-        for (i, a) in self.architectures.iter().enumerate() {
-            if self.architectures[..i].contains(a) {
+        for (i, a) in self.deployments.iter().enumerate() {
+            if self.deployments[..i].contains(a) {
                 return bad(
-                    &format!("architectures[{i}]"),
+                    &format!("deployments[{i}]"),
                     format!("lists {:?} twice", a.name()),
                 );
             }
@@ -459,13 +414,22 @@ impl StudyConfig {
             }
         }
         if self.offloads() {
-            if self.serverless == FunctionBackend::Stepfn && self.state_machine_arn.is_none() {
+            if self.serverless == ServerlessMode::None {
+                return bad(
+                    "serverless",
+                    "must be local, lambda or stepfn when a deployment offloads (serverless \
+                     or hybrid); list only \"instance\" in deployments to run without \
+                     functions"
+                        .into(),
+                );
+            }
+            if self.serverless == ServerlessMode::Stepfn && self.state_machine_arn.is_none() {
                 return bad(
                     "state_machine_arn",
                     "is needed when serverless = \"stepfn\"".into(),
                 );
             }
-            if self.serverless != FunctionBackend::Local && self.store.is_none() {
+            if self.serverless != ServerlessMode::Local && self.store.is_none() {
                 return bad(
                     "store",
                     format!(
@@ -528,7 +492,7 @@ impl StudyConfig {
     /// One study per model: `[(model, config)]` where each config names exactly that
     /// model (`model = Some(..)`, `models` empty) and, for a `models` list, is named
     /// `<name>-<model>`.
-    pub fn per_model(&self) -> Vec<(ModelArchitecture, StudyConfig)> {
+    pub fn per_model(&self) -> Vec<(Architecture, StudyConfig)> {
         if let Some(model) = self.model {
             return vec![(model, self.clone())];
         }
@@ -557,11 +521,9 @@ impl StudyConfig {
         }
     }
 
-    /// Whether any architecture calls functions.
+    /// Whether any deployment calls functions.
     pub fn offloads(&self) -> bool {
-        self.architectures
-            .iter()
-            .any(|a| *a != Architecture::Instance)
+        self.deployments.iter().any(|a| *a != Deployment::Instance)
     }
 
     /// Batches each peer covers in one round (the most any round has): the shard's batch

@@ -1,4 +1,4 @@
-//! Dollars from measured metrics: what one architecture's run would have cost on AWS at
+//! Dollars from measured metrics: what one deployment's run would have cost on AWS at
 //! the prices file's rates. The rules, each also printed in the report ([`rules`]):
 //!
 //! - **EC2**: every peer is billed for the run's wall time at its instance type's hourly
@@ -21,8 +21,8 @@ use serde::Serialize;
 use super::config::StudyConfig;
 use super::error::StudyError;
 use super::prices::Prices;
-use super::runs::ArchitectureRun;
-use crate::metrics::RoundMetrics;
+use super::runs::DeploymentRun;
+use peerless_runtime::metrics::RoundMetrics;
 
 /// EC2's minimum billed duration per instance, seconds.
 pub const EC2_MINIMUM_S: f64 = 60.0;
@@ -168,7 +168,7 @@ pub fn ec2_billed_seconds(wall_time_s: f64) -> f64 {
 
 /// What `run` cost, by the rules of this module.
 pub fn run_cost(
-    run: &ArchitectureRun,
+    run: &DeploymentRun,
     config: &StudyConfig,
     prices: &Prices,
 ) -> Result<CostBreakdown, StudyError> {
@@ -207,7 +207,7 @@ pub struct CostPoint {
 
 /// The run's cumulative cost after each round.
 pub fn cost_curve(
-    run: &ArchitectureRun,
+    run: &DeploymentRun,
     config: &StudyConfig,
     prices: &Prices,
 ) -> Result<Vec<CostPoint>, StudyError> {

@@ -1,13 +1,13 @@
-//! What one architecture's run measured: every peer's per-round metrics, read from the
+//! What one deployment's run measured: every peer's per-round metrics, read from the
 //! `peer-<rank>.jsonl` files the peers write, plus the run's wall time. The cost model,
 //! the simulator and the report all work from these values only.
 
 use std::io::BufRead;
 use std::path::Path;
 
-use super::config::{Architecture, StudyConfig};
+use super::config::{Deployment, StudyConfig};
 use super::error::StudyError;
-use crate::metrics::RoundMetrics;
+use peerless_runtime::metrics::RoundMetrics;
 
 /// One peer's share of a run.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,10 +19,10 @@ pub struct PeerRun {
     pub rounds: Vec<RoundMetrics>,
 }
 
-/// One architecture's whole run: every peer, and the wall time from the first peer's
+/// One deployment's whole run: every peer, and the wall time from the first peer's
 /// start to the last peer's end (what EC2 and the broker bill).
 #[derive(Clone, Debug, PartialEq)]
-pub struct ArchitectureRun {
+pub struct DeploymentRun {
     /// `instance`, `serverless` or `hybrid` (other names are reported but not projected).
     pub name: String,
     pub peers: Vec<PeerRun>,
@@ -64,7 +64,7 @@ impl PeerRun {
     }
 }
 
-impl ArchitectureRun {
+impl DeploymentRun {
     /// Reads `dir/peer-<rank>.jsonl` for every `[[peer]]` of `config`, billing each peer
     /// as its configured instance type.
     pub fn load_dir(
@@ -72,7 +72,7 @@ impl ArchitectureRun {
         dir: &Path,
         config: &StudyConfig,
         wall_time_s: f64,
-    ) -> Result<ArchitectureRun, StudyError> {
+    ) -> Result<DeploymentRun, StudyError> {
         let peers = (0..config.peers.len())
             .map(|rank| {
                 PeerRun::load(
@@ -82,16 +82,16 @@ impl ArchitectureRun {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ArchitectureRun {
+        Ok(DeploymentRun {
             name: name.to_string(),
             peers,
             wall_time_s,
         })
     }
 
-    /// The architecture this run's name denotes.
-    pub fn architecture(&self) -> Option<Architecture> {
-        Architecture::from_name(&self.name)
+    /// The deployment this run's name denotes.
+    pub fn deployment(&self) -> Option<Deployment> {
+        Deployment::from_name(&self.name)
     }
 
     /// Rounds of the longest peer.
@@ -100,7 +100,7 @@ impl ArchitectureRun {
     }
 
     /// Each round's duration for the whole group, evaluation excluded (it is the report's
-    /// cost, not the architecture's): the longest own work of any peer (its round time
+    /// cost, not the deployment's): the longest own work of any peer (its round time
     /// without evaluation and without waiting) plus the shortest wait, which is the last
     /// peer's wait for the exchange itself. Taking the slowest peer's whole round instead
     /// would count the skew of the previous round's evaluation as waiting.
@@ -122,7 +122,7 @@ impl ArchitectureRun {
             .collect()
     }
 
-    /// Mean of [`ArchitectureRun::round_times`].
+    /// Mean of [`DeploymentRun::round_times`].
     pub fn mean_round_time_s(&self) -> f64 {
         mean(self.round_times().into_iter())
     }

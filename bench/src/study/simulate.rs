@@ -26,12 +26,13 @@
 
 use serde::Serialize;
 
-use super::config::{Architecture, StudyConfig};
+use super::config::{Deployment, StudyConfig};
 use super::cost::{CostBreakdown, Rates, Usage};
 use super::error::StudyError;
 use super::prices::Prices;
-use super::runs::{ArchitectureRun, mean};
-use crate::metrics::InvocationRecord;
+use super::runs::{DeploymentRun, mean};
+use peerless_runtime::metrics::InvocationRecord;
+use peerless_runtime::offload::{HYBRID_SLACK, choose_offload};
 
 /// How far the model's prediction of the local set-up may be from the measurement.
 pub const VALIDATION_TOLERANCE: f64 = 0.20;
@@ -42,9 +43,6 @@ pub const VCPU_MEMORY_MB: f64 = 1769.0;
 
 /// Lambda's largest CPU share: 6 vCPUs at 10,240 MB.
 pub const LAMBDA_MAX_VCPUS: f64 = 6.0;
-
-/// A peer within this factor of the target time offloads nothing (as `--offload auto`).
-pub const HYBRID_SLACK: f64 = 1.05;
 
 /// What the model takes from the function calls of the serverless and hybrid runs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -134,7 +132,7 @@ pub struct Calibration {
 /// One set-up to predict a round for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
-    pub architecture: Architecture,
+    pub deployment: Deployment,
     /// One speed factor per peer (N = its length).
     pub speeds: Vec<f64>,
     /// Speed of the peers' machine relative to the study machine.
@@ -168,10 +166,7 @@ pub struct RoundPrediction {
 }
 
 /// Builds the calibration from whatever runs exist.
-pub fn calibrate(
-    config: &StudyConfig,
-    runs: &[ArchitectureRun],
-) -> Result<Calibration, StudyError> {
+pub fn calibrate(config: &StudyConfig, runs: &[DeploymentRun]) -> Result<Calibration, StudyError> {
     if runs.iter().all(|r| r.round_count() == 0) {
         return Err(StudyError::missing(
             "no run recorded any round: nothing to calibrate from",
@@ -224,19 +219,19 @@ pub fn calibrate(
 /// from the first of the instance, hybrid, serverless runs that has any.
 fn batch_time(
     config: &StudyConfig,
-    runs: &[ArchitectureRun],
+    runs: &[DeploymentRun],
 ) -> (Option<f64>, Option<String>, Option<usize>) {
     let top = config.peers.iter().map(|p| p.speed).fold(0.0, f64::max);
     let reference: Vec<usize> = (0..config.peers.len())
         .filter(|&r| config.peer_speed(r) == top)
         .collect();
     let order = [
-        Architecture::Instance,
-        Architecture::Hybrid,
-        Architecture::Serverless,
+        Deployment::Instance,
+        Deployment::Hybrid,
+        Deployment::Serverless,
     ];
     for arch in order {
-        for run in runs.iter().filter(|r| r.architecture() == Some(arch)) {
+        for run in runs.iter().filter(|r| r.deployment() == Some(arch)) {
             let (mut time, mut batches) = (0.0, 0usize);
             for peer in run
                 .peers
@@ -260,7 +255,7 @@ fn batch_time(
     (None, None, reference.first().copied())
 }
 
-fn function_calibration(runs: &[ArchitectureRun]) -> Option<FunctionCalibration> {
+fn function_calibration(runs: &[DeploymentRun]) -> Option<FunctionCalibration> {
     let all: Vec<&InvocationRecord> = runs
         .iter()
         .flat_map(|r| r.all_rounds())
@@ -317,7 +312,7 @@ fn function_calibration(runs: &[ArchitectureRun]) -> Option<FunctionCalibration>
 /// seconds: what makes a wave wait for its slowest call and a round for its slowest peer.
 /// What moves all the calls of a round alike (a round when the machine was busier) does
 /// not make one call wait for another, and is left out.
-fn within_round_sd(runs: &[ArchitectureRun]) -> f64 {
+fn within_round_sd(runs: &[DeploymentRun]) -> f64 {
     let mut rounds = std::collections::BTreeMap::<(usize, u64), Vec<f64>>::new();
     for (r, run) in runs.iter().enumerate() {
         for m in run.all_rounds() {
@@ -460,11 +455,11 @@ fn peer_time(
 /// Batches each peer offloads in a warm round of `s`.
 fn plan(cal: &Calibration, s: &Scenario, round: u64) -> Result<Vec<usize>, StudyError> {
     let b = s.batches_per_round;
-    match s.architecture {
-        Architecture::Instance => Ok(vec![0; s.speeds.len()]),
-        Architecture::Serverless => Ok(vec![b; s.speeds.len()]),
-        Architecture::Hybrid if round == 0 => Ok(vec![0; s.speeds.len()]),
-        Architecture::Hybrid => {
+    match s.deployment {
+        Deployment::Instance => Ok(vec![0; s.speeds.len()]),
+        Deployment::Serverless => Ok(vec![b; s.speeds.len()]),
+        Deployment::Hybrid if round == 0 => Ok(vec![0; s.speeds.len()]),
+        Deployment::Hybrid => {
             let all_local = s
                 .speeds
                 .iter()
@@ -473,18 +468,20 @@ fn plan(cal: &Calibration, s: &Scenario, round: u64) -> Result<Vec<usize>, Study
             let target = all_local.iter().copied().fold(f64::INFINITY, f64::min);
             let mut out = Vec::with_capacity(s.speeds.len());
             for (&speed, &alone) in s.speeds.iter().zip(&all_local) {
-                if alone <= target * HYBRID_SLACK {
-                    out.push(0);
-                    continue;
+                // The peer's own rule; the times are computed only as far as it asks.
+                let mut failed = None;
+                let pick = choose_offload(b, target, alone, |m| {
+                    match peer_time(cal, s, speed, m, false) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                            Some(f64::INFINITY)
+                        }
+                    }
+                });
+                if let Some(e) = failed {
+                    return Err(e);
                 }
-                let times = (1..=b)
-                    .map(|m| peer_time(cal, s, speed, m, false).map(|t| (m, t)))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let pick = times
-                    .iter()
-                    .find(|(_, t)| *t <= target)
-                    .or_else(|| times.iter().min_by(|x, y| x.1.total_cmp(&y.1)))
-                    .map_or(0, |(m, _)| *m);
                 out.push(pick);
             }
             Ok(out)
@@ -503,10 +500,10 @@ pub fn predict_round(
         return Err(StudyError::missing("a scenario needs at least one peer"));
     }
     let offloaded = plan(cal, s, round)?;
-    let cold = match s.architecture {
-        Architecture::Instance => false,
-        Architecture::Serverless => round == 0,
-        Architecture::Hybrid => round == 1 && offloaded.iter().any(|&m| m > 0),
+    let cold = match s.deployment {
+        Deployment::Instance => false,
+        Deployment::Serverless => round == 0,
+        Deployment::Hybrid => round == 1 && offloaded.iter().any(|&m| m > 0),
     };
     let mut compute_s: f64 = 0.0;
     let mut slowest_waves = 0;
@@ -555,7 +552,7 @@ pub fn predict_mean_round_s(
 /// The model against one local run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Validation {
-    pub architecture: String,
+    pub deployment: String,
     pub rounds: usize,
     pub predicted_round_s: f64,
     pub measured_round_s: f64,
@@ -570,11 +567,11 @@ pub struct Validation {
 pub fn validate_against(
     cal: &Calibration,
     config: &StudyConfig,
-    run: &ArchitectureRun,
+    run: &DeploymentRun,
 ) -> Result<Validation, StudyError> {
-    let architecture = run.architecture().ok_or_else(|| {
+    let deployment = run.deployment().ok_or_else(|| {
         StudyError::missing(format!(
-            "run {:?} is not one of the study's architectures",
+            "run {:?} is not one of the study's deployments",
             run.name
         ))
     })?;
@@ -587,7 +584,7 @@ pub fn validate_against(
         )));
     }
     let scenario = Scenario {
-        architecture,
+        deployment,
         speeds: run
             .peers
             .iter()
@@ -606,7 +603,7 @@ pub fn validate_against(
     let predicted = predict_mean_round_s(cal, &scenario, rounds)?;
     let ratio = predicted / measured;
     Ok(Validation {
-        architecture: run.name.clone(),
+        deployment: run.name.clone(),
         rounds,
         predicted_round_s: predicted,
         measured_round_s: measured,
@@ -618,7 +615,7 @@ pub fn validate_against(
 /// One point of the projection grid.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProjectionPoint {
-    pub architecture: Architecture,
+    pub deployment: Deployment,
     pub peers: u32,
     pub instance_type: String,
     /// `None` for `instance`, which calls no function.
@@ -642,11 +639,11 @@ pub struct Projection {
     pub notes: Vec<String>,
 }
 
-/// Calibrates from `runs`, projects every configured architecture over the config's
+/// Calibrates from `runs`, projects every configured deployment over the config's
 /// grid, and validates against every run.
 pub fn project(
     config: &StudyConfig,
-    runs: &[ArchitectureRun],
+    runs: &[DeploymentRun],
     prices: &Prices,
 ) -> Result<Projection, StudyError> {
     let calibration = calibrate(config, runs)?;
@@ -660,20 +657,20 @@ pub fn project(
     };
     let mut points = Vec::new();
     let mut notes = Vec::new();
-    for &architecture in &config.architectures {
-        let needs_batches = architecture != Architecture::Serverless;
-        let needs_functions = architecture != Architecture::Instance;
+    for &deployment in &config.deployments {
+        let needs_batches = deployment != Deployment::Serverless;
+        let needs_functions = deployment != Deployment::Instance;
         if needs_batches && calibration.batch_s.is_none() {
             notes.push(format!(
                 "{}: not projected, no run computed batches on a reference peer",
-                architecture.name()
+                deployment.name()
             ));
             continue;
         }
         if needs_functions && calibration.functions.is_none() {
             notes.push(format!(
                 "{}: not projected, no function call was recorded",
-                architecture.name()
+                deployment.name()
             ));
             continue;
         }
@@ -691,7 +688,7 @@ pub fn project(
                 let instance = prices.instance(&instance_type)?;
                 for &memory in &memories {
                     let scenario = Scenario {
-                        architecture,
+                        deployment,
                         speeds: speeds_at(n),
                         speed_scale: instance.relative_speed / reference_speed,
                         batches_per_round: config.batches_per_round(),
@@ -701,7 +698,7 @@ pub fn project(
                         useful_vcpus: config.projection.max_useful_vcpus,
                     };
                     let warm = predict_round(&calibration, &scenario, 2)?;
-                    let first_offloading = u64::from(architecture == Architecture::Hybrid);
+                    let first_offloading = u64::from(deployment == Deployment::Hybrid);
                     let first = predict_round(&calibration, &scenario, first_offloading)?;
                     let cost_per_round = round_cost(
                         &calibration,
@@ -712,7 +709,7 @@ pub fn project(
                         prices,
                     )?;
                     points.push(ProjectionPoint {
-                        architecture,
+                        deployment,
                         peers: n,
                         instance_type: instance_type.clone(),
                         lambda_memory_mb: memory,
@@ -725,7 +722,7 @@ pub fn project(
         }
     }
     let mut validations = Vec::new();
-    for run in runs.iter().filter(|r| r.architecture().is_some()) {
+    for run in runs.iter().filter(|r| r.deployment().is_some()) {
         match validate_against(&calibration, config, run) {
             Ok(v) => validations.push(v),
             Err(e) => notes.push(format!("{}: not validated: {e}", run.name)),

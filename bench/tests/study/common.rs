@@ -1,7 +1,7 @@
 //! Builders shared by the study tests.
 
-use peerless_bench::metrics::{BillingSource, InvocationRecord, RoundMetrics};
 use peerless_bench::study::{Prices, StudyConfig};
+use peerless_runtime::metrics::{BillingSource, InvocationRecord, RoundMetrics};
 
 /// A valid config with `peers` peers of the given speeds.
 pub fn config_with_speeds(speeds: &[f64]) -> StudyConfig {

@@ -4,8 +4,10 @@
 use std::path::Path;
 
 use peerless_bench::study::{
-    Architecture, Dataset, FunctionBackend, ModelArchitecture, Prices, StudyConfig, StudyError,
+    Architecture, DatasetKind, Deployment, Prices, ServerlessMode, StudyConfig, StudyError,
 };
+
+use peerless_runtime::OffloadPolicy;
 
 use super::common::{TEST_PRICES, test_prices};
 
@@ -44,10 +46,10 @@ fn invalid_key(text: &str) -> String {
 #[test]
 fn minimal_config_takes_the_documented_defaults() {
     let c = StudyConfig::from_toml_str(MINIMAL).unwrap();
-    assert_eq!(c.model, Some(ModelArchitecture::TinyCnn));
-    assert_eq!(c.dataset, Dataset::FashionMnist);
-    assert_eq!(c.architectures, Architecture::ALL.to_vec());
-    assert_eq!(c.serverless, FunctionBackend::Local);
+    assert_eq!(c.model, Some(Architecture::TinyCnn));
+    assert_eq!(c.dataset, DatasetKind::FashionMnist);
+    assert_eq!(c.deployments, Deployment::ALL.to_vec());
+    assert_eq!(c.serverless, ServerlessMode::Local);
     assert_eq!(c.function_concurrency, 2);
     assert_eq!(c.lambda_memory_mb, 2048);
     assert_eq!(c.instance_type, "t3.medium");
@@ -61,8 +63,8 @@ fn minimal_config_takes_the_documented_defaults() {
     assert_eq!(c.projection.peers, vec![4, 8, 16, 32, 64, 128, 256, 512]);
     assert_eq!(c.projection_instance_types(), vec!["t3.medium".to_string()]);
     assert_eq!(c.per_model().len(), 1);
-    assert_eq!(Architecture::Hybrid.offload(), Some("auto"));
-    assert_eq!(Architecture::Instance.offload(), None);
+    assert_eq!(Deployment::Hybrid.offload(), Some(OffloadPolicy::Auto));
+    assert_eq!(Deployment::Instance.offload(), None);
 }
 
 #[test]
@@ -77,8 +79,8 @@ fn unknown_keys_fail_naming_the_key() {
 
 #[test]
 fn unknown_names_fail_naming_the_value() {
-    let e = err(&with("architectures = [\"instance\", \"cloud\"]"));
-    assert!(e.contains("cloud") && e.contains("architectures"), "{e}");
+    let e = err(&with("deployments = [\"instance\", \"cloud\"]"));
+    assert!(e.contains("cloud") && e.contains("deployments"), "{e}");
     let e = err(&MINIMAL.replace("tiny_cnn", "resnet50"));
     assert!(e.contains("resnet50") && e.contains("model"), "{e}");
     let e = err(&with("serverless = \"azure\""));
@@ -134,10 +136,15 @@ fn out_of_range_values_fail_naming_the_key() {
         invalid_key(&with("lambda_memory_mb = 10241")),
         "lambda_memory_mb"
     );
-    assert_eq!(invalid_key(&with("architectures = []")), "architectures");
+    assert_eq!(invalid_key(&with("deployments = []")), "deployments");
     assert_eq!(
-        invalid_key(&with("architectures = [\"hybrid\", \"hybrid\"]")),
-        "architectures[1]"
+        invalid_key(&with("serverless = \"none\"")),
+        "serverless",
+        "offloading deployments need functions"
+    );
+    assert_eq!(
+        invalid_key(&with("deployments = [\"hybrid\", \"hybrid\"]")),
+        "deployments[1]"
     );
     assert_eq!(
         invalid_key(&with("function_concurrency = 0")),
@@ -196,9 +203,9 @@ fn a_models_list_expands_into_one_study_per_model() {
     let c = StudyConfig::from_toml_str(&text).unwrap();
     let studies = c.per_model();
     assert_eq!(studies.len(), 2);
-    assert_eq!(studies[1].0, ModelArchitecture::Vgg11);
+    assert_eq!(studies[1].0, Architecture::Vgg11);
     assert_eq!(studies[1].1.name, "t-vgg11");
-    assert_eq!(studies[1].1.model, Some(ModelArchitecture::Vgg11));
+    assert_eq!(studies[1].1.model, Some(Architecture::Vgg11));
     studies[1].1.validate().unwrap();
     assert_eq!(c.model_names(), "squeezenet1_1, vgg11");
 }
@@ -219,17 +226,17 @@ fn shipped_configs_parse_validate_and_are_covered_by_the_shipped_prices() {
         assert!(!config.per_model().is_empty());
     }
     let default = StudyConfig::load(&shipped("study/default.toml")).unwrap();
-    assert_eq!(default.model, Some(ModelArchitecture::TinyCnn));
-    assert_eq!(default.dataset, Dataset::FashionMnist);
+    assert_eq!(default.model, Some(Architecture::TinyCnn));
+    assert_eq!(default.dataset, DatasetKind::FashionMnist);
     let speeds: Vec<f64> = default.peers.iter().map(|p| p.speed).collect();
     assert_eq!(speeds, vec![1.0, 1.0, 0.7, 0.4]);
     let models = StudyConfig::load(&shipped("study/models.toml")).unwrap();
     assert_eq!(
         models.models,
         vec![
-            ModelArchitecture::SqueezeNet1_1,
-            ModelArchitecture::MobileNetV3Small,
-            ModelArchitecture::Vgg11
+            Architecture::SqueezeNet1_1,
+            Architecture::MobileNetV3Small,
+            Architecture::Vgg11
         ]
     );
 }
@@ -362,4 +369,17 @@ fn prices_path_resolves_against_the_config_folder_first() {
     Prices::load(&c.prices_path()).unwrap();
     let elsewhere = StudyConfig::from_toml_str(&with("prices = \"p/x.toml\"")).unwrap();
     assert_eq!(elsewhere.prices_path(), Path::new("p/x.toml"));
+}
+
+#[test]
+fn the_deployments_key_is_also_read_under_its_earlier_name() {
+    let c = StudyConfig::from_toml_str(&with("architectures = [\"hybrid\"]")).unwrap();
+    assert_eq!(c.deployments, vec![Deployment::Hybrid]);
+    let only_instance = with("deployments = [\"instance\"]\nserverless = \"none\"");
+    assert_eq!(
+        StudyConfig::from_toml_str(&only_instance)
+            .unwrap()
+            .deployments,
+        vec![Deployment::Instance]
+    );
 }

@@ -1,6 +1,6 @@
 //! The cost model against a hand-made metrics file, worked out by hand.
 
-use peerless_bench::study::{ArchitectureRun, StudyConfig, cost_curve, run_cost};
+use peerless_bench::study::{DeploymentRun, StudyConfig, cost_curve, run_cost};
 
 use super::common::test_prices;
 
@@ -17,7 +17,7 @@ const PEER_1: &str = r#"{"rank":1,"round":0,"serverless":"lambda","offloaded_bat
 {"rank":1,"round":1,"serverless":"lambda","offloaded_batches":1,"state_transitions":4,"round_time_s":1.0,"invocations":[{"batch":0,"attempts":1,"wall_ms":1100.0,"billed_ms":999,"memory_mb":1024,"init_ms":null,"billing":"estimate","cold":false,"load_weights_ms":12.5,"load_batch_ms":5.0,"compute_ms":900.0,"upload_ms":10.0,"handler_ms":998.1,"gradient_bytes":1000}]}
 "#;
 
-fn fixture() -> (tempfile::TempDir, ArchitectureRun, StudyConfig) {
+fn fixture() -> (tempfile::TempDir, DeploymentRun, StudyConfig) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("peer-0.jsonl"), PEER_0).unwrap();
     std::fs::write(dir.path().join("peer-1.jsonl"), PEER_1).unwrap();
@@ -27,7 +27,7 @@ fn fixture() -> (tempfile::TempDir, ArchitectureRun, StudyConfig) {
          [[peer]]\nspeed = 1.0\n[[peer]]\nspeed = 0.5\ninstance_type = \"c5.large\"\n",
     )
     .unwrap();
-    let run = ArchitectureRun::load_dir("hybrid", dir.path(), &config, 100.4).unwrap();
+    let run = DeploymentRun::load_dir("hybrid", dir.path(), &config, 100.4).unwrap();
     (dir, run, config)
 }
 

@@ -1,24 +1,22 @@
-//! The report end to end on synthetic runs: 3 architectures × 2 peers × 4 rounds.
+//! The report end to end on synthetic runs: 3 deployments × 2 peers × 4 rounds.
 
 use std::path::Path;
 
-use peerless_bench::study::{
-    ArchitectureRun, PeerRun, SECTIONS, StudyConfig, project, write_report,
-};
+use peerless_bench::study::{DeploymentRun, PeerRun, SECTIONS, StudyConfig, project, write_report};
 
 use super::common::{config_with_speeds, invocation, round, test_prices};
 
 /// Instance: both peers compute 4 batches (peer 1 at half speed). Serverless: both offload
 /// all 4 (two waves of two calls, the first round cold). Hybrid: peer 1 offloads 1 batch
 /// from round 1 on.
-fn runs(with_accuracy: bool) -> Vec<ArchitectureRun> {
+fn runs(with_accuracy: bool) -> Vec<DeploymentRun> {
     let accuracy = |r: u64| with_accuracy.then_some(0.5 + 0.1 * r as f64);
     let peer = |rank: u32, rounds| PeerRun {
         rank,
         instance_type: "t3.medium".into(),
         rounds,
     };
-    let instance = ArchitectureRun {
+    let instance = DeploymentRun {
         name: "instance".into(),
         wall_time_s: 12.0,
         peers: (0..2)
@@ -32,7 +30,7 @@ fn runs(with_accuracy: bool) -> Vec<ArchitectureRun> {
             })
             .collect(),
     };
-    let offloading = |name: &str, offload: &dyn Fn(u32, u64) -> usize| ArchitectureRun {
+    let offloading = |name: &str, offload: &dyn Fn(u32, u64) -> usize| DeploymentRun {
         name: name.into(),
         wall_time_s: 15.0,
         peers: (0..2)
@@ -161,13 +159,13 @@ fn check_report(with_accuracy: bool) -> String {
     assert!(!html.contains("href="));
     assert!(!html.contains("src=\"http") && !html.contains("src=\"plots/"));
 
-    // CSVs: a header and one row per architecture × peer × round, one per invocation.
+    // CSVs: a header and one row per deployment × peer × round, one per invocation.
     let metrics = std::fs::read_to_string(&files.metrics_csv).unwrap();
     let lines: Vec<&str> = metrics.lines().collect();
     assert_eq!(lines.len(), 1 + 3 * 2 * 4);
     let header: Vec<&str> = lines[0].split(',').collect();
     for col in [
-        "architecture",
+        "deployment",
         "peer",
         "instance_type",
         "round",
@@ -188,7 +186,7 @@ fn check_report(with_accuracy: bool) -> String {
     assert_eq!(invocations.lines().count(), 1 + 32 + 3);
     let inv_header = invocations.lines().next().unwrap();
     for col in [
-        "architecture",
+        "deployment",
         "peer",
         "round",
         "billed_ms",

@@ -1,10 +1,10 @@
 //! The projection model on hand-computed cases.
 
-use peerless_bench::metrics::{InvocationRecord, RoundMetrics};
 use peerless_bench::study::{
-    Architecture, ArchitectureRun, Calibration, FunctionCalibration, PeerRun, Scenario, calibrate,
+    Calibration, Deployment, DeploymentRun, FunctionCalibration, PeerRun, Scenario, calibrate,
     predict_mean_round_s, predict_round, project, validate_against,
 };
+use peerless_runtime::metrics::{InvocationRecord, RoundMetrics};
 
 use super::common::{config_with_speeds, invocation, test_prices};
 
@@ -44,9 +44,9 @@ fn calibration() -> Calibration {
     }
 }
 
-fn scenario(architecture: Architecture) -> Scenario {
+fn scenario(deployment: Deployment) -> Scenario {
     Scenario {
-        architecture,
+        deployment,
         speeds: vec![1.0, 0.5],
         speed_scale: 1.0,
         batches_per_round: 4,
@@ -63,7 +63,7 @@ fn close(got: f64, want: f64) {
 
 #[test]
 fn instance_round_is_the_slowest_peer_plus_exchange_and_overhead() {
-    let p = predict_round(&calibration(), &scenario(Architecture::Instance), 0).unwrap();
+    let p = predict_round(&calibration(), &scenario(Deployment::Instance), 0).unwrap();
     // Slowest: 4 batches × 0.1 s / 0.5 = 0.8 s. Exchange: 2 × 1 × 1 MB / 100 MB/s = 0.02 s.
     // Overhead: 0.01 + 1 × 0.005 + 0.02 = 0.035 s. Round: 0.855 s.
     close(p.compute_s, 0.8);
@@ -77,7 +77,7 @@ fn instance_round_is_the_slowest_peer_plus_exchange_and_overhead() {
 #[test]
 fn serverless_round_counts_waves_and_the_cold_start() {
     let cal = calibration();
-    let s = scenario(Architecture::Serverless);
+    let s = scenario(Deployment::Serverless);
     // 4 batches at concurrency 2: 2 waves × 0.65 s = 1.3 s; peer: 0.2 + 1.3 + 4 × 0.03
     // = 1.62 s; round 1.62 + 0.02 + 0.035 = 1.675 s.
     let warm = predict_round(&cal, &s, 3).unwrap();
@@ -113,7 +113,7 @@ fn serverless_round_counts_waves_and_the_cold_start() {
 #[test]
 fn hybrid_offloads_what_minimises_the_slow_peers_time() {
     let cal = calibration();
-    let s = scenario(Architecture::Hybrid);
+    let s = scenario(Deployment::Hybrid);
     // Target: the fast peer's 0.4 s. The slow peer (0.8 s alone) with m offloaded:
     // m=1: 0.2 + max(3 × 0.2, 0.65) + 0.03 = 0.88; m=2: 0.2 + max(0.4, 0.65) + 0.06 = 0.91;
     // m=3: 0.2 + max(0.2, 1.3) + 0.09 = 1.59; m=4: 1.62. None meets 0.4 s: m=1 (0.88 s).
@@ -137,7 +137,7 @@ fn hybrid_offloads_what_minimises_the_slow_peers_time() {
 /// Two peers (speeds 1.0 and 0.5), two instance rounds, timed to match the calibration
 /// above: 4 batches in 0.4 s and 0.8 s, encode 0.01, send 0.005, decode 0.005, update
 /// 0.02, the fast peer waits 0.415 s and the slow one 0.015 s for the other gradient.
-fn instance_run() -> ArchitectureRun {
+fn instance_run() -> DeploymentRun {
     let m = |rank: u32, round: u64, local: f64, receive: f64, total: f64| RoundMetrics {
         rank,
         round,
@@ -159,7 +159,7 @@ fn instance_run() -> ArchitectureRun {
         instance_type: "t3.medium".into(),
         rounds,
     };
-    ArchitectureRun {
+    DeploymentRun {
         name: "instance".into(),
         wall_time_s: 10.0,
         peers: vec![
@@ -209,7 +209,7 @@ fn validation_against_the_local_run_returns_the_ratio() {
 
 /// [`instance_run`] with every batch offloaded: each peer's round `r` makes the calls
 /// `calls(r)`, uploads the weights in 0.2 s and fetches the gradients in 0.06 s.
-fn serverless_run(calls: impl Fn(usize) -> Vec<InvocationRecord>) -> ArchitectureRun {
+fn serverless_run(calls: impl Fn(usize) -> Vec<InvocationRecord>) -> DeploymentRun {
     let mut run = instance_run();
     run.name = "serverless".into();
     for peer in &mut run.peers {
@@ -273,7 +273,7 @@ fn call_spread_is_taken_within_rounds() {
 #[test]
 fn projection_covers_the_grid_and_prices_each_point() {
     let mut config = config_with_speeds(&[1.0, 0.5]);
-    config.architectures = vec![Architecture::Instance, Architecture::Serverless];
+    config.deployments = vec![Deployment::Instance, Deployment::Serverless];
     config.projection.peers = vec![2, 64];
     config.projection.instance_types = vec!["t3.medium".into(), "c5.large".into()];
     config.projection.lambda_memory_mb = vec![1769];

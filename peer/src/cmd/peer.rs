@@ -1,76 +1,14 @@
 //! `peerless peer`: one peer of a run, exchanging over RabbitMQ (or alone, in-process).
 
-use std::time::Duration;
-
-use anyhow::{Context, Result, bail};
-use peerless_comm::{
-    AmqpConfig, AmqpTransport, AnyTransport, InProcessHub, OnTimeout, RunId, mask_password,
-};
+use anyhow::{Result, bail};
+use peerless_comm::{AnyTransport, InProcessHub, RunId};
 use peerless_models::{DeviceChoice, select_device};
+use peerless_runtime::{Capability, Node, NodeConfig, connect};
 
-use crate::cli::{ExchangeArgs, PeerArgs, TrainingArgs};
-use crate::cmd::split::store_options;
-use crate::node::{Capability, Node, NodeConfig};
+use crate::cli::PeerArgs;
 
-/// The node configuration for `rank` of `size` from the shared flags.
-pub fn node_config(
-    rank: u32,
-    size: u32,
-    run_id: RunId,
-    training: &TrainingArgs,
-    exchange: &ExchangeArgs,
-    resize: Option<u32>,
-    capability: Capability,
-) -> Result<NodeConfig> {
-    if capability.threads == Some(0) {
-        bail!("peer {rank} has 0 threads; give at least 1");
-    }
-    let speed = capability.speed;
-    if !(speed > 0.0 && speed <= 1.0) {
-        bail!("the speed of peer {rank} is {speed}; it must be in (0, 1]");
-    }
-    if rank >= size {
-        bail!("--rank {rank} must be below --size {size}");
-    }
-    if !(exchange.round_timeout > 0.0 && exchange.round_timeout.is_finite()) {
-        bail!("--round-timeout must be a positive number of seconds");
-    }
-    crate::node::check_serverless_flags(&exchange.serverless, &exchange.store)?;
-    Ok(NodeConfig {
-        rank,
-        size,
-        run_id,
-        store: exchange.store.clone(),
-        store_options: store_options(&exchange.s3),
-        training: training.clone(),
-        resize: resize.map(|r| r as usize),
-        evaluation: exchange.evaluation,
-        eval_limit: exchange.eval_limit,
-        codec: exchange.compression,
-        rounds_per_epoch: exchange.rounds_per_epoch as usize,
-        round_timeout: Duration::from_secs_f64(exchange.round_timeout),
-        on_timeout: match exchange.on_timeout.as_str() {
-            "partial" => OnTimeout::AverageArrived,
-            _ => OnTimeout::Fail,
-        },
-        max_chunk_bytes: exchange.chunk_mib as usize * (1 << 20),
-        metrics_out: training.metrics_out.clone(),
-        serverless: exchange.serverless.clone(),
-        capability,
-    })
-}
-
-/// Connects this peer to the broker.
-pub async fn connect(url: &str, config: &NodeConfig) -> Result<AnyTransport> {
-    let amqp = AmqpConfig::new(url, config.run_id, config.rank, config.size);
-    let transport = AmqpTransport::connect(&amqp)
-        .await
-        .with_context(|| format!("peer {}: connecting to {}", config.rank, mask_password(url)))?;
-    Ok(AnyTransport::Amqp(Box::new(transport)))
-}
-
-pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
-    let device = select_device(device)?;
+/// The peer's configuration from its flags.
+fn node_config(args: &PeerArgs) -> Result<NodeConfig> {
     let x = &args.exchange;
     let run_id = match (&x.run_id, args.size) {
         (Some(name), _) => RunId::from_name(name),
@@ -81,18 +19,25 @@ pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
             args.size
         ),
     };
-    let config = node_config(
+    let mut config = NodeConfig::new(
         args.rank,
         args.size,
         run_id,
-        &args.training,
-        x,
-        args.resize,
-        Capability {
-            speed: args.speed,
-            threads: args.threads,
-        },
-    )?;
+        args.training.to_config(),
+        x.to_config()?,
+    )?
+    .with_capability(Capability {
+        speed: args.speed,
+        threads: args.threads,
+    })?;
+    config.resize = args.resize.map(|r| r as usize);
+    config.metrics_out = args.training.metrics_out.clone();
+    Ok(config)
+}
+
+pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
+    let config = node_config(&args)?;
+    let device = select_device(device)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -102,7 +47,7 @@ pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
             check_dataset(&config, expected).await?;
         }
         let node = Node::prepare(&config, &device).await?;
-        let transport = match &x.broker {
+        let transport = match &config.exchange.broker {
             Some(url) => connect(url, &config).await?,
             None if args.size == 1 => AnyTransport::from(
                 InProcessHub::new(1)
@@ -131,12 +76,13 @@ pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
 }
 
 async fn check_dataset(config: &NodeConfig, expected: peerless_data::DatasetKind) -> Result<()> {
-    let reader = peerless_data::SplitReader::open_url(&config.store, &config.store_options).await?;
+    let x = &config.exchange;
+    let reader = peerless_data::SplitReader::open_url(&x.store, &x.store_options).await?;
     let found = reader.manifest().dataset;
     if found != expected {
         bail!(
             "--dataset {expected} but the split in {} holds {found}",
-            config.store
+            x.store
         );
     }
     Ok(())

@@ -1,19 +1,9 @@
 //! `peerless data split`: shards (and batch objects) per peer in an object store.
 
 use anyhow::{Context, Result};
-use peerless_data::{S3Options, Split, SplitConfig, StoreOptions, load, open_store, split};
+use peerless_data::{Split, SplitConfig, load, open_store, split};
 
-use crate::cli::{S3Args, SplitArgs};
-
-/// Store options from the S3 flags.
-pub fn store_options(s3: &S3Args) -> StoreOptions {
-    StoreOptions {
-        s3: S3Options {
-            endpoint_url: s3.s3_endpoint.clone(),
-            ..S3Options::default()
-        },
-    }
-}
+use crate::cli::SplitArgs;
 
 pub fn run(args: SplitArgs) -> Result<()> {
     let kind = args.data.dataset;
@@ -34,7 +24,7 @@ pub fn run(args: SplitArgs) -> Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let manifest = runtime.block_on(async {
-        let store = open_store(&args.to, &store_options(&args.s3))
+        let store = open_store(&args.to, &args.s3.store_options())
             .await
             .with_context(|| format!("opening store {}", args.to))?;
         split(&train, &test, &config, store.as_ref())

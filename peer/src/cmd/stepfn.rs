@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use peerless_lambda::{OnTaskFailure, RetryPolicy, StateMachineConfig, state_machine_definition};
+use peerless_lambda::{RetryPolicy, StateMachineConfig, state_machine_definition};
 
 use crate::cli::StepfnGenerateArgs;
 
@@ -21,10 +21,7 @@ pub fn generate(args: StepfnGenerateArgs) -> Result<()> {
         ..RetryPolicy::default()
     };
     config.task_timeout_seconds = args.task_timeout;
-    config.on_failure = match args.on_failure.as_str() {
-        "record" => OnTaskFailure::RecordError,
-        _ => OnTaskFailure::FailExecution,
-    };
+    config.on_failure = args.on_failure;
     let definition = state_machine_definition(&config)?;
     let text = serde_json::to_string_pretty(&definition)? + "\n";
     match &args.out {

@@ -1,26 +1,37 @@
-//! `peerless study`: the same training job under each architecture (instance-only,
+//! `peerless study`: the same training job under each deployment (instance-only,
 //! serverless, hybrid offload) with unequal peers, then the time / cost / accuracy report
 //! (`peerless_bench::study`). Every check on the config and prices runs before training;
-//! each finished architecture is kept, so rerunning an interrupted study resumes it.
+//! each finished deployment is kept, so rerunning an interrupted study resumes it.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use clap::Parser;
+use anyhow::{Context, Result};
 use peerless_bench::study::{
-    Architecture, ArchitectureRun, FunctionBackend, Prices, StudyConfig, project, write_report,
+    Deployment, DeploymentRun, Prices, StudyConfig, project, write_report,
 };
-use peerless_models::DeviceChoice;
+use peerless_data::StoreOptions;
+use peerless_models::{DeviceChoice, select_device};
+use peerless_runtime::{
+    Capability, ExchangeConfig, LocalRunConfig, ServerlessConfig, SplitSource, TrainingConfig,
+    run_local,
+};
+use serde::{Deserialize, Serialize};
 
-use crate::cli::{Cli, Command, StudyArgs};
+use crate::cli::StudyArgs;
 
 /// The default study, used without `--config` (also at `bench/study/default.toml`).
 const DEFAULT_CONFIG: &str = include_str!("../../../bench/study/default.toml");
 /// The prices shipped with peerless (also at `bench/prices/aws-us-east-1.toml`).
 const DEFAULT_PRICES: &str = include_str!("../../../bench/prices/aws-us-east-1.toml");
-/// Written into an architecture's folder once its run finished.
+/// Written into a deployment's folder once its run finished.
 const DONE: &str = "done.json";
+
+/// The contents of [`DONE`].
+#[derive(Serialize, Deserialize)]
+struct Done {
+    wall_time_s: f64,
+}
 
 pub fn run(args: StudyArgs, config: Option<PathBuf>, device: DeviceChoice) -> Result<()> {
     let explicit = config.is_some();
@@ -72,14 +83,12 @@ fn run_study(
         .clone()
         .unwrap_or_else(|| out.join("store").display().to_string());
     let mut runs = Vec::new();
-    for &arch in &config.architectures {
-        let dir = out.join(arch.name());
+    for &deployment in &config.deployments {
+        let name = deployment.name();
+        let dir = out.join(name);
         let wall = match finished(&dir)? {
             Some(wall) => {
-                eprintln!(
-                    "study: {} already finished ({wall:.1} s), kept",
-                    arch.name()
-                );
+                eprintln!("study: {name} already finished ({wall:.1} s), kept");
                 wall
             }
             None => {
@@ -87,37 +96,29 @@ fn run_study(
                     std::fs::remove_dir_all(&dir)
                         .with_context(|| format!("clearing the unfinished {}", dir.display()))?;
                 }
-                eprintln!("study: running {} ...", arch.name());
+                eprintln!("study: running {name} ...");
                 let start = Instant::now();
-                let argv = run_argv(config, arch, &store, &dir);
-                let parsed = Cli::try_parse_from(&argv)
-                    .with_context(|| format!("study flags for {}: {argv:?}", arch.name()))?;
-                let Command::Run(run_args) = parsed.command else {
-                    unreachable!("the argv starts with `run`")
-                };
-                crate::cmd::run::run(run_args, device).with_context(|| {
+                let run = run_config(config, deployment, &store, &dir);
+                let device = select_device(device)?;
+                run_local(&run, &device).with_context(|| {
                     format!(
-                        "the {} run of the study failed; the finished runs are kept in {}: \
+                        "the {name} run of the study failed; the finished runs are kept in {}: \
                          rerun the same command to resume",
-                        arch.name(),
                         out.display()
                     )
                 })?;
                 let wall = start.elapsed().as_secs_f64();
-                std::fs::write(
-                    dir.join(DONE),
-                    serde_json::json!({ "wall_time_s": wall }).to_string(),
-                )?;
+                let done = Done { wall_time_s: wall };
+                std::fs::write(dir.join(DONE), serde_json::to_string(&done)?)?;
                 wall
             }
         };
-        runs.push(ArchitectureRun::load_dir(arch.name(), &dir, config, wall)?);
+        runs.push(DeploymentRun::load_dir(name, &dir, config, wall)?);
     }
     let projection = project(config, &runs, prices)?;
     let files = write_report(out, config, &runs, prices, &projection)?;
-    let report = std::fs::read_to_string(&files.markdown)?;
-    if let Some(line) = report.lines().find(|l| l.contains("computation time")) {
-        println!("{}", line.trim_start_matches(['#', '>', ' ', '*']));
+    if let Some(headline) = files.headlines.first() {
+        println!("{headline}");
     }
     println!(
         "report: {} and {} (plots and CSV beside them)",
@@ -127,123 +128,85 @@ fn run_study(
     Ok(())
 }
 
-/// The wall time of an architecture that already finished in `dir`.
+/// The wall time of a deployment that already finished in `dir`.
 fn finished(dir: &Path) -> Result<Option<f64>> {
     let path = dir.join(DONE);
     if !path.exists() {
         return Ok(None);
     }
-    let done: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
-        .with_context(|| format!("reading {}", path.display()))?;
-    match done["wall_time_s"].as_f64() {
-        Some(wall) => Ok(Some(wall)),
-        None => bail!("{} has no wall_time_s; delete it to rerun", path.display()),
-    }
+    let done: Done = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("reading {}; delete it to rerun", path.display()))?;
+    Ok(Some(done.wall_time_s))
 }
 
-/// The `peerless run` command line of one architecture: the same job everywhere, only
-/// the serverless flags differ.
-fn run_argv(config: &StudyConfig, arch: Architecture, store: &str, dir: &Path) -> Vec<String> {
+/// The local run of one deployment: the same job everywhere, only the serverless settings
+/// differ.
+fn run_config(
+    config: &StudyConfig,
+    deployment: Deployment,
+    store: &str,
+    dir: &Path,
+) -> LocalRunConfig {
     let model = config.model.expect("per_model() sets one model per study");
-    let list = |v: Vec<String>| v.join(",");
-    let mut argv: Vec<String> = [
-        "peerless",
-        "run",
-        "--peers",
-        &config.peers.len().to_string(),
-        "--dataset",
-        config.dataset.name(),
-        "--model",
-        model.name(),
-        "--batch-size",
-        &config.batch_size.to_string(),
-        "--batches",
-        &config.batches_per_peer.to_string(),
-        "--rounds-per-epoch",
-        &config.rounds_per_epoch.to_string(),
-        "--epochs",
-        &config.epochs.to_string(),
-        "--lr",
-        &config.lr.to_string(),
-        "--momentum",
-        &config.momentum.to_string(),
-        "--seed",
-        &config.seed.to_string(),
+    let rpe = config.rounds_per_epoch as u32;
+    let training = TrainingConfig {
+        model,
+        batch_size: config.batch_size as u32,
+        lr: config.lr as f32,
+        momentum: Some(config.momentum as f32),
+        epochs: config.epochs as u32,
+        seed: config.seed,
         // The original's patience counts epochs (10 for early stopping, 5 for the
         // learning-rate plateau); rounds are finer, so scale them.
-        "--patience",
-        &(10 * config.rounds_per_epoch).to_string(),
-        "--plateau-patience",
-        &(5 * config.rounds_per_epoch).to_string(),
-        "--store",
-        store,
-        "--run-id",
-        &format!(
+        patience: 10 * rpe,
+        plateau_patience: 5 * rpe,
+        ..TrainingConfig::default()
+    };
+    let serverless = match deployment.offload() {
+        None => ServerlessConfig::default(),
+        Some(policy) => ServerlessConfig {
+            mode: config.serverless,
+            offload: Some(policy),
+            concurrency: Some(config.function_concurrency),
+            memory_mb: config.lambda_memory_mb,
+            lambda_endpoint: config.lambda_endpoint.clone(),
+            state_machine_arn: config.state_machine_arn.clone(),
+            ..ServerlessConfig::default()
+        },
+    };
+    LocalRunConfig {
+        peers: config.peers.len() as u32,
+        run_id: Some(format!(
             "study-{}-{}-{}",
             config.name,
-            arch.name(),
+            deployment.name(),
             std::process::id()
-        ),
-        "--speeds",
-        &list(
-            (0..config.peers.len())
-                .map(|r| config.peer_speed(r).to_string())
-                .collect(),
-        ),
-    ]
-    .map(String::from)
-    .to_vec();
-    argv.push("--metrics-dir".into());
-    argv.push(dir.display().to_string());
-    if config.peers.iter().any(|p| p.threads.is_some()) {
-        argv.push("--threads".into());
-        argv.push(list(
-            config
-                .peers
-                .iter()
-                .map(|p| p.threads.unwrap_or(0).to_string())
-                .collect(),
-        ));
+        )),
+        metrics_dir: dir.to_path_buf(),
+        split: SplitSource {
+            dataset: config.dataset,
+            data_dir: config.data_dir.clone(),
+            limit: config.limit,
+            batches: Some(config.batches_per_peer),
+            partition: peerless_data::Partition::Iid,
+        },
+        resize: None,
+        training,
+        exchange: ExchangeConfig {
+            store: store.to_string(),
+            store_options: StoreOptions::default(),
+            broker: config.broker.clone(),
+            evaluation: config.evaluation,
+            eval_limit: config.eval_limit,
+            rounds_per_epoch: rpe,
+            serverless,
+            ..ExchangeConfig::default()
+        },
+        capabilities: (0..config.peers.len())
+            .map(|r| Capability {
+                speed: config.peer_speed(r),
+                threads: config.peers[r].threads,
+            })
+            .collect(),
     }
-    if let Some(limit) = config.limit {
-        argv.extend(["--limit".into(), limit.to_string()]);
-    }
-    if let Some(d) = &config.data_dir {
-        argv.extend(["--data-dir".into(), d.display().to_string()]);
-    }
-    if config.evaluation {
-        argv.push("--evaluation".into());
-    }
-    if let Some(limit) = config.eval_limit {
-        argv.extend(["--eval-limit".into(), limit.to_string()]);
-    }
-    if let Some(broker) = &config.broker {
-        argv.extend(["--broker".into(), broker.clone()]);
-    }
-    if let Some(offload) = arch.offload() {
-        argv.extend([
-            "--serverless".into(),
-            config.serverless.name().into(),
-            "--offload".into(),
-            offload.into(),
-            "--function-concurrency".into(),
-            config.function_concurrency.to_string(),
-            "--function-memory-mb".into(),
-            config.lambda_memory_mb.to_string(),
-        ]);
-        match config.serverless {
-            FunctionBackend::Local => {}
-            FunctionBackend::Lambda => {
-                if let Some(e) = &config.lambda_endpoint {
-                    argv.extend(["--lambda-endpoint".into(), e.clone()]);
-                }
-            }
-            FunctionBackend::Stepfn => {
-                if let Some(arn) = &config.state_machine_arn {
-                    argv.extend(["--state-machine-arn".into(), arn.clone()]);
-                }
-            }
-        }
-    }
-    argv
 }

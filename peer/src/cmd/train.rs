@@ -7,7 +7,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use peerless_data::partition::train_val_split;
 use peerless_data::{Partition, Split, load};
-use peerless_models::optim::OptimizerConfig;
 use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
 use peerless_models::{DeviceChoice, Model, Trainer, select_device};
 use rand::SeedableRng;
@@ -15,9 +14,10 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::cli::{TrainArgs, TrainingArgs};
-use crate::eval::evaluate;
-use crate::setup::{BatchBuffers, Pipeline};
+use peerless_runtime::eval::evaluate;
+use peerless_runtime::pipeline::{BatchBuffers, Pipeline};
+
+use crate::cli::TrainArgs;
 
 /// One line of `--metrics-out`.
 #[derive(Serialize)]
@@ -36,15 +36,6 @@ struct EpochMetrics {
     images_per_s: f64,
     peak_rss_bytes: Option<u64>,
     cpu_time_s: Option<f64>,
-}
-
-/// The optimizer options of the training flags.
-pub fn optimizer_config(t: &TrainingArgs) -> OptimizerConfig {
-    OptimizerConfig {
-        momentum: t.momentum,
-        weight_decay: t.weight_decay,
-        ..Default::default()
-    }
 }
 
 pub fn run(args: TrainArgs, device: DeviceChoice) -> Result<()> {
@@ -85,7 +76,12 @@ pub fn run(args: TrainArgs, device: DeviceChoice) -> Result<()> {
         test = test_set.len(),
         "training"
     );
-    let mut trainer = Trainer::new(model, t.loss, t.optimizer, &optimizer_config(t))?;
+    let mut trainer = Trainer::new(
+        model,
+        t.loss,
+        t.optimizer,
+        &t.to_config().optimizer_config(),
+    )?;
     let mut plateau = ReduceLrOnPlateau::new(
         t.lr,
         t.plateau_factor,
@@ -145,8 +141,8 @@ pub fn run(args: TrainArgs, device: DeviceChoice) -> Result<()> {
             eval_time_s: eval_time,
             elapsed_s: start.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_time,
-            peak_rss_bytes: peerless_bench::sys::peak_rss_bytes(),
-            cpu_time_s: peerless_bench::sys::cpu_time_s(),
+            peak_rss_bytes: peerless_runtime::sys::peak_rss_bytes(),
+            cpu_time_s: peerless_runtime::sys::cpu_time_s(),
         };
         tracing::info!(
             "epoch {epoch}: train loss {:.4}, val loss {:.4}, test accuracy {:.2}%, {:.0} img/s, {:.1}s",

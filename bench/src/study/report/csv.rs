@@ -1,17 +1,17 @@
 //! The raw metrics as CSV, for spreadsheets and pandas: `metrics.csv` (one row per
-//! architecture × peer × round, every scalar `RoundMetrics` field) and `invocations.csv`
+//! deployment × peer × round, every scalar `RoundMetrics` field) and `invocations.csv`
 //! (one row per function call). Columns come from the metrics' own serialisation, so a
 //! field added to the schema appears without touching this module.
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::super::runs::ArchitectureRun;
+use super::super::runs::DeploymentRun;
 
-/// `metrics.csv`: leading columns `architecture`, `peer`, `instance_type`, then every
+/// `metrics.csv`: leading columns `deployment`, `peer`, `instance_type`, then every
 /// scalar field of `RoundMetrics` in name order, then `invocation_count` and
 /// `missing_ranks` (`;`-separated).
-pub fn metrics_csv(runs: &[ArchitectureRun]) -> String {
+pub fn metrics_csv(runs: &[DeploymentRun]) -> String {
     let mut rows = Vec::new();
     for run in runs {
         for peer in &run.peers {
@@ -27,7 +27,7 @@ pub fn metrics_csv(runs: &[ArchitectureRun]) -> String {
                         .join(";"),
                 ));
                 let lead = vec![
-                    ("architecture".to_string(), run.name.clone()),
+                    ("deployment".to_string(), run.name.clone()),
                     ("peer".to_string(), peer.rank.to_string()),
                     ("instance_type".to_string(), peer.instance_type.clone()),
                 ];
@@ -38,16 +38,16 @@ pub fn metrics_csv(runs: &[ArchitectureRun]) -> String {
     table(rows, &metrics_header())
 }
 
-/// `invocations.csv`: `architecture`, `peer`, `round`, then every field of
+/// `invocations.csv`: `deployment`, `peer`, `round`, then every field of
 /// `InvocationRecord` in name order.
-pub fn invocations_csv(runs: &[ArchitectureRun]) -> String {
+pub fn invocations_csv(runs: &[DeploymentRun]) -> String {
     let mut rows = Vec::new();
     for run in runs {
         for peer in &run.peers {
             for m in &peer.rounds {
                 for inv in &m.invocations {
                     let lead = vec![
-                        ("architecture".to_string(), run.name.clone()),
+                        ("deployment".to_string(), run.name.clone()),
                         ("peer".to_string(), peer.rank.to_string()),
                         ("round".to_string(), m.round.to_string()),
                     ];
@@ -61,9 +61,9 @@ pub fn invocations_csv(runs: &[ArchitectureRun]) -> String {
 
 /// The header of `metrics.csv` (also written when there are no rows).
 fn metrics_header() -> Vec<String> {
-    let mut h = vec!["architecture".into(), "peer".into(), "instance_type".into()];
+    let mut h = vec!["deployment".into(), "peer".into(), "instance_type".into()];
     h.extend(
-        scalars(&crate::metrics::RoundMetrics::default())
+        scalars(&peerless_runtime::metrics::RoundMetrics::default())
             .into_iter()
             .map(|(k, _)| k),
     );
@@ -73,9 +73,9 @@ fn metrics_header() -> Vec<String> {
 }
 
 fn invocations_header() -> Vec<String> {
-    let mut h = vec!["architecture".into(), "peer".into(), "round".into()];
+    let mut h = vec!["deployment".into(), "peer".into(), "round".into()];
     h.extend(
-        scalars(&crate::metrics::InvocationRecord::default())
+        scalars(&peerless_runtime::metrics::InvocationRecord::default())
             .into_iter()
             .map(|(k, _)| k),
     );

@@ -3,15 +3,15 @@
 
 use super::plots::{Bar, BarGroup, Line, Panels, StackedBars, XyPanel, series_color};
 use super::{TimeSplit, round_loss};
-use crate::metrics::RoundMetrics;
-use crate::study::config::{Architecture, StudyConfig};
+use crate::study::config::{Deployment, StudyConfig};
 use crate::study::cost::{CostBreakdown, cost_curve};
 use crate::study::error::StudyError;
 use crate::study::prices::Prices;
-use crate::study::runs::ArchitectureRun;
+use crate::study::runs::DeploymentRun;
 use crate::study::simulate::Projection;
+use peerless_runtime::metrics::RoundMetrics;
 
-pub(super) fn time_split_plot(runs: &[ArchitectureRun]) -> StackedBars {
+pub(super) fn time_split_plot(runs: &[DeploymentRun]) -> StackedBars {
     StackedBars {
         name: "time_split".into(),
         title: "Time per round by peer".into(),
@@ -36,10 +36,10 @@ pub(super) fn time_split_plot(runs: &[ArchitectureRun]) -> StackedBars {
     }
 }
 
-pub(super) fn cost_plot(runs: &[ArchitectureRun], costs: &[CostBreakdown]) -> StackedBars {
+pub(super) fn cost_plot(runs: &[DeploymentRun], costs: &[CostBreakdown]) -> StackedBars {
     StackedBars {
         name: "cost".into(),
-        title: "Cost per architecture".into(),
+        title: "Cost per deployment".into(),
         y_label: "dollars".into(),
         parts: CostBreakdown::PARTS.map(String::from).to_vec(),
         groups: runs
@@ -57,7 +57,7 @@ pub(super) fn cost_plot(runs: &[ArchitectureRun], costs: &[CostBreakdown]) -> St
 }
 
 pub(super) fn training_plot(
-    runs: &[ArchitectureRun],
+    runs: &[DeploymentRun],
     config: &StudyConfig,
     prices: &Prices,
     has_accuracy: bool,
@@ -143,14 +143,14 @@ pub(super) fn projection_plot(config: &StudyConfig, projection: &Projection) -> 
     // (label, [(peers, round seconds, dollars per round)]).
     let mut series: Vec<(String, Vec<ScalePoint>)> = Vec::new();
     for p in &projection.points {
-        let shown = p.architecture == Architecture::Instance
-            || Some(&p.instance_type) == first_type.as_ref();
+        let shown =
+            p.deployment == Deployment::Instance || Some(&p.instance_type) == first_type.as_ref();
         if !shown {
             continue;
         }
         let label = match p.lambda_memory_mb {
-            None => format!("{} {}", p.architecture.name(), p.instance_type),
-            Some(m) => format!("{} {m} MB", p.architecture.name()),
+            None => format!("{} {}", p.deployment.name(), p.instance_type),
+            Some(m) => format!("{} {m} MB", p.deployment.name()),
         };
         let point = (
             f64::from(p.peers),

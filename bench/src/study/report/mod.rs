@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 use doc::Block;
 use figures::{cost_plot, projection_plot, time_split_plot, training_plot};
+pub use sections::Headline;
 use sections::{
-    architectures_section, cost_section, files_section, projection_section, setup_section,
+    cost_section, deployments_section, files_section, headlines, projection_section, setup_section,
     summary_section,
 };
 
@@ -27,9 +28,9 @@ use super::config::StudyConfig;
 use super::cost::run_cost;
 use super::error::StudyError;
 use super::prices::Prices;
-use super::runs::{ArchitectureRun, PeerRun};
+use super::runs::{DeploymentRun, PeerRun};
 use super::simulate::Projection;
-use crate::metrics::RoundMetrics;
+use peerless_runtime::metrics::RoundMetrics;
 
 pub use csv::{invocations_csv, metrics_csv};
 
@@ -37,7 +38,7 @@ pub use csv::{invocations_csv, metrics_csv};
 pub const SECTIONS: [&str; 6] = [
     "Summary",
     "Setup",
-    "Architectures",
+    "Deployments",
     "Cost",
     "Projection",
     "Files",
@@ -52,6 +53,8 @@ pub struct ReportFiles {
     pub invocations_csv: PathBuf,
     /// PNG and SVG of every plot.
     pub plots: Vec<PathBuf>,
+    /// The summary's headlines (serverless and hybrid against instance), as plain text.
+    pub headlines: Vec<Headline>,
 }
 
 /// Mean time split of one peer's rounds, seconds (see the module docs).
@@ -95,7 +98,7 @@ impl TimeSplit {
 pub fn write_report(
     out_dir: &Path,
     config: &StudyConfig,
-    runs: &[ArchitectureRun],
+    runs: &[DeploymentRun],
     prices: &Prices,
     projection: &Projection,
 ) -> Result<ReportFiles, StudyError> {
@@ -150,11 +153,19 @@ pub fn write_report(
         metrics_csv: out_dir.join("metrics.csv"),
         invocations_csv: out_dir.join("invocations.csv"),
         plots: plot_files,
+        headlines: headlines(runs, &costs),
     };
     let mut blocks = vec![Block::Heading(1, format!("Study report: {}", config.name))];
-    summary_section(&mut blocks, config, runs, &costs, has_accuracy);
+    summary_section(
+        &mut blocks,
+        config,
+        runs,
+        &costs,
+        &files.headlines,
+        has_accuracy,
+    );
     setup_section(&mut blocks, config, prices);
-    architectures_section(
+    deployments_section(
         &mut blocks,
         config,
         runs,

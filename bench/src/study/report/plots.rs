@@ -85,7 +85,7 @@ fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// The colour of an architecture (stable across plots) or of the i-th other series.
+/// The colour of an deployment (stable across plots) or of the i-th other series.
 pub fn series_color(name: &str, i: usize) -> RGBColor {
     match name {
         "instance" => RGBColor(31, 119, 180),
@@ -118,7 +118,7 @@ const PART_COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-/// Stacked bars: groups of bars (one group per architecture), each bar split into parts.
+/// Stacked bars: groups of bars (one group per deployment), each bar split into parts.
 pub struct StackedBars {
     pub name: String,
     pub title: String,
@@ -128,7 +128,7 @@ pub struct StackedBars {
     pub groups: Vec<BarGroup>,
 }
 
-/// Bars drawn side by side under one name (an architecture).
+/// Bars drawn side by side under one name (an deployment).
 pub struct BarGroup {
     pub name: String,
     pub bars: Vec<Bar>,

@@ -1,16 +1,16 @@
 //! The report's sections, each appended to the document as blocks: summary, setup,
-//! architectures, cost, projection and files.
+//! deployments, cost, projection and files.
 
 use std::path::Path;
 
 use super::doc::Block;
 use super::{ReportFiles, SECTIONS, TimeSplit, machine, round_loss, with_caption};
-use crate::metrics::RoundMetrics;
-use crate::study::config::{Architecture, StudyConfig};
+use crate::study::config::{Deployment, StudyConfig};
 use crate::study::cost::{CostBreakdown, rules};
 use crate::study::prices::Prices;
-use crate::study::runs::ArchitectureRun;
+use crate::study::runs::DeploymentRun;
 use crate::study::simulate::{Projection, VALIDATION_TOLERANCE, assumptions};
+use peerless_runtime::metrics::RoundMetrics;
 
 /// `x` with `digits` significant digits (plain notation).
 fn sig(x: f64, digits: i32) -> String {
@@ -36,19 +36,36 @@ fn secs(x: f64) -> String {
     format!("{x:.3}")
 }
 
-fn find_run(runs: &[ArchitectureRun], arch: Architecture) -> Option<(usize, &ArchitectureRun)> {
+fn find_run(runs: &[DeploymentRun], arch: Deployment) -> Option<(usize, &DeploymentRun)> {
     runs.iter()
         .enumerate()
-        .find(|(_, r)| r.architecture() == Some(arch))
+        .find(|(_, r)| r.deployment() == Some(arch))
 }
 
-/// The headline: change in gradient-computation time and cost ratio against `instance`.
-fn headline(
-    runs: &[ArchitectureRun],
-    costs: &[CostBreakdown],
-    arch: Architecture,
-) -> Option<String> {
-    let (i, base) = find_run(runs, Architecture::Instance)?;
+/// The headlines, serverless then hybrid: each one's change in gradient-computation time
+/// and cost ratio against `instance`, as plain text.
+pub(super) fn headlines(runs: &[DeploymentRun], costs: &[CostBreakdown]) -> Vec<Headline> {
+    [Deployment::Serverless, Deployment::Hybrid]
+        .into_iter()
+        .filter_map(|a| headline(runs, costs, a))
+        .collect()
+}
+
+/// One headline: `label` ("Serverless vs instance") and what it found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Headline {
+    pub label: String,
+    pub text: String,
+}
+
+impl std::fmt::Display for Headline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.label, self.text)
+    }
+}
+
+fn headline(runs: &[DeploymentRun], costs: &[CostBreakdown], arch: Deployment) -> Option<Headline> {
+    let (i, base) = find_run(runs, Deployment::Instance)?;
     let (j, other) = find_run(runs, arch)?;
     let (t0, t1) = (
         base.slowest_mean_compute_s(),
@@ -69,15 +86,17 @@ fn headline(
     } else {
         "the cost cannot be compared (instance run cost $0)".to_string()
     };
-    Some(format!(
-        "**{} vs instance**: {direction} gradient computation time (slowest peer's mean \
-         compute_time_s per round: {} s → {} s), at {ratio} ({} vs {}).",
-        capitalise(arch.name()),
-        secs(t0),
-        secs(t1),
-        dollars(c1),
-        dollars(c0)
-    ))
+    Some(Headline {
+        label: format!("{} vs instance", capitalise(arch.name())),
+        text: format!(
+            "{direction} gradient computation time (slowest peer's mean compute_time_s per \
+             round: {} s → {} s), at {ratio} ({} vs {}).",
+            secs(t0),
+            secs(t1),
+            dollars(c1),
+            dollars(c0)
+        ),
+    })
 }
 
 fn capitalise(s: &str) -> String {
@@ -87,7 +106,7 @@ fn capitalise(s: &str) -> String {
         .unwrap_or_default()
 }
 
-fn final_round_values(run: &ArchitectureRun) -> (Option<f64>, Option<f64>) {
+fn final_round_values(run: &DeploymentRun) -> (Option<f64>, Option<f64>) {
     let last = run.round_count().checked_sub(1);
     let Some(last) = last else {
         return (None, None);
@@ -106,14 +125,15 @@ fn final_round_values(run: &ArchitectureRun) -> (Option<f64>, Option<f64>) {
 pub(super) fn summary_section(
     blocks: &mut Vec<Block>,
     config: &StudyConfig,
-    runs: &[ArchitectureRun],
+    runs: &[DeploymentRun],
     costs: &[CostBreakdown],
+    headlines: &[Headline],
     has_accuracy: bool,
 ) {
     blocks.push(Block::Heading(2, SECTIONS[0].into()));
-    let lines: Vec<String> = [Architecture::Serverless, Architecture::Hybrid]
-        .into_iter()
-        .filter_map(|a| headline(runs, costs, a))
+    let lines: Vec<String> = headlines
+        .iter()
+        .map(|h| format!("**{}**: {}", h.label, h.text))
         .collect();
     if lines.is_empty() {
         blocks.push(Block::Paragraph(
@@ -150,7 +170,7 @@ pub(super) fn summary_section(
     )));
     let mut table = vec![
         [
-            "architecture",
+            "deployment",
             "wall time s",
             "mean round s",
             "slowest peer compute s/round",
@@ -224,10 +244,10 @@ pub(super) fn setup_section(blocks: &mut Vec<Block>, config: &StudyConfig, price
     blocks.push(Block::Code(config.to_toml_string()));
 }
 
-pub(super) fn architectures_section(
+pub(super) fn deployments_section(
     blocks: &mut Vec<Block>,
     config: &StudyConfig,
-    runs: &[ArchitectureRun],
+    runs: &[DeploymentRun],
     time_fig: Block,
     training_fig: Block,
     has_accuracy: bool,
@@ -291,23 +311,23 @@ pub(super) fn architectures_section(
     blocks.push(with_caption(
         time_fig,
         "(a) Time per round, mean per peer, split into compute, communication, update and \
-         waiting, by architecture.",
+         waiting, by deployment.",
     ));
     blocks.push(with_caption(
         training_fig,
         if has_accuracy {
             "(b) Training loss and test accuracy against training time and against dollars \
-             spent, by architecture."
+             spent, by deployment."
         } else {
             "(b) Training loss against training time and against dollars spent, by \
-             architecture (no accuracy: evaluation was off)."
+             deployment (no accuracy: evaluation was off)."
         },
     ));
 }
 
 pub(super) fn cost_section(
     blocks: &mut Vec<Block>,
-    runs: &[ArchitectureRun],
+    runs: &[DeploymentRun],
     costs: &[CostBreakdown],
     prices: &Prices,
     cost_fig: Block,
@@ -318,14 +338,14 @@ pub(super) fn cost_section(
         prices.source_file, prices.region
     )));
     blocks.push(Block::List(rules()));
-    let header = ["architecture"]
+    let header = ["deployment"]
         .into_iter()
         .chain(CostBreakdown::PARTS)
         .chain(["total"]);
     let mut table = vec![header.map(String::from).collect::<Vec<_>>()];
     let mut quantities = vec![
         [
-            "architecture",
+            "deployment",
             "instance-hours",
             "GB-seconds",
             "Lambda requests",
@@ -381,7 +401,7 @@ pub(super) fn cost_section(
     blocks.push(Block::Table(price_rows));
     blocks.push(with_caption(
         cost_fig,
-        "(c) Cost of each architecture's run, by resource.",
+        "(c) Cost of each deployment's run, by resource.",
     ));
 }
 
@@ -403,7 +423,7 @@ pub(super) fn projection_section(
     } else {
         let mut table = vec![
             [
-                "architecture",
+                "deployment",
                 "rounds",
                 "predicted mean round s",
                 "measured mean round s",
@@ -415,7 +435,7 @@ pub(super) fn projection_section(
         ];
         for v in &projection.validations {
             table.push(vec![
-                v.architecture.clone(),
+                v.deployment.clone(),
                 v.rounds.to_string(),
                 secs(v.predicted_round_s),
                 secs(v.measured_round_s),
@@ -501,7 +521,7 @@ pub(super) fn projection_section(
     blocks.push(Block::Heading(3, "Projected rounds".into()));
     let mut table = vec![
         [
-            "architecture",
+            "deployment",
             "peers",
             "instance",
             "memory MB",
@@ -518,7 +538,7 @@ pub(super) fn projection_section(
     ];
     for p in &projection.points {
         table.push(vec![
-            p.architecture.name().to_string(),
+            p.deployment.name().to_string(),
             p.peers.to_string(),
             p.instance_type.clone(),
             p.lambda_memory_mb.map_or("–".into(), |m| m.to_string()),
@@ -560,7 +580,7 @@ pub(super) fn files_section(blocks: &mut Vec<Block>, out_dir: &Path, files: &Rep
             rel(&files.html)
         ),
         format!(
-            "`{}`: one row per architecture × peer × round, every scalar metric",
+            "`{}`: one row per deployment × peer × round, every scalar metric",
             rel(&files.metrics_csv)
         ),
         format!(

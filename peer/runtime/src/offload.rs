@@ -106,31 +106,54 @@ pub fn plan(
             let (Some(per_batch), Some(target)) = (estimates.local_per_batch, target) else {
                 return 0;
             };
-            let target = target.as_secs_f64();
-            let all_local = per_batch * batches as f64;
-            if all_local <= target * 1.05 {
-                return 0;
-            }
-            let predicted = |m: usize| {
-                let local = per_batch * (batches - m) as f64;
-                estimates
-                    .remote_time(m, concurrency)
-                    .map(|remote| local.max(remote))
-            };
-            if predicted(1).is_none() {
-                let share = 1.0 - target / all_local;
-                return ((share * batches as f64).ceil() as usize).clamp(1, batches);
-            }
-            let times: Vec<(usize, f64)> = (1..=batches)
-                .map(|m| (m, predicted(m).unwrap_or(f64::INFINITY)))
-                .collect();
-            times
-                .iter()
-                .find(|(_, t)| *t <= target)
-                .or_else(|| times.iter().min_by(|a, b| a.1.total_cmp(&b.1)))
-                .map_or(0, |(m, _)| *m)
+            choose_offload(
+                batches,
+                target.as_secs_f64(),
+                per_batch * batches as f64,
+                |m| {
+                    let local = per_batch * (batches - m) as f64;
+                    estimates
+                        .remote_time(m, concurrency)
+                        .map(|remote| local.max(remote))
+                },
+            )
         }
     }
+}
+
+/// A peer within this factor of the target keeps every batch (the hybrid rule's slack).
+pub const HYBRID_SLACK: f64 = 1.05;
+
+/// The hybrid offload rule, shared by the peer's planner and the study's simulator: how
+/// many of `batches` to offload so that a peer needing `all_local` seconds for all of them
+/// finishes within `target`, where `predicted(m)` is its time with `m` offloaded (`None`
+/// while the functions are unmeasured).
+///
+/// No offload while the peer is within [`HYBRID_SLACK`] of the target; before the
+/// functions are measured, the share the speed ratio asks for; after that the smallest
+/// count whose predicted time meets the target, or the count with the least predicted
+/// time when none does.
+pub fn choose_offload(
+    batches: usize,
+    target: f64,
+    all_local: f64,
+    mut predicted: impl FnMut(usize) -> Option<f64>,
+) -> usize {
+    if all_local <= target * HYBRID_SLACK {
+        return 0;
+    }
+    if predicted(1).is_none() {
+        let share = 1.0 - target / all_local;
+        return ((share * batches as f64).ceil() as usize).clamp(1, batches);
+    }
+    let times: Vec<(usize, f64)> = (1..=batches)
+        .map(|m| (m, predicted(m).unwrap_or(f64::INFINITY)))
+        .collect();
+    times
+        .iter()
+        .find(|(_, t)| *t <= target)
+        .or_else(|| times.iter().min_by(|a, b| a.1.total_cmp(&b.1)))
+        .map_or(0, |(m, _)| *m)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use peerless_models::{Loss, Model};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::setup::BatchBuffers;
+use crate::pipeline::BatchBuffers;
 
 use super::{Totals, accumulate};
 

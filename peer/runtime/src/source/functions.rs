@@ -7,9 +7,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::metrics::BillingSource;
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
-pub use peerless_bench::metrics::BillingSource;
 use peerless_lambda::{ComputeGradientEvent, ComputeGradientResponse, ProcessInputRequest};
 
 use super::lambda::LambdaFunctions;

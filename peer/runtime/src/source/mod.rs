@@ -7,24 +7,24 @@
 pub mod functions;
 pub mod lambda;
 mod local;
-pub mod offload;
 pub mod pool;
 pub mod stepfn;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::metrics::InvocationRecord;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 pub use local::LocalSource;
-pub use peerless_bench::metrics::InvocationRecord;
 use peerless_data::ObjectStore;
 use peerless_lambda::gradient::{self, ExpectedGradient};
 use peerless_lambda::{ProcessInputRequest, RoundContext, process_input};
 use peerless_models::{Model, weights};
 
+use crate::config::OnFunctionFailure;
+use crate::offload::{self, OffloadPolicy, SpeedEstimates};
 use functions::{AnyFunctions, Invocation};
-use offload::{OffloadPolicy, SpeedEstimates};
 
 /// The part of a peer's training shard one round covers: contiguous slices of the shard,
 /// each one batch (and, when the split has batch objects, exactly one stored object).
@@ -117,15 +117,6 @@ pub struct SourceReport {
     pub state_transitions: u64,
     /// Every successful function call.
     pub invocations: Vec<InvocationRecord>,
-}
-
-/// What a round does with a batch whose function failed after its retries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnFunctionFailure {
-    /// Fail the round with the function's error.
-    Fail,
-    /// Compute the batch on the peer.
-    Local,
 }
 
 /// The serverless side of a peer: functions, the store they share with it, and the plan.

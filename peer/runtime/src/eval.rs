@@ -6,7 +6,7 @@ use peerless_models::{Loss, Model};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::setup::BatchBuffers;
+use crate::pipeline::BatchBuffers;
 
 /// Mean loss and accuracy over a dataset.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

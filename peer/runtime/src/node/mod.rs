@@ -2,78 +2,24 @@
 //! gradient, exchange it with the other peers, average, and take one optimizer step, so all
 //! peers keep bit-identical weights.
 
-pub mod metrics;
-
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use peerless_comm::{
-    Averager, CodecSpec, OnTimeout, RoundConfig, RunId, Transport, model_fingerprint,
-};
+use peerless_comm::{Averager, RoundConfig, Transport, model_fingerprint};
 use peerless_data::split::batch_ranges;
-use peerless_data::{Dataset, SplitReader, StoreOptions};
+use peerless_data::{Dataset, SplitReader};
 use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
 use peerless_models::{Device, Model};
 
-use crate::cli::{ServerlessArgs, ServerlessMode, TrainingArgs};
+use crate::config::{NodeConfig, ServerlessMode};
 use crate::eval::evaluate;
-use crate::setup::Pipeline;
+use crate::metrics::{MetricsWriter, RoundEvaluation, RoundMetrics};
+use crate::pipeline::Pipeline;
 use crate::source::functions::{AnyFunctions, CallPolicy};
 use crate::source::lambda::{LambdaFunctions, LambdaSettings};
-use crate::source::offload::OffloadPolicy;
 use crate::source::pool::PoolFunctions;
 use crate::source::stepfn::{StepFnSettings, StepFunctions};
-use crate::source::{LocalSource, Offload, OnFunctionFailure, RoundSource, RoundWork};
-use metrics::{MetricsWriter, RoundMetrics, weights_hash};
-
-/// Everything a peer needs to know; identical on every peer of a run except `rank`.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    pub rank: u32,
-    pub size: u32,
-    pub run_id: RunId,
-    /// Store holding the split written by `peerless data split`.
-    pub store: String,
-    pub store_options: StoreOptions,
-    pub training: TrainingArgs,
-    pub resize: Option<usize>,
-    /// Evaluate every round: validation loss over every peer's validation shard (drives
-    /// the schedule and early stopping identically on all peers) and test accuracy.
-    pub evaluation: bool,
-    /// Evaluate on at most this many images of each set (faster rounds for big models).
-    pub eval_limit: Option<usize>,
-    pub codec: CodecSpec,
-    /// Rounds per pass over the shard; 1 is the original (one step per epoch).
-    pub rounds_per_epoch: usize,
-    pub round_timeout: Duration,
-    pub on_timeout: OnTimeout,
-    pub max_chunk_bytes: usize,
-    pub metrics_out: Option<PathBuf>,
-    /// Serverless offload (`--serverless none` keeps every batch on the peer).
-    pub serverless: ServerlessArgs,
-    /// How fast the peer's own batches may run.
-    pub capability: Capability,
-}
-
-/// A peer's compute capability, enforced on its own batches (not on its functions), so a
-/// study can have slow and fast peers on one machine.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Capability {
-    /// Pace relative to this machine, in (0, 1]: a CPU duty cycle.
-    pub speed: f64,
-    /// Threads of the peer's own batches (`None`: every core).
-    pub threads: Option<usize>,
-}
-
-impl Default for Capability {
-    fn default() -> Self {
-        Capability {
-            speed: 1.0,
-            threads: None,
-        }
-    }
-}
+use crate::source::{LocalSource, Offload, RoundSource, RoundWork};
 
 /// How a peer's run ended.
 #[derive(Clone, Debug)]
@@ -91,24 +37,50 @@ pub struct Node {
     source: RoundSource,
     ranges: Vec<std::ops::Range<usize>>,
     round_batches: Vec<std::ops::Range<usize>>,
+    evaluator: Evaluator,
+}
+
+/// The sets a peer evaluates on after each round, with their transform.
+struct Evaluator {
     val_sets: Vec<Dataset>,
     test: Dataset,
-    eval_tf: peerless_data::Transform,
+    transform: peerless_data::Transform,
+}
+
+impl Evaluator {
+    /// Validation over every peer's validation shard (the same value on every peer, so
+    /// every peer takes the same schedule decisions) and test accuracy.
+    fn evaluate(&mut self, model: &Model, loss: peerless_models::Loss) -> Result<RoundEvaluation> {
+        let (mut val_loss, mut correct, mut count) = (0.0, 0.0, 0usize);
+        for set in &self.val_sets {
+            let e = evaluate(model, set, &mut self.transform, loss, 256)?;
+            val_loss += e.loss * e.samples as f64;
+            correct += e.accuracy * e.samples as f64;
+            count += e.samples;
+        }
+        let n = count.max(1) as f64;
+        Ok(RoundEvaluation {
+            val: Some((val_loss / n, correct / n)),
+            test: Some(evaluate(model, &self.test, &mut self.transform, loss, 256)?),
+        })
+    }
 }
 
 impl Node {
     /// Loads the peer's shard (and evaluation sets) from the store and builds its replica.
     pub async fn prepare(config: &NodeConfig, device: &Device) -> Result<Node> {
+        config.validate()?;
         let t = &config.training;
-        let reader = SplitReader::open_url(&config.store, &config.store_options)
+        let x = &config.exchange;
+        let reader = SplitReader::open_url(&x.store, &x.store_options)
             .await
-            .with_context(|| format!("opening the split in {}", config.store))?;
+            .with_context(|| format!("opening the split in {}", x.store))?;
         let manifest = reader.manifest().clone();
         if manifest.peers != config.size as usize {
             bail!(
                 "the split in {} has {} peer shards but this run has --size {}; split again \
                  with `peerless data split --size {}`",
-                config.store,
+                x.store,
                 manifest.peers,
                 config.size,
                 config.size
@@ -116,11 +88,11 @@ impl Node {
         }
         let rank = config.rank as usize;
         let train = reader.train(rank).await?;
-        let test = limit(reader.test().await?, config.eval_limit)?;
+        let test = limit(reader.test().await?, x.eval_limit)?;
         let mut val_sets = Vec::new();
-        if config.evaluation {
+        if x.evaluation {
             for r in 0..manifest.peers {
-                val_sets.push(limit(reader.val(r).await?, config.eval_limit)?);
+                val_sets.push(limit(reader.val(r).await?, x.eval_limit)?);
             }
         }
         let kind = manifest.dataset;
@@ -144,8 +116,10 @@ impl Node {
         };
         // Exactly `rounds_per_epoch` rounds per pass (at most one per batch), each a
         // contiguous run of batches.
-        let round_batches =
-            batch_ranges(ranges.len(), config.rounds_per_epoch.clamp(1, ranges.len()));
+        let round_batches = batch_ranges(
+            ranges.len(),
+            (x.rounds_per_epoch as usize).clamp(1, ranges.len()),
+        );
         let mut local =
             LocalSource::new(weights.len(), train, train_tf, t.loss, t.seed, config.rank)
                 .with_speed(config.capability.speed);
@@ -161,9 +135,11 @@ impl Node {
             source,
             ranges,
             round_batches,
-            val_sets,
-            test,
-            eval_tf,
+            evaluator: Evaluator {
+                val_sets,
+                test,
+                transform: eval_tf,
+            },
         })
     }
 
@@ -176,14 +152,13 @@ impl Node {
             mut source,
             ranges,
             round_batches,
-            val_sets,
-            test,
-            mut eval_tf,
+            mut evaluator,
         } = self;
         let config = &config;
         let t = &config.training;
+        let x = &config.exchange;
         let n = weights.len();
-        let mut optimizer = crate::cmd::train::optimizer_config(t).build(t.optimizer, n)?;
+        let mut optimizer = t.optimizer_config().build(t.optimizer, n)?;
         let mut plateau = ReduceLrOnPlateau::new(
             t.lr,
             t.plateau_factor,
@@ -199,10 +174,10 @@ impl Node {
             model_fingerprint(t.model.name(), n as u64),
             n,
         );
-        round_config.timeout = config.round_timeout;
-        round_config.on_timeout = config.on_timeout;
-        round_config.max_chunk_bytes = config.max_chunk_bytes;
-        let codec = config.codec.build(t.seed ^ u64::from(config.rank));
+        round_config.timeout = x.round_timeout;
+        round_config.on_timeout = x.on_timeout;
+        round_config.max_chunk_bytes = x.max_chunk_bytes;
+        let codec = x.codec.build(t.seed ^ u64::from(config.rank));
         let mut averager = Averager::new(round_config, codec, transport)?;
 
         let mut metrics_out = MetricsWriter::create(config.metrics_out.as_deref())?;
@@ -216,6 +191,14 @@ impl Node {
             for batch_indices in &round_batches {
                 let start = Instant::now();
                 let lr = plateau.lr();
+                let mut m = RoundMetrics {
+                    rank: config.rank,
+                    round,
+                    epoch,
+                    lr,
+                    serverless: x.serverless.mode.name().to_string(),
+                    ..RoundMetrics::default()
+                };
                 let work = RoundWork {
                     round,
                     batches: batch_indices
@@ -228,6 +211,7 @@ impl Node {
                     .await
                     .with_context(|| format!("peer {}: computing round {round}", config.rank))?;
                 averager.set_compute_time(Duration::from_secs_f64(report.compute_time_s));
+                m.record_compute(report);
                 let stats = averager
                     .average(round, &grad, &mut avg)
                     .await
@@ -239,72 +223,23 @@ impl Node {
                     );
                 }
                 fastest = stats.peer_compute.iter().flatten().min().copied();
+                m.record_exchange(&stats);
+
                 let update_start = Instant::now();
                 optimizer.step(&mut weights, &avg, lr)?;
                 model.set_params(&weights)?;
-                let update_time = update_start.elapsed().as_secs_f64();
+                m.update_time_s = update_start.elapsed().as_secs_f64();
 
                 let eval_start = Instant::now();
-                let (mut val, mut test_eval) = (None, None);
-                if config.evaluation {
-                    let (mut loss, mut correct, mut count) = (0.0, 0.0, 0usize);
-                    for set in &val_sets {
-                        let e = evaluate(&model, set, &mut eval_tf, t.loss, 256)?;
-                        loss += e.loss * e.samples as f64;
-                        correct += e.accuracy * e.samples as f64;
-                        count += e.samples;
-                    }
-                    val = Some((loss / count.max(1) as f64, correct / count.max(1) as f64));
-                    test_eval = Some(evaluate(&model, &test, &mut eval_tf, t.loss, 256)?);
-                }
-                let eval_time = eval_start.elapsed().as_secs_f64();
-                let m = RoundMetrics {
-                    rank: config.rank,
-                    round,
-                    epoch,
-                    lr,
-                    samples: report.samples,
-                    serverless: config.serverless.serverless.name().to_string(),
-                    local_batches: report.local_batches,
-                    offloaded_batches: report.offloaded_batches,
-                    fallback_batches: report.fallback_batches,
-                    compute_time_s: report.compute_time_s,
-                    local_time_s: report.local_time_s,
-                    functions_time_s: report.functions_time_s,
-                    weights_upload_time_s: report.upload_time_s,
-                    gradient_fetch_time_s: report.fetch_time_s,
-                    failed_attempts: report.failed_attempts,
-                    state_transitions: report.state_transitions,
-                    peer_compute_s: stats
-                        .peer_compute
-                        .iter()
-                        .map(|d| d.map(|d| d.as_secs_f64()))
-                        .collect(),
-                    encode_time_s: stats.encode_time.as_secs_f64(),
-                    send_time_s: stats.send_time.as_secs_f64(),
-                    receive_time_s: stats.receive_time.as_secs_f64(),
-                    decode_time_s: stats.decode_time.as_secs_f64(),
-                    update_time_s: update_time,
-                    eval_time_s: eval_time,
-                    round_time_s: start.elapsed().as_secs_f64(),
-                    bytes_sent: stats.bytes_sent,
-                    bytes_received: stats.bytes_received,
-                    messages_sent: stats.messages_sent,
-                    messages_received: stats.messages_received,
-                    rejected_messages: stats.rejected.total(),
-                    contributors: stats.contributors,
-                    missing_ranks: stats.missing.clone(),
-                    train_loss: report.loss,
-                    train_accuracy: report.correct as f64 / report.samples.max(1) as f64,
-                    val_loss: val.map(|v| v.0),
-                    val_accuracy: val.map(|v| v.1),
-                    test_loss: test_eval.map(|e| e.loss),
-                    test_accuracy: test_eval.map(|e| e.accuracy),
-                    weights_hash: weights_hash(&weights),
-                    peak_rss_bytes: peerless_bench::sys::peak_rss_bytes(),
-                    cpu_time_s: peerless_bench::sys::cpu_time_s(),
-                    invocations: report.invocations,
+                let eval = if x.evaluation {
+                    evaluator.evaluate(&model, t.loss)?
+                } else {
+                    RoundEvaluation::default()
                 };
+                m.eval_time_s = eval_start.elapsed().as_secs_f64();
+                m.record_evaluation(eval);
+                m.round_time_s = start.elapsed().as_secs_f64();
+                m.record_state(&weights);
                 tracing::info!(
                     rank = config.rank,
                     round,
@@ -317,7 +252,7 @@ impl Node {
                 metrics_out.write(&m)?;
                 rounds.push(m);
                 round += 1;
-                if let Some((val_loss, _)) = val {
+                if let Some((val_loss, _)) = eval.val {
                     // The same value on every peer (same weights, same validation sets), so
                     // every peer takes the same schedule decisions and weights stay identical.
                     plateau.step(val_loss as f32);
@@ -335,34 +270,6 @@ impl Node {
     }
 }
 
-/// Checks the serverless flags that need no store or service, so mistakes show before any
-/// data is split or loaded.
-pub fn check_serverless_flags(s: &ServerlessArgs, store: &str) -> Result<()> {
-    if s.serverless == ServerlessMode::None {
-        if s.offload.is_some() {
-            bail!("--offload needs --serverless local, lambda or stepfn");
-        }
-        return Ok(());
-    }
-    if !(s.function_timeout > 0.0 && s.function_timeout.is_finite()) {
-        bail!("--function-timeout must be a positive number of seconds");
-    }
-    if s.serverless != ServerlessMode::Local && !store.starts_with("s3://") {
-        bail!(
-            "--serverless {:?} runs functions in AWS, which cannot read the local store {store}: \
-             use an s3:// --store",
-            s.serverless
-        );
-    }
-    if s.serverless == ServerlessMode::Stepfn && s.state_machine_arn.is_none() {
-        bail!(
-            "--serverless stepfn needs --state-machine-arn ARN (a state machine made from \
-             `peerless stepfn generate`)"
-        );
-    }
-    Ok(())
-}
-
 /// The serverless side of the peer, or `None` with `--serverless none`.
 async fn offload(
     config: &NodeConfig,
@@ -370,38 +277,34 @@ async fn offload(
     batches_per_peer: Option<usize>,
     device: &Device,
 ) -> Result<Option<Offload>> {
-    let s = &config.serverless;
-    if s.serverless == ServerlessMode::None {
+    let x = &config.exchange;
+    let s = &x.serverless;
+    if s.mode == ServerlessMode::None {
         return Ok(None);
     }
     if batches_per_peer.is_none() {
         bail!(
-            "--serverless {:?} needs a split with batch objects for the functions to read: \
+            "--serverless {} needs a split with batch objects for the functions to read: \
              split again with `peerless data split --batches K` (or `peerless run --batches K`)",
-            s.serverless
+            s.mode
         );
     }
     let policy = CallPolicy {
-        concurrency: s.function_concurrency.map_or_else(
-            || match s.serverless {
-                ServerlessMode::Local => {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                }
-                _ => 64,
-            },
-            |n| n as usize,
-        ),
-        retries: s.function_retries,
-        timeout: Duration::from_secs_f64(s.function_timeout),
+        concurrency: s.concurrency.unwrap_or_else(|| match s.mode {
+            ServerlessMode::Local => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            _ => 64,
+        }),
+        retries: s.retries,
+        timeout: s.timeout,
         first_backoff: Duration::from_millis(200),
     };
-    let region = config.store_options.s3.region.clone();
-    let functions = match s.serverless {
-        ServerlessMode::None => unreachable!("handled above"),
+    let region = x.store_options.s3.region.clone();
+    let functions = match s.mode {
+        ServerlessMode::None => return Ok(None),
         ServerlessMode::Local => AnyFunctions::Pool(std::sync::Arc::new(PoolFunctions::start(
             device,
             policy,
-            s.function_memory_mb,
+            s.memory_mb,
         )?)),
         ServerlessMode::Lambda => AnyFunctions::Lambda(std::sync::Arc::new(
             LambdaFunctions::connect(LambdaSettings {
@@ -409,7 +312,7 @@ async fn offload(
                 endpoint_url: s.lambda_endpoint.clone(),
                 region,
                 policy,
-                memory_mb: s.function_memory_mb,
+                memory_mb: s.memory_mb,
             })
             .await,
         )),
@@ -419,18 +322,18 @@ async fn offload(
                 endpoint_url: s.sfn_endpoint.clone(),
                 region,
                 policy,
-                memory_mb: s.function_memory_mb,
+                memory_mb: s.memory_mb,
             })
             .await,
         )),
     };
-    let store = peerless_data::open_store(&config.store, &config.store_options)
+    let store = peerless_data::open_store(&x.store, &x.store_options)
         .await
-        .with_context(|| format!("opening {} for the functions", config.store))?;
+        .with_context(|| format!("opening {} for the functions", x.store))?;
     let location = peerless_lambda::StoreLocation {
-        url: config.store.clone(),
-        endpoint_url: config.store_options.s3.endpoint_url.clone(),
-        region: config.store_options.s3.region.clone(),
+        url: x.store.clone(),
+        endpoint_url: x.store_options.s3.endpoint_url.clone(),
+        region: x.store_options.s3.region.clone(),
     };
     let context = peerless_lambda::RoundContext {
         run_id: config.run_id.to_string(),
@@ -448,11 +351,8 @@ async fn offload(
         store,
         context,
         seed: config.training.seed,
-        policy: s.offload.unwrap_or(OffloadPolicy::Fixed(1.0)),
-        on_failure: match s.on_function_failure.as_str() {
-            "local" => OnFunctionFailure::Local,
-            _ => OnFunctionFailure::Fail,
-        },
+        policy: s.policy(),
+        on_failure: s.on_failure,
         prefix: format!("exchange/{}", config.run_id),
     }))
 }
