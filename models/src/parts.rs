@@ -4,9 +4,10 @@
 //! run every operation on one core keep both cores busy without a hand-over.
 //!
 //! Batch normalisation takes its statistics over the whole batch: the parts of a step meet at
-//! each such layer to pool them ([`exchange`]). Only small models split: every part beyond
-//! the first needs a gradient buffer of its own.
+//! each such layer ([`exchange`]) to pool them ([`batch_norm`]). Only small models split:
+//! every part beyond the first needs a gradient buffer of its own.
 
+mod batch_norm;
 mod exchange;
 
 use std::ops::Range;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
+pub(crate) use batch_norm::{whole_batch_stats, whole_batch_sums};
 pub(crate) use exchange::{Part, current};
 
 use exchange::Exchange;

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 /// Where the gradient of one weight goes.
 struct Sink {
-    /// Address of the weight's values (see [`super::burn_ext::storage_key`]).
+    /// Address of the weight's values (see [`super::burn_ext::storage::storage_key`]).
     key: usize,
     dst: *mut f32,
     len: usize,
