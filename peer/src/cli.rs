@@ -38,7 +38,9 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
-    /// TOML file whose keys are long flag names (`lr = 0.02`); command-line flags win.
+    /// TOML file of flags for any command, keys named like the long flags (`lr = 0.02`,
+    /// `batch_size = 32`); command-line flags win and keys only other commands take are
+    /// skipped. For `peerless study` it is the study file instead.
     #[arg(long, global = true, value_name = "FILE", env = "PEERLESS_CONFIG")]
     pub config: Option<std::path::PathBuf>,
 }

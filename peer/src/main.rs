@@ -8,9 +8,7 @@ mod progress;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use cli::{Cli, Command};
+use cli::Command;
 
 fn main() -> ExitCode {
     peerless_models::memory::retain_freed_memory();
@@ -21,8 +19,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cli = Cli::parse_from(args);
+    let cli = args.parse();
     init_logging(cli.verbose, cli.quiet);
+    args.log_skipped();
     let result = match cli.command {
         Command::Models(a) => cmd::models::run(a),
         Command::Bench(a) => cmd::bench::run(a, cli.device),
