@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 mod common;
 
 use assert_cmd::cargo::CommandCargoExt;
-use common::{json_lines as metrics, peer_metrics, peerless, training_run, unique};
+use common::{
+    RoundMetrics, peer_metrics, peerless, round_metrics as metrics, training_run, unique,
+};
 use predicates::prelude::*;
-use serde_json::Value;
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -22,7 +23,7 @@ fn broker() -> String {
 
 /// Runs `peerless run` with the small CNN on synthetic data and checks the outcome: every
 /// peer has every round, identical weights after each round, and a lower loss at the end.
-fn run_and_check(extra: &[&str], rounds: usize) -> Vec<Vec<Value>> {
+fn run_and_check(extra: &[&str], rounds: usize) -> Vec<Vec<RoundMetrics>> {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let mdir = dir.path().join("metrics");
@@ -44,14 +45,11 @@ fn run_and_check(extra: &[&str], rounds: usize) -> Vec<Vec<Value>> {
     let peers = peer_metrics(&mdir, 3);
     for (rank, p) in peers.iter().enumerate() {
         assert_eq!(p.len(), rounds, "peer {rank} rounds");
-        let keys: BTreeSet<_> = p[0].as_object().unwrap().keys().cloned().collect();
-        let keys0: BTreeSet<_> = peers[0][0].as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, keys0, "field names differ between peers");
     }
     for round in 0..rounds {
         let hashes: BTreeSet<_> = peers
             .iter()
-            .map(|p| p[round]["weights_hash"].to_string())
+            .map(|p| p[round].weights_hash.as_str())
             .collect();
         assert_eq!(
             hashes.len(),
@@ -63,19 +61,15 @@ fn run_and_check(extra: &[&str], rounds: usize) -> Vec<Vec<Value>> {
     let window = |rounds: std::ops::Range<usize>| {
         let n = (rounds.len() * peers.len()) as f64;
         rounds
-            .flat_map(|r| {
-                peers
-                    .iter()
-                    .map(move |p| p[r]["train_loss"].as_f64().unwrap())
-            })
+            .flat_map(|r| peers.iter().map(move |p| p[r].train_loss))
             .sum::<f64>()
             / n
     };
     let (early, late) = (window(0..5), window(rounds - 10..rounds));
     assert!(late < 0.5 * early, "mean train loss {early} -> {late}");
     for p in &peers {
-        assert!(p[0]["bytes_sent"].as_u64().unwrap() > 10_000, "{}", p[0]);
-        assert_eq!(p[0]["contributors"], 3);
+        assert!(p[0].bytes_sent > 10_000, "{:?}", p[0]);
+        assert_eq!(p[0].contributors, 3);
     }
     peers
 }
@@ -102,7 +96,7 @@ fn three_peers_over_rabbitmq_keep_identical_weights_and_learn() {
         ],
         58,
     );
-    let acc = peers[0].last().unwrap()["test_accuracy"].as_f64().unwrap();
+    let acc = peers[0].last().unwrap().test_accuracy.unwrap();
     assert!(acc > 0.2, "test accuracy {acc}");
 }
 
@@ -111,14 +105,14 @@ fn qsgd8_compression_over_rabbitmq() {
     let peers = run_and_check(&["--broker", &broker(), "--compression", "qsgd8"], 58);
     // 8-bit levels plus a sign bitmap: well under half the raw f32 size.
     let raw = 4 * 38_282u64;
-    assert!(peers[0][0]["bytes_sent"].as_u64().unwrap() < raw / 2);
+    assert!(peers[0][0].bytes_sent < raw / 2);
 }
 
 #[test]
 fn topk_compression_over_rabbitmq() {
     let peers = run_and_check(&["--broker", &broker(), "--compression", "topk:0.1"], 58);
     let raw = 4 * 38_282u64;
-    assert!(peers[0][0]["bytes_sent"].as_u64().unwrap() < raw / 2);
+    assert!(peers[0][0].bytes_sent < raw / 2);
 }
 
 #[test]
@@ -154,10 +148,10 @@ fn gradients_larger_than_a_chunk_cross_the_broker_in_pieces() {
         .success()
         .stdout(predicate::str::contains("identical"));
     let m = metrics(&mdir.join("peer-0.jsonl"));
-    assert!(m[0]["messages_sent"].as_u64().unwrap() >= 3, "{}", m[0]);
+    assert!(m[0].messages_sent >= 3, "{:?}", m[0]);
     assert_eq!(
-        m[0]["weights_hash"],
-        metrics(&mdir.join("peer-1.jsonl"))[0]["weights_hash"]
+        m[0].weights_hash,
+        metrics(&mdir.join("peer-1.jsonl"))[0].weights_hash
     );
 }
 
@@ -297,9 +291,9 @@ fn a_peer_that_never_arrives_times_out_or_is_left_out() {
     let (p0, p1) = (metrics(&m0), metrics(&m1));
     assert_eq!(p0.len(), 4);
     for (x, y) in p0.iter().zip(&p1) {
-        assert_eq!(x["missing_ranks"], serde_json::json!([2]));
-        assert_eq!(x["contributors"], 2);
-        assert_eq!(x["weights_hash"], y["weights_hash"]);
+        assert_eq!(x.missing_ranks, [2]);
+        assert_eq!(x.contributors, 2);
+        assert_eq!(x.weights_hash, y.weights_hash);
     }
 }
 

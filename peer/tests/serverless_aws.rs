@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{json_lines, peer_metrics, peerless, training_run};
+use common::{RoundMetrics, peer_metrics, peerless, round_metrics, training_run};
 use peerless_comm::RunId;
 use peerless_data::moto::MotoServer;
 use peerless_data::{SplitReader, StoreOptions};
@@ -17,7 +17,6 @@ use peerless_lambda::process_input::expand;
 use peerless_lambda::{ComputeGradient, ProcessInputRequest, RoundContext, StoreLocation};
 use peerless_models::{Architecture, Device, Loss, Model, ModelSpec, weights};
 use predicates::prelude::*;
-use serde_json::Value;
 
 const BUCKET: &str = "peerless";
 const MEMORY_MB: u32 = 1536;
@@ -48,7 +47,7 @@ fn moto() -> MotoServer {
 }
 
 /// `peerless run` of 2 peers on the split in `store` (written by the first call).
-fn run(moto: &MotoServer, store: &str, metrics: &Path, extra: &[&str]) -> Vec<Vec<Value>> {
+fn run(moto: &MotoServer, store: &str, metrics: &Path, extra: &[&str]) -> Vec<Vec<RoundMetrics>> {
     training_run(2, store, metrics)
         .envs(CREDENTIALS)
         .env("AWS_REGION", "us-east-1")
@@ -73,10 +72,10 @@ fn lambda_flags(endpoint: &str) -> Vec<&str> {
     ]
 }
 
-fn hashes(peers: &[Vec<Value>]) -> Vec<Vec<String>> {
+fn hashes(peers: &[Vec<RoundMetrics>]) -> Vec<Vec<String>> {
     peers
         .iter()
-        .map(|p| p.iter().map(|m| m["weights_hash"].to_string()).collect())
+        .map(|p| p.iter().map(|m| m.weights_hash.clone()).collect())
         .collect()
 }
 
@@ -118,12 +117,12 @@ fn lambda_functions_behind_the_emulator_train_like_the_instance_run() {
     assert_eq!(hashes(&serverless), hashes(&instance), "weights differ");
     for peer in &serverless {
         for m in peer {
-            assert_eq!(m["serverless"], "lambda");
-            assert_eq!(m["offloaded_batches"], 2, "{m}");
-            for call in m["invocations"].as_array().unwrap() {
-                assert_eq!(call["memory_mb"], MEMORY_MB, "{call}");
-                assert!(call["billed_ms"].as_u64().unwrap() >= 1, "{call}");
-                assert!(call["compute_ms"].as_f64().unwrap() > 0.0, "{call}");
+            assert_eq!(m.serverless, "lambda");
+            assert_eq!(m.offloaded_batches, 2, "{m:?}");
+            for call in &m.invocations {
+                assert_eq!(call.memory_mb, MEMORY_MB, "{call:?}");
+                assert!(call.billed_ms >= 1, "{call:?}");
+                assert!(call.compute_ms > 0.0, "{call:?}");
             }
         }
     }
@@ -143,18 +142,14 @@ fn lambda_functions_behind_the_emulator_train_like_the_instance_run() {
         hashes(&instance),
         "weights differ after a retry"
     );
-    let failed: u64 = retried
-        .iter()
-        .flatten()
-        .map(|m| m["failed_attempts"].as_u64().unwrap())
-        .sum();
+    let failed: u32 = retried.iter().flatten().map(|m| m.failed_attempts).sum();
     assert_eq!(failed, 1, "exactly the one injected failure is retried");
     assert!(
         retried
             .iter()
             .flatten()
-            .flat_map(|m| m["invocations"].as_array().unwrap())
-            .any(|c| c["attempts"] == 2)
+            .flat_map(|m| &m.invocations)
+            .any(|c| c.attempts == 2)
     );
 }
 
@@ -307,21 +302,17 @@ async fn a_step_functions_round_on_motos_interpreter_yields_the_local_gradient()
     tokio::task::spawn_blocking(move || cmd.assert().success())
         .await
         .unwrap();
-    let instance = json_lines(&instance_metrics);
-    let offload = json_lines(&offload_metrics);
+    let instance = round_metrics(&instance_metrics);
+    let offload = round_metrics(&offload_metrics);
     assert_eq!(offload.len(), 1);
-    assert_eq!(offload[0]["serverless"], "stepfn");
-    assert_eq!(offload[0]["offloaded_batches"], 2, "{}", offload[0]);
+    assert_eq!(offload[0].serverless, "stepfn");
+    assert_eq!(offload[0].offloaded_batches, 2, "{:?}", offload[0]);
     assert_eq!(
-        offload[0]["weights_hash"], instance[0]["weights_hash"],
+        offload[0].weights_hash, instance[0].weights_hash,
         "the Step Functions gradient differs from the local one"
     );
-    assert_eq!(offload[0]["invocations"].as_array().unwrap().len(), 2);
-    assert!(
-        offload[0]["state_transitions"].as_u64().unwrap() >= 2,
-        "{}",
-        offload[0]
-    );
+    assert_eq!(offload[0].invocations.len(), 2);
+    assert!(offload[0].state_transitions >= 2, "{:?}", offload[0]);
     // The round's exchange objects are gone.
     for event in &expanded.events {
         assert!(!store_handle.exists(&event.gradient_key).await.unwrap());

@@ -67,15 +67,15 @@ fn a_tiny_study_writes_every_section_and_valid_images() {
         for rank in 0..2 {
             let metrics = out.join(arch).join(format!("peer-{rank}.jsonl"));
             assert_eq!(
-                common::json_lines(&metrics).len(),
+                common::round_metrics(&metrics).len(),
                 4,
                 "{}",
                 metrics.display()
             );
         }
     }
-    let serverless = common::json_lines(&out.join("serverless/peer-1.jsonl"));
-    assert!(serverless.iter().all(|m| m["offloaded_batches"] == 2));
+    let serverless = common::round_metrics(&out.join("serverless/peer-1.jsonl"));
+    assert!(serverless.iter().all(|m| m.offloaded_batches == 2));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     for section in peerless_bench::study::SECTIONS {
@@ -153,7 +153,7 @@ fn an_interrupted_study_keeps_finished_runs_and_resumes() {
         .failure()
         .stderr(predicate::str::contains("rerun the same command to resume"));
     let finished = out.join("instance/peer-0.jsonl");
-    assert_eq!(common::json_lines(&finished).len(), 4);
+    assert_eq!(common::round_metrics(&finished).len(), 4);
     let before = std::fs::read_to_string(&finished).unwrap();
     study()
         .assert()

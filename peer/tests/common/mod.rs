@@ -1,11 +1,15 @@
 //! What the `peerless` end-to-end tests share: the command builder and the metrics reader.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::Path;
 
 use assert_cmd::Command;
 use serde_json::Value;
+
+/// The schema of a peer's per-round metrics lines: the one path to change when it moves.
+pub use peerless_bench::metrics::RoundMetrics;
 
 /// The `peerless` binary with a clean configuration and quiet logs.
 pub fn peerless() -> Command {
@@ -38,10 +42,47 @@ pub fn training_run(peers: usize, store: impl AsRef<OsStr>, metrics: &Path) -> C
 }
 
 /// Every peer's metrics after a run into `metrics`, by rank.
-pub fn peer_metrics(metrics: &Path, peers: usize) -> Vec<Vec<Value>> {
+pub fn peer_metrics(metrics: &Path, peers: usize) -> Vec<Vec<RoundMetrics>> {
     (0..peers)
-        .map(|r| json_lines(&metrics.join(format!("peer-{r}.jsonl"))))
+        .map(|r| round_metrics(&metrics.join(format!("peer-{r}.jsonl"))))
         .collect()
+}
+
+/// The rounds of a metrics file. Each line must have exactly the keys of [`RoundMetrics`]
+/// (nested ones included): a key the peer stopped writing fails here instead of reading
+/// as its default.
+pub fn round_metrics(path: &Path) -> Vec<RoundMetrics> {
+    json_lines(path)
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let at = format!("{} line {}", path.display(), i + 1);
+            let m: RoundMetrics =
+                serde_json::from_value(line.clone()).unwrap_or_else(|e| panic!("{at}: {e}"));
+            assert_same_keys(&line, &serde_json::to_value(&m).unwrap(), &at);
+            m
+        })
+        .collect()
+}
+
+/// Panics unless `file` and `schema` have the same object keys at every level.
+fn assert_same_keys(file: &Value, schema: &Value, at: &str) {
+    match (file, schema) {
+        (Value::Object(f), Value::Object(s)) => {
+            let keys =
+                |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<BTreeSet<_>>();
+            assert_eq!(keys(f), keys(s), "{at}: the file's keys vs the schema's");
+            for (k, v) in f {
+                assert_same_keys(v, &s[k], &format!("{at}: {k}"));
+            }
+        }
+        (Value::Array(f), Value::Array(s)) => {
+            for (i, (v, w)) in f.iter().zip(s).enumerate() {
+                assert_same_keys(v, w, &format!("{at}[{i}]"));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The JSON objects of a JSON-lines file.
