@@ -359,7 +359,7 @@ fn all_flags(cmd: &Command) -> BTreeSet<String> {
 fn closest<'a>(name: &str, known: &'a BTreeSet<String>) -> Option<&'a str> {
     known
         .iter()
-        .map(|k| (edit_distance(name, k), k))
+        .map(|k| (strsim::levenshtein(name, k), k))
         .filter(|&(d, k)| d <= 2.max(k.len() / 4) && d < k.len())
         .min_by_key(|&(d, _)| d)
         .map(|(_, k)| k.as_str())
@@ -372,22 +372,6 @@ fn spelled_like(key: &str, flag: &str) -> String {
     } else {
         flag.replace('-', "_")
     }
-}
-
-/// Levenshtein distance between two strings, by characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let substitution = diagonal + usize::from(ca != cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
@@ -448,6 +432,5 @@ mod tests {
         assert_eq!(closest("lrr", &known), Some("lr"));
         assert_eq!(closest("bacth-size", &known), Some("batch-size"));
         assert_eq!(closest("colour", &known), None);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

@@ -9,7 +9,7 @@ use assert_cmd::Command;
 use serde_json::Value;
 
 /// The schema of a peer's per-round metrics lines: the one path to change when it moves.
-pub use peerless_bench::metrics::RoundMetrics;
+pub use peerless_runtime::metrics::RoundMetrics;
 
 /// The `peerless` binary with a clean configuration and quiet logs.
 pub fn peerless() -> Command {
