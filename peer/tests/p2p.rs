@@ -330,7 +330,11 @@ fn a_peer_with_another_model_is_refused_naming_both() {
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(!a.status.success() && !b.status.success());
     let err = String::from_utf8_lossy(&a.stderr);
-    assert!(err.contains("fingerprint"), "{err}");
+    assert!(
+        err.contains("fingerprint"),
+        "rank 0: {err}\nrank 1: {}",
+        String::from_utf8_lossy(&b.stderr)
+    );
 }
 
 #[test]

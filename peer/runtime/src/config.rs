@@ -11,7 +11,8 @@ use std::time::Duration;
 use peerless_comm::{CodecSpec, OnTimeout, RunId};
 use peerless_data::{DatasetKind, Partition, StoreOptions};
 use peerless_models::optim::{OptimizerConfig, OptimizerKind};
-use peerless_models::{Architecture, Loss};
+use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
+use peerless_models::{Architecture, Loss, ModelError};
 use serde::{Deserialize, Serialize};
 
 use crate::offload::OffloadPolicy;
@@ -173,6 +174,18 @@ impl TrainingConfig {
             weight_decay: self.weight_decay,
             ..Default::default()
         }
+    }
+
+    /// The learning-rate schedule and early stopping these settings ask for, both stepped
+    /// with the validation loss.
+    pub fn schedule(&self) -> Result<(ReduceLrOnPlateau, EarlyStopping), ModelError> {
+        let plateau = ReduceLrOnPlateau::new(
+            self.lr,
+            self.plateau_factor,
+            self.plateau_patience as usize,
+            self.min_lr,
+        )?;
+        Ok((plateau, EarlyStopping::new(self.patience as usize, 0.0)))
     }
 }
 

@@ -7,7 +7,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use peerless_data::partition::train_val_split;
 use peerless_data::{Partition, Split, load};
-use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
 use peerless_models::{DeviceChoice, Model, Trainer, select_device};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -40,6 +39,7 @@ struct EpochMetrics {
 
 pub fn run(args: TrainArgs, device: DeviceChoice) -> Result<()> {
     let t = &args.training;
+    let config = t.to_config();
     let device = select_device(device)?;
     let kind = args.data.dataset;
     let dir = args.data.data_dir.as_deref();
@@ -80,15 +80,9 @@ pub fn run(args: TrainArgs, device: DeviceChoice) -> Result<()> {
         model,
         t.loss,
         t.optimizer,
-        &t.to_config().optimizer_config(),
+        &config.optimizer_config(),
     )?;
-    let mut plateau = ReduceLrOnPlateau::new(
-        t.lr,
-        t.plateau_factor,
-        t.plateau_patience as usize,
-        t.min_lr,
-    )?;
-    let mut stopper = EarlyStopping::new(t.patience as usize, 0.0);
+    let (mut plateau, mut stopper) = config.schedule()?;
     let mut metrics = match &t.metrics_out {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path)

@@ -8,7 +8,6 @@ use anyhow::{Context, Result, bail};
 use peerless_comm::{Averager, RoundConfig, Transport, model_fingerprint};
 use peerless_data::split::batch_ranges;
 use peerless_data::{Dataset, SplitReader};
-use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
 use peerless_models::{Device, Model};
 
 use crate::config::{NodeConfig, ServerlessMode};
@@ -159,13 +158,7 @@ impl Node {
         let x = &config.exchange;
         let n = weights.len();
         let mut optimizer = t.optimizer_config().build(t.optimizer, n)?;
-        let mut plateau = ReduceLrOnPlateau::new(
-            t.lr,
-            t.plateau_factor,
-            t.plateau_patience as usize,
-            t.min_lr,
-        )?;
-        let mut stopper = EarlyStopping::new(t.patience as usize, 0.0);
+        let (mut plateau, mut stopper) = t.schedule()?;
 
         let mut round_config = RoundConfig::new(
             config.run_id,
