@@ -6,8 +6,6 @@
 pub mod dataset;
 pub mod formats;
 pub mod manifest;
-#[cfg(feature = "moto")]
-pub mod moto;
 pub mod partition;
 pub mod shard;
 pub mod split;

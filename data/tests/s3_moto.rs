@@ -12,9 +12,9 @@ use aws_sdk_s3::config::Credentials;
 use bytes::Bytes;
 use common::{expected_keys, small_data, snapshot};
 use peerless_data::manifest::MANIFEST_KEY;
-use peerless_data::moto::MotoServer;
 use peerless_data::store::{LocalStore, S3Store};
 use peerless_data::{ObjectStore, S3Options, SplitConfig, SplitReader, StoreError, split};
+use peerless_testkit::moto::MotoServer;
 
 /// SDK configuration with test credentials set on the config (not via the process
 /// environment: tests run in parallel threads).

@@ -8,15 +8,11 @@
 //! - [`process_input::expand`] turns a peer's request into per-batch events.
 //! - [`asl::state_machine_definition`] emits the Amazon States Language definition.
 //! - [`billing::parse_report`] reads what Lambda billed from an invocation's log tail.
-//! - `emulator` (feature `emulator`, test and demo support) serves the real function
-//!   binaries through cargo-lambda's Lambda Runtime API emulator.
 //!
 //! Events and responses ([`event`]) carry object keys only, never tensors.
 
 pub mod asl;
 pub mod billing;
-#[cfg(feature = "emulator")]
-pub mod emulator;
 pub mod error;
 pub mod event;
 pub mod faults;

@@ -12,8 +12,8 @@ use aws_sdk_lambda::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_lambda::error::SdkError;
 use aws_sdk_lambda::primitives::Blob;
 use common::{fixture, max_abs_diff};
-use peerless_lambda::emulator::{Emulator, FunctionConfig};
 use peerless_lambda::{ComputeGradientResponse, ProcessInputOutput, ProcessInputRequest};
+use peerless_testkit::emulator::{Emulator, FunctionConfig};
 use serde_json::Value;
 
 const MEMORY_MB: u32 = 1024;

@@ -5,10 +5,10 @@
 mod common;
 
 use common::{BATCHES, fixture_at, max_abs_diff};
-use peerless_data::moto::MotoServer;
 use peerless_data::store::S3Store;
 use peerless_data::{ObjectStore, S3Options};
 use peerless_lambda::{ComputeGradient, StoreLocation};
+use peerless_testkit::moto::MotoServer;
 
 const BUCKET: &str = "peerless-lambda";
 const PREFIX: &str = "runs/s3";

@@ -3,7 +3,7 @@
 //! responses: the execution output is what the peer reads, a function error fails the
 //! execution with the function's error name, or is recorded in place of the batch.
 //!
-//! Facts of moto 5.2.1 these tests work with (see `peerless_data::moto`):
+//! Facts of moto 5.2.1 these tests work with (see `peerless_testkit::moto`):
 //! - only the first `StartExecution` per region works, so every execution below gets a
 //!   fresh region (state machine and function ARNs alike) or follows a reset;
 //! - queued Lambda responses are popped by whichever task invokes next; the Map state's
@@ -20,12 +20,12 @@ use aws_sdk_sfn::config::retry::RetryConfig;
 use aws_sdk_sfn::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 use aws_sdk_sfn::types::ExecutionStatus;
-use peerless_data::moto::MotoServer;
 use peerless_lambda::process_input::expand;
 use peerless_lambda::{
     ComputeGradientResponse, OnTaskFailure, ProcessInputOutput, ProcessInputRequest, RuntimeInfo,
     StateMachineConfig, Timings, state_machine_definition,
 };
+use peerless_testkit::moto::MotoServer;
 use serde::Deserialize;
 use serde_json::Value;
 

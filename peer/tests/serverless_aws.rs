@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 
 use common::{RoundMetrics, peer_metrics, peerless, round_metrics, training_run};
 use peerless_comm::RunId;
-use peerless_data::moto::MotoServer;
 use peerless_data::{SplitReader, StoreOptions};
-use peerless_lambda::emulator::{Emulator, FunctionConfig};
 use peerless_lambda::process_input::expand;
 use peerless_lambda::{ComputeGradient, ProcessInputRequest, RoundContext, StoreLocation};
 use peerless_models::{Architecture, Device, Loss, Model, ModelSpec, weights};
+use peerless_testkit::emulator::{Emulator, FunctionConfig};
+use peerless_testkit::moto::MotoServer;
 use predicates::prelude::*;
 
 const BUCKET: &str = "peerless";

@@ -1,6 +1,6 @@
-//! Test and demo support (feature `moto`): starts moto's server (`python3 -m moto.server`,
-//! moto 5.2.1) on a free loopback port as a local stand-in for S3, Lambda and Step
-//! Functions, and drives its `/moto-api` control endpoints; the server dies with the value.
+//! moto's server (`python3 -m moto.server`, moto 5.2.1) on a free loopback port as a local
+//! stand-in for S3, Lambda and Step Functions, driven through its `/moto-api` control
+//! endpoints; the server dies with the value.
 //!
 //! Facts about moto 5.2.1 this module relies on: after
 //! [`MotoServer::enable_stepfunctions_execution`] Step Functions really runs the definition,

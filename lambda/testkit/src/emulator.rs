@@ -1,7 +1,6 @@
-//! Test and demo support (feature `emulator`): cargo-lambda's Lambda Runtime API emulator
-//! (`cargo lambda watch --only-lambda-apis`, cargo-lambda 1.9.2 from PyPI) on a free
-//! loopback port, with real function binaries polling it, so tests of this and other
-//! crates invoke the deployed code through the Lambda Invoke API as on AWS.
+//! cargo-lambda's Lambda Runtime API emulator (`cargo lambda watch --only-lambda-apis`,
+//! cargo-lambda 1.9.2 from PyPI) on a free loopback port, with real function binaries
+//! polling it, so tests invoke the deployed code through the Lambda Invoke API as on AWS.
 //!
 //! With `--only-lambda-apis` the emulator serves the runtime API of function `NAME` under
 //! `/.rt/NAME` and queues invocations there until a process polls; every process started

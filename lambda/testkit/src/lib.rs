@@ -1,0 +1,13 @@
+//! Local stand-ins for the cloud services the tests talk to, shared by the tests of
+//! `peerless-data`, `peerless-lambda` and `peerless` (a dev-dependency only, never a
+//! dependency of the libraries or binaries):
+//!
+//! - [`moto::MotoServer`]: moto's server on a free loopback port, for S3 and Step Functions
+//!   (with its Lambda tasks answered from queued responses).
+//! - [`emulator::Emulator`]: cargo-lambda's Lambda Runtime API emulator, with the real
+//!   function binaries polling it, invoked through the Lambda Invoke API as on AWS.
+//!
+//! Each value starts its own isolated instance and stops it when dropped.
+
+pub mod emulator;
+pub mod moto;
