@@ -76,12 +76,7 @@ pub fn run(args: TrainArgs, device: DeviceChoice) -> Result<()> {
         test = test_set.len(),
         "training"
     );
-    let mut trainer = Trainer::new(
-        model,
-        t.loss,
-        t.optimizer,
-        &config.optimizer_config(),
-    )?;
+    let mut trainer = Trainer::new(model, t.loss, t.optimizer, &config.optimizer_config())?;
     let (mut plateau, mut stopper) = config.schedule()?;
     let mut metrics = match &t.metrics_out {
         Some(path) => Some(std::io::BufWriter::new(
