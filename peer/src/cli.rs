@@ -200,7 +200,7 @@ pub struct ServerlessArgs {
     pub offload: Option<OffloadPolicy>,
 
     /// Function calls in flight at once (default: the cores for `local`, 64 otherwise).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_FUNCTION_CONCURRENCY as i64))]
     pub function_concurrency: Option<u32>,
 
     /// Retries of a failed or timed-out function call.
@@ -245,7 +245,7 @@ pub struct ServerlessArgs {
 #[derive(Debug, Args)]
 pub struct PeerArgs {
     /// Number of peers in the run.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), env = "PEERLESS_SIZE")]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_PEERS as i64), env = "PEERLESS_SIZE")]
     pub size: u32,
 
     /// This peer's rank, 0 .. size-1.
@@ -257,7 +257,7 @@ pub struct PeerArgs {
     pub dataset: Option<DatasetKind>,
 
     /// Square input size fed to the model (default: the model's study size).
-    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(1..=MAX_INPUT_PX as i64))]
     pub resize: Option<u32>,
 
     /// Pace of this peer's own batches, in (0, 1]: 0.5 idles half the time, like a CPU
@@ -266,7 +266,7 @@ pub struct PeerArgs {
     pub speed: f64,
 
     /// Threads of this peer's own batches (default: every core).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     pub threads: Option<usize>,
 
     #[command(flatten)]
@@ -279,7 +279,7 @@ pub struct PeerArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Number of peers to start.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=MAX_LOCAL_PEERS as i64))]
     pub peers: u32,
 
     /// Write each peer's metrics to DIR/peer-<rank>.jsonl.
@@ -300,7 +300,7 @@ pub struct RunArgs {
     pub speeds: Vec<f64>,
 
     /// Threads of each peer's own batches, by rank; 0 or unlisted: every core.
-    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...", value_parser = thread_count_or_all)]
     pub threads: Vec<usize>,
 
     /// Use only the first N training images when `run` writes the split itself.
@@ -338,7 +338,7 @@ pub struct DataArgs {
 
     /// Square input size fed to the model (default: the model's study size; the small CNN
     /// takes the images as they are).
-    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(1..=MAX_INPUT_PX as i64))]
     pub resize: Option<u32>,
 }
 
@@ -373,11 +373,11 @@ pub struct TrainingArgs {
     pub lr: f32,
 
     /// Momentum for sgd and rmsprop (PyTorch default 0).
-    #[arg(long, env = "PEERLESS_MOMENTUM")]
+    #[arg(long, value_parser = non_negative_f32, env = "PEERLESS_MOMENTUM")]
     pub momentum: Option<f32>,
 
     /// Weight decay (PyTorch default 0; adamw 0.01).
-    #[arg(long, env = "PEERLESS_WEIGHT_DECAY")]
+    #[arg(long, value_parser = non_negative_f32, env = "PEERLESS_WEIGHT_DECAY")]
     pub weight_decay: Option<f32>,
 
     /// Passes over the training data.
@@ -401,7 +401,7 @@ pub struct TrainingArgs {
     pub plateau_factor: f32,
 
     /// ReduceLROnPlateau: lower bound of the learning rate.
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, value_parser = non_negative_f32)]
     pub min_lr: f32,
 
     /// Write one JSON line of metrics per epoch (or round) to FILE.
@@ -432,8 +432,8 @@ pub struct SplitArgs {
     pub data: DataArgs,
 
     /// Number of peers (one shard each).
-    #[arg(long, env = "PEERLESS_SIZE")]
-    pub size: usize,
+    #[arg(long, env = "PEERLESS_SIZE", value_parser = clap::value_parser!(u32).range(1..=MAX_PEERS as i64))]
+    pub size: u32,
 
     /// Model the split is for (records its input size in the manifest).
     #[arg(
@@ -473,6 +473,43 @@ pub struct S3Args {
     pub s3_endpoint: Option<String>,
 }
 
+/// The most peers one run may have: far beyond the study's 512-peer projection, small
+/// enough that per-rank bookkeeping stays small.
+pub const MAX_PEERS: u32 = 4096;
+/// The most peers `peerless run` starts on one machine (one thread each).
+pub const MAX_LOCAL_PEERS: u32 = 256;
+/// The largest square input, pixels (the study's models take 17 to 32).
+pub const MAX_INPUT_PX: u32 = 1024;
+/// The largest batch `peerless bench` allocates.
+pub const MAX_BATCH: u32 = 4096;
+/// The most compute threads one peer may ask for.
+pub const MAX_THREADS: usize = 1024;
+/// The most function calls in flight per peer (Lambda's default account concurrency).
+pub const MAX_FUNCTION_CONCURRENCY: u32 = 1000;
+
+fn thread_count(s: &str) -> Result<usize, String> {
+    match thread_count_or_all(s)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+fn thread_count_or_all(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_THREADS => Ok(n),
+        Ok(n) => Err(format!("must be at most {MAX_THREADS}, got {n}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn non_negative_f32(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) => Err(format!("must be a finite number of at least 0, got {v}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn positive_f32(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -500,11 +537,11 @@ pub struct BenchArgs {
     pub models: Vec<Architecture>,
 
     /// Batch sizes to time (repeat or comma-separate); default: 16 and 64.
-    #[arg(long = "batch", visible_alias = "batch-size", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long = "batch", visible_alias = "batch-size", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH as i64))]
     pub batches: Vec<u32>,
 
     /// Square input size in pixels (3xSIZExSIZE inputs).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=MAX_INPUT_PX as i64))]
     pub size: u32,
 
     /// Timed steps per row (the median is reported).

@@ -37,11 +37,14 @@ pub fn duration_secs(flag: &str, secs: f64) -> Result<Duration, ConfigError> {
     if !(secs > 0.0 && secs <= MAX_DURATION_S) {
         return Err(ConfigError(format!(
             "{flag} must be a positive number of seconds up to {MAX_DURATION_S} (one week), \
-             got {secs}"
+             got {secs:?}"
         )));
     }
     Ok(Duration::from_secs_f64(secs))
 }
+
+/// The most workers the in-process function pool starts (one thread and runtime each).
+pub const MAX_POOL_WORKERS: usize = 64;
 
 /// Where a peer's batches may run besides its own CPU (`--serverless`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -251,6 +254,14 @@ impl ServerlessConfig {
                 "--function-concurrency must be at least 1",
             ));
         }
+        if self.mode == ServerlessMode::Local
+            && self.concurrency.is_some_and(|n| n > MAX_POOL_WORKERS)
+        {
+            return Err(ConfigError(format!(
+                "--serverless local runs at most {MAX_POOL_WORKERS} functions at once in this \
+                 process (one thread each); lower --function-concurrency, or use lambda"
+            )));
+        }
         if !(128..=10240).contains(&self.memory_mb) {
             return Err(ConfigError(format!(
                 "--function-memory-mb must be within Lambda's 128..=10240, got {}",
@@ -364,7 +375,7 @@ impl Capability {
         let speed = self.speed;
         if !(speed > 0.0 && speed <= 1.0) {
             return Err(ConfigError(format!(
-                "the speed of peer {rank} is {speed}; it must be in (0, 1]"
+                "the speed of peer {rank} is {speed:?}; it must be in (0, 1]"
             )));
         }
         Ok(())

@@ -15,7 +15,7 @@ pub fn run(args: SplitArgs) -> Result<()> {
         .resize
         .unwrap_or(args.model.default_input_size() as u32);
     let config = SplitConfig {
-        peers: args.size,
+        peers: args.size as usize,
         partition: args.partition,
         seed: args.seed,
         batches_per_peer: args.batches.map(|k| k as usize),
