@@ -35,8 +35,13 @@ const RUN: [&str; 8] = [
     "--epochs=1",
 ];
 
+/// `base` followed by `extra`.
+fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    base.iter().chain(extra).copied().collect()
+}
+
 fn run_with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    RUN.iter().chain(extra).copied().collect()
+    with(&RUN, extra)
 }
 
 const PEER: [&str; 9] = [
@@ -52,7 +57,7 @@ const PEER: [&str; 9] = [
 ];
 
 fn peer_with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    PEER.iter().chain(extra).copied().collect()
+    with(&PEER, extra)
 }
 
 #[test]
