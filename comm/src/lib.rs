@@ -9,12 +9,14 @@
 
 pub mod average;
 pub mod codec;
+pub mod membership;
 pub mod round;
 pub mod transport;
 pub mod url;
 pub mod wire;
 
 pub use codec::{Codec, CodecError, CodecSpec};
+pub use membership::{Identity, JoinRequest, Start};
 pub use round::{Averager, OnTimeout, Rejections, RoundConfig, RoundError, RoundStats};
 pub use transport::{
     AmqpConfig, AmqpTransport, AnyTransport, Delivery, InProcessHub, InProcessTransport, Transport,

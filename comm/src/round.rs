@@ -83,10 +83,17 @@ pub struct RoundConfig {
     pub timeout: Duration,
     /// What happens when the timeout expires.
     pub on_timeout: OnTimeout,
+    /// With [`OnTimeout::AverageArrived`], a rank that missed this many
+    /// consecutive rounds is no longer waited for (0: always wait).
+    pub evict_after: u32,
+    /// This process's incarnation, sent in every header (see [`crate::membership`]).
+    pub incarnation: u64,
 }
 
 impl RoundConfig {
-    /// A configuration with defaults: 8 MiB chunks, 10 minute timeout, fail on timeout.
+    /// A configuration with defaults: 8 MiB chunks, 10 minute timeout, fail on
+    /// timeout (evicting after 2 missed rounds once switched to partial), a
+    /// random incarnation.
     pub fn new(
         run_id: RunId,
         rank: u32,
@@ -103,6 +110,8 @@ impl RoundConfig {
             max_chunk_bytes: wire::DEFAULT_MAX_CHUNK_BYTES,
             timeout: Duration::from_secs(600),
             on_timeout: OnTimeout::Fail,
+            evict_after: 2,
+            incarnation: rand::random(),
         }
     }
 }
@@ -125,6 +134,10 @@ pub struct Rejections {
     pub bad_sender: u64,
     /// A message kind the round does not use.
     pub other_kind: u64,
+    /// Sent by an earlier process of a rank that has since restarted.
+    pub old_incarnation: u64,
+    /// Sent by a rank that is not taking part (evicted, not yet rejoined).
+    pub not_member: u64,
 }
 
 impl Rejections {
@@ -137,6 +150,8 @@ impl Rejections {
             + self.duplicate
             + self.bad_sender
             + self.other_kind
+            + self.old_incarnation
+            + self.not_member
     }
 }
 
@@ -147,8 +162,15 @@ pub struct RoundStats {
     pub round: u64,
     /// Ranks averaged, this one included.
     pub contributors: u32,
-    /// Ranks that did not deliver in time (only with [`OnTimeout::AverageArrived`]).
+    /// Ranks averaged this round, this one included, ascending.
+    pub participants: Vec<u32>,
+    /// Ranks waited for that did not deliver in time (only with [`OnTimeout::AverageArrived`]).
     pub missing: Vec<u32>,
+    /// Ranks not waited for any more after this round (missed `evict_after` rounds in a row).
+    pub evicted: Vec<u32>,
+    /// Time the transport spent reconnecting during this round (the deadline was
+    /// extended by it).
+    pub outage: Duration,
     /// Bytes published (headers included).
     pub bytes_sent: u64,
     /// Messages published.
@@ -255,6 +277,17 @@ pub enum RoundError {
         /// Length given.
         got: usize,
     },
+    /// A peer was started with a different training configuration.
+    #[error(
+        "rank {rank} was started with a different training configuration: {}",
+        .fields.join(", ")
+    )]
+    IdentityMismatch {
+        /// The other peer.
+        rank: u32,
+        /// Each differing field with both values.
+        fields: Vec<String>,
+    },
     /// The round configuration is unusable.
     #[error("invalid round configuration: {0}")]
     Config(String),
@@ -348,6 +381,30 @@ impl<T: Transport> Averager<T> {
         &self.transport
     }
 
+    /// Who takes part in which round.
+    pub(crate) fn members(&self) -> &Members {
+        &self.inbox.members
+    }
+
+    pub(crate) fn members_mut(&mut self) -> &mut Members {
+        &mut self.inbox.members
+    }
+
+    /// The membership messages received during rounds, oldest first.
+    pub(crate) fn take_control(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.inbox.control)
+    }
+
+    /// Keeps a gradient that arrived before the rounds started.
+    pub(crate) fn keep_early(&mut self, round: u64, bytes: Bytes) {
+        self.inbox.keep(round, bytes);
+    }
+
+    /// The ranks currently taking part (this one included), ascending.
+    pub fn participants(&self) -> Vec<u32> {
+        self.inbox.members.active_ranks()
+    }
+
     /// Gives the transport back (e.g. to close it).
     pub fn into_transport(self) -> T {
         self.transport
@@ -399,6 +456,7 @@ impl<T: Transport> Averager<T> {
         codec.encode(local, encoded).map_err(RoundError::Encode)?;
         let header = Header {
             compute_micros: *compute_micros,
+            incarnation: config.incarnation,
             ..Header::gradient(
                 config.run_id,
                 round,
@@ -421,26 +479,38 @@ impl<T: Transport> Averager<T> {
         }
 
         let receive_start = Instant::now();
-        let deadline = tokio::time::Instant::from_std(receive_start + config.timeout);
+        let outage_start = transport.outage();
+        // The deadline moves by the time the broker was away during the round.
+        let deadline_now = || {
+            let away = transport.outage().saturating_sub(outage_start);
+            tokio::time::Instant::from_std(receive_start + config.timeout + away)
+        };
         let outgoing = &*outgoing;
         let transport = &*transport;
         let publish = async {
-            let sent = tokio::time::timeout_at(deadline, transport.publish(outgoing)).await;
-            match sent {
-                Ok(Ok(())) => Ok(receive_start.elapsed()),
-                Ok(Err(e)) => Err(RoundError::from(e)),
-                Err(_) => Err(RoundError::PublishTimeout {
-                    round,
-                    timeout: config.timeout,
-                }),
+            loop {
+                let deadline = deadline_now();
+                match tokio::time::timeout_at(deadline, transport.publish(outgoing)).await {
+                    Ok(Ok(())) => return Ok(receive_start.elapsed()),
+                    Ok(Err(e)) => return Err(RoundError::from(e)),
+                    Err(_) if deadline_now() > deadline => continue,
+                    Err(_) => {
+                        return Err(RoundError::PublishTimeout {
+                            round,
+                            timeout: config.timeout,
+                        });
+                    }
+                }
             }
         };
         let stats_ref = &mut stats;
         let inbox_ref = &mut *inbox;
         let codec_ref = codec.as_ref();
         let receive = async move {
-            while !inbox_ref.all_arrived(config.rank) {
+            while !inbox_ref.all_arrived(config.rank, round) {
+                let deadline = deadline_now();
                 let delivery = match tokio::time::timeout_at(deadline, transport.recv()).await {
+                    Err(_) if deadline_now() > deadline => continue,
                     Err(_) => break,
                     Ok(delivery) => delivery?,
                 };
@@ -454,8 +524,9 @@ impl<T: Transport> Averager<T> {
         let (send_time, receive_time) = tokio::try_join!(publish, receive)?;
         stats.send_time = send_time;
         stats.receive_time = receive_time;
+        stats.outage = transport.outage().saturating_sub(outage_start);
 
-        let missing = inbox.missing(config.rank);
+        let missing = inbox.missing(config.rank, round);
         if !missing.is_empty() {
             match config.on_timeout {
                 OnTimeout::Fail => {
@@ -470,6 +541,15 @@ impl<T: Transport> Averager<T> {
                     stats.missing = missing;
                 }
             }
+        }
+        stats.evicted = inbox.close_round(round, config);
+        if !stats.evicted.is_empty() {
+            tracing::warn!(
+                round,
+                evicted = ?stats.evicted,
+                "no longer waiting for rank(s) that missed {} rounds in a row",
+                config.evict_after
+            );
         }
 
         let decode_start = Instant::now();
@@ -489,6 +569,7 @@ impl<T: Transport> Averager<T> {
             codec.accumulate(payload, n, start, block, mode);
         });
         stats.contributors = contributors.len() as u32;
+        stats.participants = contributors.clone();
         stats.peer_compute = vec![None; slots.len()];
         for &rank in contributors {
             let micros = if rank == own_rank {
@@ -546,12 +627,21 @@ enum ChunkOutcome {
     Inconsistent(&'static str),
 }
 
-/// Everything received for the current round, plus messages kept for later rounds.
-struct Inbox {
+/// Everything received for the current round, plus messages kept for later
+/// rounds and the membership messages seen during rounds.
+pub(crate) struct Inbox {
     slots: Vec<Slot>,
     pending: BTreeMap<u64, Vec<Bytes>>,
     contributors: Vec<u32>,
+    /// Who takes part, and from which round.
+    pub(crate) members: Members,
+    /// Membership messages (hellos, joins) kept for [`crate::membership`].
+    pub(crate) control: Vec<Bytes>,
 }
+
+/// Most distinct future rounds kept: a peer is at most a round or two ahead,
+/// so more means leftovers (e.g. of a restarted peer's queue).
+const MAX_PENDING_ROUNDS: usize = 8;
 
 impl Inbox {
     fn new(world_size: usize) -> Self {
@@ -559,7 +649,22 @@ impl Inbox {
             slots: (0..world_size).map(|_| Slot::default()).collect(),
             pending: BTreeMap::new(),
             contributors: Vec::with_capacity(world_size),
+            members: Members::new(world_size),
+            control: Vec::new(),
         }
+    }
+
+    /// Keeps a gradient message of a later round (or any round, before the
+    /// first round is known), dropping the oldest kept rounds beyond the cap.
+    pub(crate) fn keep(&mut self, round: u64, bytes: Bytes) -> u64 {
+        self.pending.entry(round).or_default().push(bytes);
+        let mut dropped = 0;
+        while self.pending.len() > MAX_PENDING_ROUNDS {
+            if let Some((_, old)) = self.pending.pop_first() {
+                dropped += old.len() as u64;
+            }
+        }
+        dropped
     }
 
     fn start_round(&mut self, round: u64, stats: &mut RoundStats) {
@@ -574,17 +679,32 @@ impl Inbox {
         self.pending.remove(&round).unwrap_or_default()
     }
 
-    fn all_arrived(&self, own_rank: u32) -> bool {
-        self.slots
-            .iter()
-            .enumerate()
-            .all(|(rank, slot)| rank == own_rank as usize || slot.complete)
+    fn all_arrived(&self, own_rank: u32, round: u64) -> bool {
+        self.slots.iter().enumerate().all(|(rank, slot)| {
+            rank == own_rank as usize || slot.complete || !self.members.expects(rank as u32, round)
+        })
     }
 
-    fn missing(&self, own_rank: u32) -> Vec<u32> {
+    fn missing(&self, own_rank: u32, round: u64) -> Vec<u32> {
         (0..self.slots.len() as u32)
-            .filter(|rank| *rank != own_rank && !self.slots[*rank as usize].complete)
+            .filter(|rank| {
+                *rank != own_rank
+                    && !self.slots[*rank as usize].complete
+                    && self.members.expects(*rank, round)
+            })
             .collect()
+    }
+
+    /// Counts which expected ranks missed the round and evicts those that
+    /// missed too many in a row; returns the ranks evicted now.
+    fn close_round(&mut self, round: u64, config: &RoundConfig) -> Vec<u32> {
+        for rank in 0..self.slots.len() as u32 {
+            if rank != config.rank && self.members.expects(rank, round) {
+                let delivered = self.slots[rank as usize].complete;
+                self.members.record(rank, delivered);
+            }
+        }
+        self.members.after_round(config)
     }
 
     fn collect_contributors(&mut self, own_rank: u32) {
@@ -625,9 +745,23 @@ impl Inbox {
             stats.rejected.foreign_run += 1;
             return Ok(());
         }
-        if h.kind != MessageKind::Gradient {
-            stats.rejected.other_kind += 1;
-            return Ok(());
+        match h.kind {
+            MessageKind::Gradient => {}
+            MessageKind::Hello | MessageKind::Join => {
+                if h.sender < config.world_size && h.sender != config.rank {
+                    if h.kind == MessageKind::Join {
+                        crate::membership::apply_join(&mut self.members, message.payload);
+                    }
+                    self.control.push(bytes.clone());
+                } else {
+                    stats.rejected.bad_sender += 1;
+                }
+                return Ok(());
+            }
+            _ => {
+                stats.rejected.other_kind += 1;
+                return Ok(());
+            }
         }
         if h.world_size != config.world_size {
             return Err(RoundError::WorldSizeMismatch {
@@ -665,6 +799,14 @@ impl Inbox {
                 theirs: h.codec.to_string(),
             });
         }
+        if !self.members.current_incarnation(h.sender, h.incarnation) {
+            tracing::debug!(
+                sender = h.sender,
+                "ignored a message of an earlier process of this rank"
+            );
+            stats.rejected.old_incarnation += 1;
+            return Ok(());
+        }
         if h.round < round {
             tracing::debug!(
                 round = h.round,
@@ -676,8 +818,12 @@ impl Inbox {
             return Ok(());
         }
         if h.round > round {
-            self.pending.entry(h.round).or_default().push(bytes.clone());
+            stats.rejected.stale_round += self.keep(h.round, bytes.clone());
             stats.buffered_future += 1;
+            return Ok(());
+        }
+        if !self.members.expects(h.sender, round) {
+            stats.rejected.not_member += 1;
             return Ok(());
         }
         // No codec produces more than 8 bytes per element (top-k at ratio 1).
@@ -705,6 +851,100 @@ impl Inbox {
             }
         }
         Ok(())
+    }
+}
+
+/// Who takes part in which round: ranks are evicted after missing
+/// `evict_after` rounds in a row and come back through a join.
+#[derive(Clone, Debug)]
+pub(crate) struct Members {
+    active: Vec<bool>,
+    missed: Vec<u32>,
+    from_round: Vec<u64>,
+    incarnation: Vec<Option<u64>>,
+}
+
+impl Members {
+    fn new(world_size: usize) -> Self {
+        Members {
+            active: vec![true; world_size],
+            missed: vec![0; world_size],
+            from_round: vec![0; world_size],
+            incarnation: vec![None; world_size],
+        }
+    }
+
+    /// Whether a gradient of `rank` is awaited (and used) in `round`.
+    pub(crate) fn expects(&self, rank: u32, round: u64) -> bool {
+        let r = rank as usize;
+        self.active.get(r).copied().unwrap_or(false) && round >= self.from_round[r]
+    }
+
+    /// Whether `incarnation` is the known current process of `rank` (any is
+    /// accepted while none is known).
+    fn current_incarnation(&self, rank: u32, incarnation: u64) -> bool {
+        match self.incarnation.get(rank as usize) {
+            Some(Some(known)) => *known == incarnation,
+            _ => true,
+        }
+    }
+
+    /// Records a rank's process and the round from which it takes part.
+    pub(crate) fn admit(&mut self, rank: u32, incarnation: u64, from_round: u64) {
+        let r = rank as usize;
+        if r < self.active.len() {
+            self.active[r] = true;
+            self.missed[r] = 0;
+            self.from_round[r] = from_round;
+            self.incarnation[r] = Some(incarnation);
+        }
+    }
+
+    /// The current incarnation of every rank (`None`: unknown).
+    pub(crate) fn incarnations(&self) -> &[Option<u64>] {
+        &self.incarnation
+    }
+
+    /// Ranks taking part, ascending.
+    pub(crate) fn active_ranks(&self) -> Vec<u32> {
+        (0..self.active.len() as u32)
+            .filter(|r| self.active[*r as usize])
+            .collect()
+    }
+
+    /// Sets who takes part (from a peer's state).
+    pub(crate) fn set_active(&mut self, active: &[u32], from_round: u64) {
+        for r in 0..self.active.len() {
+            self.active[r] = active.contains(&(r as u32));
+            self.missed[r] = 0;
+            self.from_round[r] = from_round;
+        }
+    }
+
+    /// Evicts the ranks that missed `evict_after` rounds in a row (partial
+    /// rounds only) and returns them.
+    fn after_round(&mut self, config: &RoundConfig) -> Vec<u32> {
+        let mut evicted = Vec::new();
+        if config.on_timeout != OnTimeout::AverageArrived || config.evict_after == 0 {
+            return evicted;
+        }
+        for rank in 0..self.active.len() {
+            if self.missed[rank] >= config.evict_after && self.active[rank] {
+                self.active[rank] = false;
+                evicted.push(rank as u32);
+            }
+        }
+        evicted
+    }
+
+    /// Notes which expected ranks delivered this round.
+    fn record(&mut self, rank: u32, delivered: bool) {
+        let r = rank as usize;
+        if delivered {
+            self.missed[r] = 0;
+        } else {
+            self.missed[r] = self.missed[r].saturating_add(1);
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! The binary wire format of every message between peers (version 2).
+//! The binary wire format of every message between peers (version 3).
 //!
-//! A message is a fixed 104-byte header followed by a payload. All integers are
+//! A message is a fixed 112-byte header followed by a payload. All integers are
 //! little-endian. Header layout:
 //!
 //! | offset | size | field |
@@ -23,9 +23,12 @@
 //! | 84 | 4 | payload length of this message |
 //! | 88 | 4 | CRC-32 of this message's payload |
 //! | 92 | 8 | sender's compute time for this gradient, in microseconds |
-//! | 100 | 4 | CRC-32 of header bytes 0..100 |
+//! | 100 | 8 | sender's incarnation (random per process start) |
+//! | 108 | 4 | CRC-32 of header bytes 0..108 |
 //!
-//! Version 2 added the compute time; version 1 messages are refused as
+//! Version 2 added the compute time, version 3 the incarnation (so messages a
+//! crashed process left in a queue are told from its successor's) and the
+//! membership kinds; older messages are refused as
 //! [`WireError::UnsupportedVersion`].
 //!
 //! A gradient is encoded by its codec into one payload, which is split into
@@ -43,9 +46,9 @@ use crate::codec::{CodecError, CodecSpec};
 /// First four bytes of every message.
 pub const MAGIC: [u8; 4] = *b"PLSG";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Size of the fixed header in bytes.
-pub const HEADER_LEN: usize = 104;
+pub const HEADER_LEN: usize = 112;
 /// Offset of the header CRC, which covers every header byte before it.
 const HEADER_CRC_AT: usize = HEADER_LEN - 4;
 /// Default largest payload per message: well under RabbitMQ 4's 16 MiB limit.
@@ -113,17 +116,21 @@ pub fn model_fingerprint(model_name: &str, parameter_count: u64) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// What a message carries; only gradients exist today, the other values are
-/// reserved so a handshake or barrier can be added without a format change.
+/// What a message carries: gradients, and the membership messages that let
+/// peers start together, resume, and admit a restarted peer ([`crate::membership`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum MessageKind {
     /// One chunk of an encoded gradient.
     Gradient = 1,
-    /// Reserved: a peer announcing itself.
+    /// A peer announcing itself: identity, checkpoints, peers seen.
     Hello = 2,
     /// Reserved: a synchronisation point without data.
     Barrier = 3,
+    /// A running peer telling the others that a restarted rank takes part again.
+    Join = 4,
+    /// A running peer's state, sent to a restarted rank so it can catch up.
+    State = 5,
 }
 
 impl MessageKind {
@@ -132,6 +139,8 @@ impl MessageKind {
             1 => Ok(MessageKind::Gradient),
             2 => Ok(MessageKind::Hello),
             3 => Ok(MessageKind::Barrier),
+            4 => Ok(MessageKind::Join),
+            5 => Ok(MessageKind::State),
             other => Err(WireError::UnknownKind(other)),
         }
     }
@@ -172,6 +181,9 @@ pub struct Header {
     /// unknown); lets slow peers size their serverless offload. Every chunk of
     /// a message carries the same value.
     pub compute_micros: u64,
+    /// Random number the sending process drew at start: a restarted peer has a
+    /// new one, so what its predecessor left in the queues is recognised.
+    pub incarnation: u64,
 }
 
 impl Header {
@@ -203,6 +215,7 @@ impl Header {
             payload_len: 0,
             payload_crc: 0,
             compute_micros: 0,
+            incarnation: 0,
         }
     }
 
@@ -226,6 +239,7 @@ impl Header {
         out.put_u32_le(self.payload_len);
         out.put_u32_le(self.payload_crc);
         out.put_u64_le(self.compute_micros);
+        out.put_u64_le(self.incarnation);
         let crc = crc32fast::hash(&out[start..]);
         out.put_u32_le(crc);
         debug_assert_eq!(out.len() - start, HEADER_LEN);
@@ -412,6 +426,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
         payload_len: u32_at(bytes, 84),
         payload_crc: u32_at(bytes, 88),
         compute_micros: u64_at(bytes, 92),
+        incarnation: u64_at(bytes, 100),
     };
     let payload = &bytes[HEADER_LEN..];
     if payload.len() as u64 != u64::from(header.payload_len) {
@@ -470,6 +485,7 @@ mod tests {
         let mut h = header();
         h.total_payload_len = 1000;
         h.compute_micros = 1_234_567_890_123;
+        h.incarnation = 0xdead_beef_0123_4567;
         let bytes = encode_message(&h, &payload);
         assert_eq!(bytes.len(), HEADER_LEN + 1000);
         assert_eq!(&bytes[..4], b"PLSG");
@@ -478,6 +494,7 @@ mod tests {
         assert_eq!(message.header.payload_len, 1000);
         assert_eq!(message.header.payload_crc, crc32fast::hash(&payload));
         assert_eq!(message.header.compute_micros, 1_234_567_890_123);
+        assert_eq!(message.header.incarnation, 0xdead_beef_0123_4567);
         let mut expected = h.clone();
         expected.payload_len = 1000;
         expected.payload_crc = crc32fast::hash(&payload);
@@ -539,12 +556,12 @@ mod tests {
         assert!(matches!(decode(&bad), Err(WireError::BadMagic { .. })));
 
         let mut bad = bytes.clone();
-        bad[4] = 3;
+        bad[4] = 4;
         assert_eq!(
             decode(&bad),
             Err(WireError::UnsupportedVersion {
-                found: 3,
-                supported: 2
+                found: 4,
+                supported: 3
             })
         );
 
@@ -585,29 +602,31 @@ mod tests {
     }
 
     #[test]
-    fn version_1_messages_are_refused() {
+    fn older_versions_are_refused() {
         let payload = [5u8; 8];
-        let v2 = encode_message(
+        let v3 = encode_message(
             &Header {
                 total_payload_len: 8,
                 ..header()
             },
             &payload,
         );
-        // Version 1 layout: the same first 92 bytes, then the CRC of bytes 0..92.
-        let mut v1 = v2[..92].to_vec();
-        v1[4..6].copy_from_slice(&1u16.to_le_bytes());
-        let crc = crc32fast::hash(&v1);
-        v1.extend_from_slice(&crc.to_le_bytes());
-        v1.extend_from_slice(&payload);
-        assert_eq!(v1.len(), 96 + 8);
-        let expected = Err(WireError::UnsupportedVersion {
-            found: 1,
-            supported: 2,
-        });
-        assert_eq!(decode(&v1), expected);
-        assert_eq!(decode(&v1[..96]), expected);
-        assert_eq!(decode(&v1[..6]), expected);
+        // Version 1 ended the header after 92 bytes, version 2 after 100; each then had
+        // the CRC of the bytes before it.
+        for (version, fields) in [(1u16, 92usize), (2, 100)] {
+            let mut old = v3[..fields].to_vec();
+            old[4..6].copy_from_slice(&version.to_le_bytes());
+            let crc = crc32fast::hash(&old);
+            old.extend_from_slice(&crc.to_le_bytes());
+            old.extend_from_slice(&payload);
+            let expected = Err(WireError::UnsupportedVersion {
+                found: version,
+                supported: 3,
+            });
+            assert_eq!(decode(&old), expected);
+            assert_eq!(decode(&old[..fields + 4]), expected);
+            assert_eq!(decode(&old[..6]), expected);
+        }
     }
 
     #[test]

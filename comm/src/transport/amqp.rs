@@ -12,16 +12,20 @@
 //! the whole topology on connect (declarations are idempotent), so a message
 //! published before a slower peer has started is already queued for it.
 //!
-//! Durability: queues are not durable (a gradient is useless after a broker
-//! restart) but also not exclusive or auto-deleted, so messages wait in the
+//! Durability: queues are not durable (they are declared again after a broker
+//! restart, and every peer publishes its last batches again) but also not exclusive or auto-deleted, so messages wait in the
 //! queue while their peer starts or reconnects; an idle queue expires after
 //! [`AmqpConfig::queue_expiry`]. Messages are transient, published with
 //! `mandatory` set and with publisher confirms awaited; consumers acknowledge
 //! manually, with a prefetch limit bounding what a peer buffers.
 
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -34,7 +38,7 @@ use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ErrorKind, ExchangeKind,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use super::{Acker, Delivery, Transport, TransportError};
 use crate::url::{mask_password, redact};
@@ -57,11 +61,17 @@ pub struct AmqpConfig {
     pub prefetch: u16,
     /// An unused queue of the run is deleted by the broker after this long.
     pub queue_expiry: Duration,
+    /// How long a lost connection is retried before the transport fails.
+    pub reconnect_timeout: Duration,
+    /// How many of the last published batches are published again after a
+    /// reconnect (a round publishes one; peers are at most a round apart, and
+    /// membership messages take a batch each).
+    pub replay_batches: usize,
 }
 
 impl AmqpConfig {
     /// A configuration with defaults: 10 s connect timeout, prefetch 16,
-    /// queues expiring after 1 h unused.
+    /// queues expiring after 1 h unused, 120 s to reconnect, 4 batches replayed.
     pub fn new(url: impl Into<String>, run_id: RunId, rank: u32, world_size: u32) -> Self {
         AmqpConfig {
             url: url.into(),
@@ -71,6 +81,8 @@ impl AmqpConfig {
             connect_timeout: Duration::from_secs(10),
             prefetch: 16,
             queue_expiry: Duration::from_secs(3600),
+            reconnect_timeout: Duration::from_secs(120),
+            replay_batches: 4,
         }
     }
 }
@@ -97,16 +109,58 @@ pub fn routing_key(rank: u32) -> String {
     format!("rank.{rank}")
 }
 
-/// One peer's connection to the broker: a confirming publisher channel and a
-/// consumer on its own queue.
+/// The live connection: a confirming publisher channel, an admin channel and a
+/// consumer on this peer's queue; replaced as a whole after a reconnect.
 #[derive(Debug)]
-pub struct AmqpTransport {
+struct Link {
+    /// Counts reconnects: 0 for the first connection.
+    generation: u64,
     connection: Connection,
     publisher: Channel,
     admin: Channel,
     consumer: Mutex<Consumer>,
+}
+
+/// Where the connection stands, shared by every caller waiting on a reconnect.
+#[derive(Clone, Debug)]
+enum LinkState {
+    /// Connected; the link of this generation is current.
+    Up(u64),
+    /// The link of this generation was lost; a task is connecting again.
+    Reconnecting,
+    /// Reconnecting failed for good (the message says why).
+    Failed(String),
+}
+
+/// Time spent without a broker, so rounds can extend their deadline by it.
+#[derive(Debug, Default)]
+struct Outage {
+    total: Duration,
+    since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Inner {
     config: AmqpConfig,
     masked_url: String,
+    link: std::sync::RwLock<Arc<Link>>,
+    state: watch::Sender<LinkState>,
+    /// The last broadcast batches, published again after a reconnect because
+    /// the broker may have dropped them with its queues.
+    replay: std::sync::Mutex<VecDeque<Vec<Bytes>>>,
+    outage: std::sync::Mutex<Outage>,
+    closed: AtomicBool,
+}
+
+/// One peer's connection to the broker. A lost connection (broker restart,
+/// network cut) is re-established in the background with exponential backoff
+/// for up to [`AmqpConfig::reconnect_timeout`]: the topology is declared again,
+/// the last published batches are published again (receivers drop the
+/// duplicates), and callers of [`Transport::publish`] and [`Transport::recv`]
+/// simply wait.
+#[derive(Debug)]
+pub struct AmqpTransport {
+    inner: Arc<Inner>,
 }
 
 impl AmqpTransport {
@@ -126,65 +180,55 @@ impl AmqpTransport {
                 ),
             });
         }
-        let deadline = Instant::now() + config.connect_timeout;
-        let connection = connect_with_retry(config, &masked_url).await?;
-        let setup_error = |what: &str, cause: String| TransportError::Setup {
-            url: masked_url.clone(),
-            what: what.to_owned(),
-            cause: redact(&cause, &config.url),
-        };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let (publisher, admin, consumer) =
-            tokio::time::timeout(remaining, declare(&connection, config))
-                .await
-                .map_err(|_| {
-                    setup_error(
-                        "topology",
-                        format!(
-                            "not done within the connect timeout of {:?}",
-                            config.connect_timeout
-                        ),
-                    )
-                })?
-                .map_err(|(what, e)| setup_error(&what, e.to_string()))?;
+        let link = open_link(config, &masked_url, config.connect_timeout, 0).await?;
         tracing::debug!(url = %masked_url, run = %config.run_id, rank = config.rank, "AMQP transport ready");
         Ok(AmqpTransport {
-            connection,
-            publisher,
-            admin,
-            consumer: Mutex::new(consumer),
-            config: config.clone(),
-            masked_url,
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                masked_url,
+                link: std::sync::RwLock::new(Arc::new(link)),
+                state: watch::Sender::new(LinkState::Up(0)),
+                replay: std::sync::Mutex::new(VecDeque::new()),
+                outage: std::sync::Mutex::new(Outage::default()),
+                closed: AtomicBool::new(false),
+            }),
         })
     }
 
     /// The broker URL with the password hidden.
     pub fn masked_url(&self) -> &str {
-        &self.masked_url
+        &self.inner.masked_url
     }
 
     /// The configuration this transport was created with.
     pub fn config(&self) -> &AmqpConfig {
-        &self.config
+        &self.inner.config
+    }
+
+    /// How many times the connection was re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.link().generation
     }
 
     /// Deletes the run's queues and exchange (all ranks'); call once, from one
     /// peer, when the run is over and nobody publishes any more.
     pub async fn delete_run(&self) -> Result<(), TransportError> {
+        let link = self.inner.link();
         let err = |what: String, e: lapin::Error| TransportError::Setup {
-            url: self.masked_url.clone(),
+            url: self.inner.masked_url.clone(),
             what,
             cause: e.to_string(),
         };
-        for rank in 0..self.config.world_size {
-            let queue = queue_name(self.config.run_id, rank);
-            self.admin
+        let config = &self.inner.config;
+        for rank in 0..config.world_size {
+            let queue = queue_name(config.run_id, rank);
+            link.admin
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await
                 .map_err(|e| err(format!("deletion of queue {queue}"), e))?;
         }
-        let exchange = exchange_name(self.config.run_id);
-        self.admin
+        let exchange = exchange_name(config.run_id);
+        link.admin
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await
             .map_err(|e| err(format!("deletion of exchange {exchange}"), e))
@@ -192,7 +236,9 @@ impl AmqpTransport {
 
     /// Closes the connection; unacknowledged deliveries go back to the queue.
     pub async fn close(self) -> Result<(), TransportError> {
-        self.connection
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let link = self.inner.link();
+        link.connection
             .close(200, "peer done".into())
             .await
             .map_err(|e| TransportError::Receive {
@@ -201,71 +247,334 @@ impl AmqpTransport {
     }
 }
 
-impl Transport for AmqpTransport {
-    async fn publish(&self, messages: &[Bytes]) -> Result<(), TransportError> {
-        if self.config.world_size <= 1 {
-            return Ok(());
+impl Inner {
+    fn link(&self) -> Arc<Link> {
+        self.link.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether an error on `link` means the connection is gone (reconnect) rather
+    /// than a refusal on a live connection (report it).
+    async fn lost(&self, link: &Link) -> bool {
+        if self.closed.load(Ordering::SeqCst) {
+            return false;
         }
+        // The broker's connection.close can trail the channel error by a moment.
+        for _ in 0..5 {
+            if !link.connection.status().connected() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Waits until the connection of `generation` has been replaced, starting the
+    /// reconnecting task if nobody has yet; fails once reconnecting gave up.
+    async fn reconnect(self: &Arc<Self>, generation: u64) -> Result<(), TransportError> {
+        let mut start = false;
+        self.state.send_if_modified(|state| match state {
+            LinkState::Up(current) if *current == generation => {
+                *state = LinkState::Reconnecting;
+                start = true;
+                true
+            }
+            _ => false,
+        });
+        if start {
+            tracing::warn!(url = %self.masked_url, rank = self.config.rank, "lost the broker connection; reconnecting");
+            self.outage.lock().unwrap_or_else(|e| e.into_inner()).since = Some(Instant::now());
+            tokio::spawn(reconnect_task(self.clone(), generation));
+        }
+        let mut watch = self.state.subscribe();
+        let outcome = watch
+            .wait_for(|state| match state {
+                LinkState::Up(current) => *current > generation,
+                LinkState::Reconnecting => false,
+                LinkState::Failed(_) => true,
+            })
+            .await
+            .map(|state| state.clone());
+        match outcome {
+            Ok(LinkState::Failed(cause)) => Err(TransportError::Disconnected {
+                url: self.masked_url.clone(),
+                cause,
+            }),
+            Ok(_) => Ok(()),
+            Err(_) => Err(TransportError::Closed),
+        }
+    }
+
+    async fn publish_on(&self, link: &Link, messages: &[Bytes]) -> Result<(), PublishFailure> {
         let exchange = exchange_name(self.config.run_id);
         let key = routing_key(self.config.rank);
-        let options = BasicPublishOptions {
-            mandatory: true,
-            immediate: false,
-        };
-        let mut confirms = Vec::with_capacity(messages.len());
-        for message in messages {
-            let properties = BasicProperties::default()
-                .with_delivery_mode(1)
-                .with_content_type("application/x-peerless".into());
-            let confirm = self
-                .publisher
-                .basic_publish(
-                    exchange.as_str().into(),
-                    key.as_str().into(),
-                    options,
-                    message,
-                    properties,
-                )
-                .await
-                .map_err(|e| TransportError::Publish {
-                    cause: e.to_string(),
-                })?;
-            confirms.push(confirm);
+        publish_batch(link, &exchange, &key, messages).await
+    }
+}
+
+/// Connects again until the reconnect timeout, declares the topology, publishes
+/// the remembered batches again and installs the new link.
+async fn reconnect_task(inner: Arc<Inner>, generation: u64) {
+    let config = &inner.config;
+    let started = Instant::now();
+    let deadline = started + config.reconnect_timeout;
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut last_error = String::from("no attempt finished");
+    let mut attempts = 0u32;
+    loop {
+        if inner.closed.load(Ordering::SeqCst) {
+            inner
+                .state
+                .send_replace(LinkState::Failed("transport closed".into()));
+            return;
         }
-        let mut nacked = 0;
-        for confirm in confirms {
-            let confirmation = confirm.await.map_err(|e| TransportError::Publish {
-                cause: e.to_string(),
-            })?;
-            if confirmation.is_nack() {
-                nacked += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        attempts += 1;
+        match open_link(config, &inner.masked_url, remaining, generation + 1).await {
+            Ok(link) => {
+                let link = Arc::new(link);
+                let batches: Vec<Vec<Bytes>> = inner
+                    .replay
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                let mut replayed = Ok(());
+                for batch in &batches {
+                    replayed = inner.publish_on(&link, batch).await;
+                    if replayed.is_err() {
+                        break;
+                    }
+                }
+                match replayed {
+                    Ok(()) => {
+                        *inner.link.write().unwrap_or_else(|e| e.into_inner()) = link;
+                        let down = {
+                            let mut outage = inner.outage.lock().unwrap_or_else(|e| e.into_inner());
+                            let down = outage.since.take().map_or(Duration::ZERO, |s| s.elapsed());
+                            outage.total += down;
+                            down
+                        };
+                        tracing::warn!(
+                            url = %inner.masked_url,
+                            rank = config.rank,
+                            attempts,
+                            replayed = batches.len(),
+                            "reconnected to the broker after {down:.1?}"
+                        );
+                        inner.state.send_replace(LinkState::Up(generation + 1));
+                        return;
+                    }
+                    Err(e) => last_error = e.to_string(),
+                }
             }
-            if let Some(returned) = confirmation.take_message() {
-                return Err(TransportError::Unroutable {
-                    routing_key: key,
-                    reason: returned.reply_text.to_string(),
-                });
+            Err(e) => last_error = e.to_string(),
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+        tracing::debug!(url = %inner.masked_url, error = %last_error, ?delay, "reconnect attempt failed");
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(delay.min(remaining)).await;
+    }
+    inner.state.send_replace(LinkState::Failed(format!(
+        "no connection within the reconnect timeout of {:?} ({attempts} attempt(s)); last error: {}",
+        config.reconnect_timeout,
+        redact(&last_error, &config.url)
+    )));
+}
+
+/// Why publishing a batch failed: the link may be gone, or the broker refused.
+enum PublishFailure {
+    /// The channel or connection failed (maybe lost: check and reconnect).
+    Link(lapin::Error),
+    /// The broker refused the messages on a live connection.
+    Refused(TransportError),
+}
+
+impl fmt::Display for PublishFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishFailure::Link(e) => write!(f, "{e}"),
+            PublishFailure::Refused(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Publishes `messages` through `link`'s confirming channel and waits for the
+/// broker's confirms.
+async fn publish_batch(
+    link: &Link,
+    exchange: &str,
+    key: &str,
+    messages: &[Bytes],
+) -> Result<(), PublishFailure> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let mut confirms = Vec::with_capacity(messages.len());
+    for message in messages {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(1)
+            .with_content_type("application/x-peerless".into());
+        let confirm = link
+            .publisher
+            .basic_publish(exchange.into(), key.into(), options, message, properties)
+            .await
+            .map_err(PublishFailure::Link)?;
+        confirms.push(confirm);
+    }
+    let mut nacked = 0;
+    for confirm in confirms {
+        let confirmation = confirm.await.map_err(PublishFailure::Link)?;
+        if confirmation.is_nack() {
+            nacked += 1;
+        }
+        if let Some(returned) = confirmation.take_message() {
+            return Err(PublishFailure::Refused(TransportError::Unroutable {
+                routing_key: key.to_owned(),
+                reason: returned.reply_text.to_string(),
+            }));
+        }
+    }
+    if nacked > 0 {
+        return Err(PublishFailure::Refused(TransportError::Nacked {
+            count: nacked,
+        }));
+    }
+    Ok(())
+}
+
+impl AmqpTransport {
+    /// Publishes on the current link, reconnecting (and trying again) when the
+    /// link is lost.
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        key: &str,
+        messages: &[Bytes],
+    ) -> Result<(), TransportError> {
+        let inner = &self.inner;
+        loop {
+            let link = inner.link();
+            match publish_batch(&link, exchange, key, messages).await {
+                Ok(()) => return Ok(()),
+                Err(PublishFailure::Refused(e)) => return Err(e),
+                Err(PublishFailure::Link(e)) => {
+                    if !inner.lost(&link).await {
+                        return Err(TransportError::Publish {
+                            cause: e.to_string(),
+                        });
+                    }
+                    inner.reconnect(link.generation).await?;
+                }
             }
         }
-        if nacked > 0 {
-            return Err(TransportError::Nacked { count: nacked });
+    }
+}
+
+impl Transport for AmqpTransport {
+    async fn publish(&self, messages: &[Bytes]) -> Result<(), TransportError> {
+        let config = &self.inner.config;
+        if config.world_size <= 1 {
+            return Ok(());
         }
-        Ok(())
+        {
+            let mut replay = self.inner.replay.lock().unwrap_or_else(|e| e.into_inner());
+            replay.push_back(messages.to_vec());
+            while replay.len() > config.replay_batches {
+                replay.pop_front();
+            }
+        }
+        let exchange = exchange_name(config.run_id);
+        let key = routing_key(config.rank);
+        self.publish_to(&exchange, &key, messages).await
+    }
+
+    async fn send_to(&self, rank: u32, messages: &[Bytes]) -> Result<(), TransportError> {
+        let config = &self.inner.config;
+        if rank >= config.world_size || rank == config.rank {
+            return Err(TransportError::Publish {
+                cause: format!("no peer of rank {rank} to send to"),
+            });
+        }
+        // The default exchange routes by queue name.
+        self.publish_to("", &queue_name(config.run_id, rank), messages)
+            .await
     }
 
     async fn recv(&self) -> Result<Delivery, TransportError> {
-        let mut consumer = self.consumer.lock().await;
-        match consumer.next().await {
-            None => Err(TransportError::Closed),
-            Some(Err(e)) => Err(TransportError::Receive {
-                cause: e.to_string(),
-            }),
-            Some(Ok(delivery)) => Ok(Delivery::new(
-                Bytes::from(delivery.data),
-                Acker::Amqp(delivery.acker),
-            )),
+        let inner = &self.inner;
+        loop {
+            let link = inner.link();
+            let next = link.consumer.lock().await.next().await;
+            match next {
+                Some(Ok(delivery)) => {
+                    return Ok(Delivery::new(
+                        Bytes::from(delivery.data),
+                        Acker::Amqp(delivery.acker),
+                    ));
+                }
+                failed => {
+                    if inner.closed.load(Ordering::SeqCst) {
+                        return Err(TransportError::Closed);
+                    }
+                    if !inner.lost(&link).await {
+                        // The consumer was cancelled on a live connection (its queue
+                        // was deleted): declare everything again all the same.
+                        tracing::warn!(url = %inner.masked_url, error = ?failed.map(|r| r.err()), "the broker cancelled this peer's consumer; setting up again");
+                    }
+                    inner.reconnect(link.generation).await?;
+                }
+            }
         }
     }
+
+    fn outage(&self) -> Duration {
+        let outage = self.inner.outage.lock().unwrap_or_else(|e| e.into_inner());
+        outage.total + outage.since.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+}
+
+/// Connects within `timeout` and declares the run's topology.
+async fn open_link(
+    config: &AmqpConfig,
+    masked_url: &str,
+    timeout: Duration,
+    generation: u64,
+) -> Result<Link, TransportError> {
+    let deadline = Instant::now() + timeout;
+    let connection = connect_with_retry(config, masked_url, timeout).await?;
+    let setup_error = |what: &str, cause: String| TransportError::Setup {
+        url: masked_url.to_owned(),
+        what: what.to_owned(),
+        cause: redact(&cause, &config.url),
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let (publisher, admin, consumer) =
+        tokio::time::timeout(remaining, declare(&connection, config))
+            .await
+            .map_err(|_| {
+                setup_error(
+                    "topology",
+                    format!("not done within the connect timeout of {timeout:?}"),
+                )
+            })?
+            .map_err(|(what, e)| setup_error(&what, e.to_string()))?;
+    Ok(Link {
+        generation,
+        connection,
+        publisher,
+        admin,
+        consumer: Mutex::new(consumer),
+    })
 }
 
 /// Retries only failures that may go away (network errors), not refusals.
@@ -276,6 +585,7 @@ fn is_transient(error: &lapin::Error) -> bool {
 async fn connect_with_retry(
     config: &AmqpConfig,
     masked_url: &str,
+    timeout: Duration,
 ) -> Result<Connection, TransportError> {
     let connect_error = |cause: String| TransportError::Connect {
         url: masked_url.to_owned(),
@@ -305,13 +615,12 @@ async fn connect_with_retry(
             tracing::debug!(url = masked_url, error = %e, ?delay, "AMQP connect failed, retrying");
             last_error = Some(e.to_string());
         });
-    let outcome = tokio::time::timeout(config.connect_timeout, retrying).await;
+    let outcome = tokio::time::timeout(timeout, retrying).await;
     match outcome {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(e)) => Err(connect_error(e.to_string())),
         Err(_) => Err(connect_error(format!(
-            "no connection within {:?} ({attempts} attempt(s)); last error: {}",
-            config.connect_timeout,
+            "no connection within {timeout:?} ({attempts} attempt(s)); last error: {}",
             last_error.as_deref().unwrap_or("attempt still in progress")
         ))),
     }

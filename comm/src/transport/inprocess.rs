@@ -86,6 +86,25 @@ impl Transport for InProcessTransport {
         Ok(())
     }
 
+    async fn send_to(&self, rank: u32, messages: &[Bytes]) -> Result<(), TransportError> {
+        // `peers` skips this endpoint's own rank.
+        let index = match rank.cmp(&self.rank) {
+            std::cmp::Ordering::Less => rank as usize,
+            std::cmp::Ordering::Greater => rank as usize - 1,
+            std::cmp::Ordering::Equal => usize::MAX,
+        };
+        let peer = self
+            .peers
+            .get(index)
+            .ok_or_else(|| TransportError::Publish {
+                cause: format!("no peer of rank {rank} to send to"),
+            })?;
+        for message in messages {
+            let _ = peer.send(message.clone());
+        }
+        Ok(())
+    }
+
     async fn recv(&self) -> Result<Delivery, TransportError> {
         let data = self
             .inbox

@@ -10,6 +10,7 @@ pub mod inprocess;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -29,10 +30,25 @@ pub trait Transport: Send + Sync {
         messages: &[Bytes],
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
 
+    /// Sends each message, in order, to the peer of `rank` only (state for a
+    /// restarted peer is too big to broadcast).
+    fn send_to(
+        &self,
+        rank: u32,
+        messages: &[Bytes],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
     /// Waits for the next message from another peer. Cancel-safe: dropping
     /// the future loses no message. The delivery must be acknowledged with
     /// [`Delivery::ack`] once fully processed.
     fn recv(&self) -> impl Future<Output = Result<Delivery, TransportError>> + Send;
+
+    /// Total time this transport has spent without a connection (reconnecting
+    /// included), so a round can extend its deadline by the time the broker was
+    /// away instead of blaming the other peers.
+    fn outage(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// One received message plus the handle to acknowledge it, so a message is
@@ -132,6 +148,14 @@ pub enum TransportError {
         /// What went wrong.
         cause: String,
     },
+    /// The connection was lost and could not be re-established in time.
+    #[error("lost the connection to {url}: {cause}")]
+    Disconnected {
+        /// Broker URL with the password hidden.
+        url: String,
+        /// Why reconnecting failed.
+        cause: String,
+    },
     /// The transport was closed; no more messages will arrive.
     #[error("transport closed")]
     Closed,
@@ -154,10 +178,24 @@ impl Transport for AnyTransport {
         }
     }
 
+    async fn send_to(&self, rank: u32, messages: &[Bytes]) -> Result<(), TransportError> {
+        match self {
+            AnyTransport::InProcess(t) => t.send_to(rank, messages).await,
+            AnyTransport::Amqp(t) => t.send_to(rank, messages).await,
+        }
+    }
+
     async fn recv(&self) -> Result<Delivery, TransportError> {
         match self {
             AnyTransport::InProcess(t) => t.recv().await,
             AnyTransport::Amqp(t) => t.recv().await,
+        }
+    }
+
+    fn outage(&self) -> Duration {
+        match self {
+            AnyTransport::InProcess(t) => t.outage(),
+            AnyTransport::Amqp(t) => t.outage(),
         }
     }
 }

@@ -1,0 +1,205 @@
+//! Membership over the in-process transport: starting together from a common
+//! checkpoint, refusing differently configured peers, evicting a dead rank, and
+//! admitting a restarted one with the running peers' state.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{config, gradient};
+use peerless_comm::wire::RunId;
+use peerless_comm::{
+    Averager, CodecSpec, Identity, InProcessHub, InProcessTransport, OnTimeout, RoundError, Start,
+};
+
+const N: usize = 1000;
+
+fn identity(seed: &str) -> Identity {
+    [("model", "tiny_cnn"), ("seed", seed), ("batch_size", "32")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn averager(
+    transport: InProcessTransport,
+    run_id: RunId,
+    world: u32,
+    timeout: Duration,
+) -> Averager<InProcessTransport> {
+    let rank = transport.rank();
+    let mut c = config(run_id, rank, world, N);
+    c.timeout = timeout;
+    c.on_timeout = OnTimeout::AverageArrived;
+    c.evict_after = 2;
+    Averager::new(c, CodecSpec::None.build(0), transport).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_start_together_from_the_newest_common_checkpoint() {
+    let run_id = RunId::random();
+    let held: [&[u64]; 3] = [&[4, 6], &[2, 4], &[4, 6]];
+    let tasks: Vec<_> = InProcessHub::new(3)
+        .into_endpoints()
+        .into_iter()
+        .map(|t| {
+            let checkpoints = held[t.rank() as usize].to_vec();
+            tokio::spawn(async move {
+                let mut a = averager(t, run_id, 3, Duration::from_secs(5));
+                a.start(&identity("1"), &checkpoints, Duration::from_secs(10))
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            Start::Together { round } => assert_eq!(round, 4),
+            other => panic!("expected a joint start, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_differently_configured_peer_is_refused_naming_the_field() {
+    let run_id = RunId::random();
+    let tasks: Vec<_> = InProcessHub::new(2)
+        .into_endpoints()
+        .into_iter()
+        .map(|t| {
+            let seed = if t.rank() == 1 { "2" } else { "1" };
+            tokio::spawn(async move {
+                let mut a = averager(t, run_id, 2, Duration::from_secs(5));
+                a.start(&identity(seed), &[], Duration::from_secs(5)).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let error = task.await.unwrap().unwrap_err();
+        assert!(
+            matches!(error, RoundError::IdentityMismatch { .. }),
+            "{error}"
+        );
+        let text = error.to_string();
+        assert!(text.contains("seed ("), "{text}");
+        assert!(!text.contains("model"), "only differing fields: {text}");
+    }
+}
+
+/// Runs `round` on every averager with rank-seeded gradients; returns each one's average.
+async fn round_all(
+    averagers: &mut [Averager<InProcessTransport>],
+    round: u64,
+) -> Vec<(Vec<f32>, peerless_comm::RoundStats)> {
+    let futures = averagers.iter_mut().map(|a| async move {
+        let g = gradient(round * 10 + u64::from(a.config().rank), N);
+        let mut out = vec![0.0; N];
+        let stats = a.average(round, &g, &mut out).await.unwrap();
+        (out, stats)
+    });
+    futures::future::join_all(futures).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_rank_is_evicted_and_a_restarted_one_rejoins_with_the_state() {
+    let run_id = RunId::random();
+    let timeout = Duration::from_millis(400);
+    let mut endpoints = InProcessHub::new(3).into_endpoints();
+    let rank2 = endpoints.pop().unwrap();
+    let mut running: Vec<_> = endpoints
+        .into_iter()
+        .map(|t| averager(t, run_id, 3, timeout))
+        .collect();
+    let mut third = averager(rank2, run_id, 3, timeout);
+
+    // All three start, then rank 2 dies after round 0 (its queue stays, as on a broker).
+    let mut all: Vec<_> = running.drain(..).collect();
+    all.push(third);
+    let id = identity("1");
+    let starts = futures::future::join_all(
+        all.iter_mut()
+            .map(|a| a.start(&id, &[], Duration::from_secs(5))),
+    )
+    .await;
+    assert!(
+        starts
+            .iter()
+            .all(|s| matches!(s, Ok(Start::Together { round: 0 })))
+    );
+    let outs = round_all(&mut all, 0).await;
+    assert!(outs.iter().all(|(_, s)| s.participants == [0, 1, 2]));
+    third = all.pop().unwrap();
+    let mut running = all;
+
+    // Rounds 1 and 2 wait for the dead rank until the deadline, then evict it.
+    for round in 1..=2 {
+        let started = Instant::now();
+        let outs = round_all(&mut running, round).await;
+        assert!(started.elapsed() >= timeout);
+        for (_, s) in &outs {
+            assert_eq!(s.participants, [0, 1]);
+            assert_eq!(s.missing, [2]);
+            assert_eq!(s.evicted, if round == 2 { vec![2] } else { vec![] });
+        }
+    }
+    // Round 3 no longer waits.
+    let started = Instant::now();
+    let outs = round_all(&mut running, 3).await;
+    assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
+    assert!(
+        outs.iter()
+            .all(|(_, s)| s.missing.is_empty() && s.participants == [0, 1])
+    );
+
+    // Rank 2 restarts: a new process (new incarnation) on the same queue, which still
+    // holds the rounds it missed.
+    let transport = third.into_transport();
+    let mut restarted = averager(transport, run_id, 3, timeout);
+    let joiner = tokio::spawn(async move {
+        let start = restarted
+            .start(&identity("1"), &[], Duration::from_secs(10))
+            .await
+            .unwrap();
+        (restarted, start)
+    });
+    let mut round = 4;
+    let joined_at = loop {
+        round_all(&mut running, round).await;
+        round += 1;
+        let mut admitted = None;
+        for a in running.iter_mut() {
+            for request in a.join_requests(&identity("1")).await.unwrap() {
+                assert_eq!(a.config().rank, 0, "only the lowest rank answers");
+                let state = format!("state for round {round}");
+                a.admit(&request, round, state.as_bytes()).await.unwrap();
+                admitted = Some(round);
+            }
+        }
+        if let Some(r) = admitted {
+            break r;
+        }
+        assert!(round < 40, "the restarted peer was never admitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (restarted, start) = joiner.await.unwrap();
+    match start {
+        Start::Rejoin { round, state, from } => {
+            assert_eq!(round, joined_at);
+            assert_eq!(from, 0);
+            assert_eq!(state, Bytes::from(format!("state for round {joined_at}")));
+        }
+        other => panic!("expected a rejoin, got {other:?}"),
+    }
+    running.push(restarted);
+    for round in joined_at..joined_at + 3 {
+        let outs = round_all(&mut running, round).await;
+        for (out, s) in &outs {
+            assert_eq!(s.participants, [0, 1, 2], "round {round}");
+            assert!(s.missing.is_empty());
+            assert_eq!(
+                out, &outs[0].0,
+                "every peer averages the same contributions"
+            );
+        }
+    }
+}
