@@ -19,7 +19,7 @@ use crate::event::{
     ComputeGradientEvent, ComputeGradientResponse, RuntimeInfo, StoreLocation, Timings,
 };
 use crate::faults::FaultPlan;
-use crate::gradient;
+use crate::{gradient, process_input};
 
 /// Seed of the throwaway initial weights of a freshly built model (always overwritten by
 /// the round's weights before use).
@@ -157,8 +157,10 @@ impl ComputeGradient {
             labels: &self.labels,
             shape,
         };
+        // The masks a peer computing this batch itself draws (`dropout_seed`).
+        let mask_seed = process_input::dropout_seed(event.augment_seed);
         let stats = model
-            .grad_step(&batch, ctx.loss, &mut self.grad)
+            .grad_step_seeded(&batch, ctx.loss, &mut self.grad, mask_seed)
             .map_err(|source| ComputeGradientError::Compute {
                 key: event.batch_key.clone(),
                 source,

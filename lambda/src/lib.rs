@@ -28,4 +28,4 @@ pub use event::{
     RoundContext, RuntimeInfo, StoreLocation, Timings,
 };
 pub use handler::ComputeGradient;
-pub use process_input::{batch_seed, gradient_key};
+pub use process_input::{batch_seed, dropout_seed, gradient_key};

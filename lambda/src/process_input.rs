@@ -25,6 +25,17 @@ pub fn batch_seed(seed: u64, round: u64, rank: u32, batch: u32) -> u64 {
     x & JSON_SAFE_MASK
 }
 
+/// The dropout-mask seed of one batch ([`peerless_models::Model::grad_step_seeded`]),
+/// derived from its [`batch_seed`] alone, so a function given the event's `augment_seed`
+/// and a peer computing the batch itself (before or after a restart) draw the same masks,
+/// yet masks and augmentation draw from unrelated streams.
+pub fn dropout_seed(batch_seed: u64) -> u64 {
+    splitmix64(batch_seed ^ DROPOUT_DOMAIN)
+}
+
+/// Separates the dropout seed from the augmentation seed it is derived from.
+const DROPOUT_DOMAIN: u64 = 0x6d61_736b_2d64_726f; // "mask-dro"
+
 fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -103,4 +114,19 @@ pub fn expand(request: &ProcessInputRequest) -> Result<ProcessInputOutput, Proce
         });
     }
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_seeds_are_per_batch_and_unlike_the_batch_seed() {
+        let seed = batch_seed(1234, 7, 1, 2);
+        assert_eq!(dropout_seed(seed), dropout_seed(seed));
+        assert_ne!(dropout_seed(seed), seed);
+        assert_ne!(dropout_seed(seed), dropout_seed(batch_seed(1234, 7, 1, 3)));
+        // Pinned: peers and functions of one run may be different builds.
+        assert_eq!(dropout_seed(0), splitmix64(DROPOUT_DOMAIN));
+    }
 }

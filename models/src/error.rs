@@ -50,6 +50,15 @@ pub enum ModelError {
     /// The tensor backend failed (for example reading a tensor back from the device).
     #[error("tensor backend error: {0}")]
     Backend(String),
+    /// An exported optimizer state (for example from a checkpoint) that does not fit the
+    /// optimizer it is restored into; restoring it would silently change the training.
+    #[error("cannot restore {optimizer} state: {reason}")]
+    OptimizerState {
+        /// The optimizer restored into (`sgd`, `adam`, ...).
+        optimizer: &'static str,
+        /// What does not fit.
+        reason: String,
+    },
 }
 
 impl ModelError {

@@ -148,11 +148,39 @@ impl Model {
     /// adds their gradients weighted by their share of the batch: the whole-batch gradient
     /// up to rounding, and the same bits whatever the number of threads. Dropout masks come
     /// from one draw of the device's generator per step (a part draws the rows the uncut
-    /// batch would), so seeding the device makes steps reproducible.
+    /// batch would), so seeding the device makes steps reproducible within one process;
+    /// across processes (resumed runs, functions) use [`Model::grad_step_seeded`].
     pub fn grad_step(&self, batch: &Batch<'_>, loss: Loss, grad: &mut [f32]) -> Result<StepStats> {
         check_len("gradient buffer", self.table.num_params(), grad.len())?;
         self.check_batch(batch)?;
         let seed = self.mask_seed()?;
+        self.checked_grad_step(batch, loss, grad, seed)
+    }
+
+    /// [`Model::grad_step`] with this step's dropout masks drawn from `mask_seed` instead
+    /// of the device's generator: the gradient is then a pure function of the weights, the
+    /// batch and the seed, so a peer, a resumed peer and a function computing the same
+    /// batch with the same seed get the same bits.
+    pub fn grad_step_seeded(
+        &self,
+        batch: &Batch<'_>,
+        loss: Loss,
+        grad: &mut [f32],
+        mask_seed: u64,
+    ) -> Result<StepStats> {
+        check_len("gradient buffer", self.table.num_params(), grad.len())?;
+        self.check_batch(batch)?;
+        self.checked_grad_step(batch, loss, grad, mask_seed)
+    }
+
+    /// The gradient step on a checked batch and buffer, dropout masks from `seed`.
+    fn checked_grad_step(
+        &self,
+        batch: &Batch<'_>,
+        loss: Loss,
+        grad: &mut [f32],
+        seed: u64,
+    ) -> Result<StepStats> {
         let n = batch.shape[0];
         let parts = self.step_parts(n);
         if parts > 1

@@ -188,3 +188,34 @@ fn sgd_training_lowers_the_loss_on_a_learnable_task() {
     assert!(last.correct >= n * 3 / 4, "{} of {n} correct", last.correct);
     assert_eq!(t.weights(), t.model().params().unwrap().as_slice());
 }
+
+/// Dropout masks from an explicit seed: two separately built models (as two processes, or
+/// a peer and a function, would hold) give the same gradient bits for the same seed, and
+/// another seed draws other masks.
+#[test]
+fn seeded_steps_give_the_same_gradient_in_separate_models() {
+    let a = model(Architecture::MobileNetV3Small, 4);
+    let b = model(Architecture::MobileNetV3Small, 4);
+    // Eight images: the CPU step runs in two parts, each drawing its rows of the masks.
+    let (images, labels, shape) = random_batch(a.spec(), 8, 8, 6);
+    let batch = Batch {
+        images: &images,
+        labels: &labels,
+        shape,
+    };
+    let step = |m: &peerless_models::Model, seed: u64| {
+        let mut grad = vec![0.0f32; m.num_params()];
+        let stats = m
+            .grad_step_seeded(&batch, Loss::CrossEntropy, &mut grad, seed)
+            .unwrap();
+        (grad.iter().map(|g| g.to_bits()).collect::<Vec<_>>(), stats)
+    };
+    let (ga, sa) = step(&a, 77);
+    let (gb, sb) = step(&b, 77);
+    assert_eq!(ga, gb, "same seed, same gradient bits");
+    assert_eq!(sa.loss.to_bits(), sb.loss.to_bits());
+    let (gc, _) = step(&a, 78);
+    assert_ne!(ga, gc, "another seed, other dropout masks");
+    let (ga2, _) = step(&a, 77);
+    assert_eq!(ga, ga2, "the device's generator plays no part");
+}

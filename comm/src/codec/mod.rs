@@ -55,6 +55,16 @@ pub trait Codec: Send + Sync {
         mode: Accumulate,
     );
 
+    /// The encoder's state (random-stream position, error-feedback residual) as bytes, so
+    /// a checkpoint can restore a codec that encodes the next gradients bit-identically.
+    /// Stateless codecs return nothing.
+    fn state(&self) -> Vec<u8>;
+
+    /// Replaces the encoder's state with bytes from [`Codec::state`] of a codec with the
+    /// same spec (and seed); malformed or foreign state is refused with
+    /// [`CodecError::InvalidState`] and leaves the codec unchanged.
+    fn restore(&mut self, state: &[u8]) -> Result<(), CodecError>;
+
     /// Validates and decodes a whole payload into `out` (multithreaded).
     fn decode(&self, payload: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
         let len = out.len();
@@ -223,6 +233,15 @@ pub enum CodecError {
         len: usize,
         /// Largest supported length.
         max: usize,
+    },
+    /// Saved encoder state ([`Codec::restore`]) that is truncated, corrupt, or from a
+    /// codec with other parameters.
+    #[error("cannot restore {codec} state: {reason}")]
+    InvalidState {
+        /// Codec name.
+        codec: &'static str,
+        /// What is wrong.
+        reason: String,
     },
     /// A stateful codec saw a gradient of a different length than before.
     #[error("{codec} was used with {expected} elements and now gets {got}")]

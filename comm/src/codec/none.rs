@@ -43,6 +43,21 @@ impl Codec for Raw {
         let bytes = &payload[start * 4..(start + out.len()) * 4];
         accumulate_le(bytes, out, mode);
     }
+
+    fn state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), CodecError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(CodecError::InvalidState {
+                codec: "none",
+                reason: format!("{} bytes for a stateless codec", state.len()),
+            })
+        }
+    }
 }
 
 /// Appends `values` to `out` as little-endian bytes (a plain copy on
@@ -104,6 +119,17 @@ mod tests {
         let mut out = [10.0f32; 3];
         accumulate_le(&payload[1..], &mut out, Accumulate::Add);
         assert_eq!(out, [11.5, 7.75, 13.0]);
+    }
+
+    #[test]
+    fn state_is_empty_and_only_empty_state_restores() {
+        let mut codec = Raw;
+        assert!(codec.state().is_empty());
+        codec.restore(&[]).unwrap();
+        assert!(matches!(
+            codec.restore(&[1]),
+            Err(CodecError::InvalidState { codec: "none", .. })
+        ));
     }
 
     #[test]

@@ -123,6 +123,32 @@ impl Codec for Qsgd8 {
             Accumulate::Add => decode_block(levels, signs, start, scale, out, |o, v| *o += v),
         }
     }
+
+    /// The seed and the number of encodings so far (`u64` each, little-endian): the next
+    /// encoding draws from stream `calls` of the seeded generator.
+    fn state(&self) -> Vec<u8> {
+        [self.seed.to_le_bytes(), self.calls.to_le_bytes()].concat()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), CodecError> {
+        let invalid = |reason: String| CodecError::InvalidState {
+            codec: "qsgd8",
+            reason,
+        };
+        let words: [u8; 16] = state
+            .try_into()
+            .map_err(|_| invalid(format!("{} bytes, expected 16", state.len())))?;
+        let seed = u64::from_le_bytes(words[..8].try_into().expect("8 bytes"));
+        let calls = u64::from_le_bytes(words[8..].try_into().expect("8 bytes"));
+        if seed != self.seed {
+            return Err(invalid(format!(
+                "saved with seed {seed}, this codec has seed {}",
+                self.seed
+            )));
+        }
+        self.calls = calls;
+        Ok(())
+    }
 }
 
 fn read_scale(payload: &[u8]) -> f32 {
@@ -269,6 +295,44 @@ mod tests {
             first, second,
             "successive encodings must use fresh randomness"
         );
+    }
+
+    #[test]
+    fn restored_codec_encodes_the_next_gradients_bit_identically() {
+        let mut original = Qsgd8::new(21);
+        let mut payload = Vec::new();
+        for s in 0..3 {
+            original.encode(&sample(5000, s), &mut payload).unwrap();
+        }
+        let state = original.state();
+        let mut restored = Qsgd8::new(21);
+        restored.restore(&state).unwrap();
+        assert_eq!(restored.state(), state);
+        let mut fresh = Qsgd8::new(21);
+        for s in 3..6 {
+            let grad = sample(5000, s);
+            let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+            original.encode(&grad, &mut a).unwrap();
+            restored.encode(&grad, &mut b).unwrap();
+            fresh.encode(&grad, &mut c).unwrap();
+            assert_eq!(a, b, "encoding {s}");
+            assert_ne!(a, c, "encoding {s}: the call counter matters");
+        }
+    }
+
+    #[test]
+    fn foreign_or_truncated_state_is_refused() {
+        let mut codec = Qsgd8::new(1);
+        codec.encode(&sample(100, 0), &mut Vec::new()).unwrap();
+        let before = codec.state();
+        let other_seed = Qsgd8::new(2).state();
+        let err = codec.restore(&other_seed).unwrap_err().to_string();
+        assert!(err.contains("seed 2") && err.contains("seed 1"), "{err}");
+        assert!(matches!(
+            codec.restore(&before[..15]),
+            Err(CodecError::InvalidState { codec: "qsgd8", .. })
+        ));
+        assert_eq!(codec.state(), before, "refused restores change nothing");
     }
 
     /// Each decoded element is `scale * (floor(x) + B)` with `B ~ Bernoulli(frac)`,

@@ -169,6 +169,45 @@ impl Codec for TopK {
             out[index_at(j) - start] += read_f32(payload, 4 + 4 * k + 4 * j);
         }
     }
+
+    /// The ratio (`f32` bits), the residual's length (`u64`) and its values (`f32`), all
+    /// little-endian; the length is 0 before the first encoding.
+    fn state(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + 4 * self.residual.len());
+        out.extend_from_slice(&self.ratio.to_bits().to_le_bytes());
+        out.extend_from_slice(&(self.residual.len() as u64).to_le_bytes());
+        super::none::extend_le(&mut out, &self.residual);
+        out
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), CodecError> {
+        let invalid = |reason: String| CodecError::InvalidState {
+            codec: "topk",
+            reason,
+        };
+        if state.len() < 12 {
+            return Err(invalid(format!("{} bytes, need at least 12", state.len())));
+        }
+        let ratio = read_f32(state, 0);
+        if ratio.to_bits() != self.ratio.to_bits() {
+            return Err(invalid(format!(
+                "saved with ratio {ratio}, this codec has ratio {}",
+                self.ratio
+            )));
+        }
+        let len = u64::from_le_bytes(state[4..12].try_into().expect("8 bytes"));
+        let values = &state[12..];
+        if values.len() % 4 != 0 || (values.len() / 4) as u64 != len {
+            return Err(invalid(format!(
+                "{} bytes of residual for {len} values",
+                values.len()
+            )));
+        }
+        let mut residual = vec![0.0; values.len() / 4];
+        super::none::accumulate_le(values, &mut residual, Accumulate::Assign);
+        self.residual = residual;
+        Ok(())
+    }
 }
 
 /// Elements per parallel task when scanning the gradient.
@@ -504,5 +543,62 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn restored_codec_encodes_the_next_gradients_bit_identically() {
+        let n = 3000;
+        let grad = |s: u64| -> Vec<f32> {
+            let mut rng = ChaCha8Rng::seed_from_u64(s);
+            (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+        };
+        let mut original = TopK::new(0.01).unwrap();
+        let fresh_state = original.state();
+        let mut payload = Vec::new();
+        for s in 0..3 {
+            original.encode(&grad(s), &mut payload).unwrap();
+        }
+        let state = original.state();
+        assert_eq!(state.len(), 12 + 4 * n);
+        let mut restored = TopK::new(0.01).unwrap();
+        restored.restore(&state).unwrap();
+        assert_eq!(
+            restored.residual().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            original.residual().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        let mut fresh = TopK::new(0.01).unwrap();
+        for s in 3..6 {
+            let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+            original.encode(&grad(s), &mut a).unwrap();
+            restored.encode(&grad(s), &mut b).unwrap();
+            fresh.encode(&grad(s), &mut c).unwrap();
+            assert_eq!(a, b, "encoding {s}");
+            assert_ne!(a, c, "encoding {s}: the residual matters");
+        }
+        // The state before any encoding restores to an empty residual.
+        let mut empty = TopK::new(0.01).unwrap();
+        empty.restore(&fresh_state).unwrap();
+        assert!(empty.residual().is_empty());
+    }
+
+    #[test]
+    fn foreign_or_truncated_state_is_refused() {
+        let mut codec = TopK::new(0.5).unwrap();
+        codec.encode(&[3.0, -4.0, 1.0, 0.5], &mut Vec::new()).unwrap();
+        let state = codec.state();
+        let other = TopK::new(0.25).unwrap().state();
+        let err = codec.restore(&other).unwrap_err().to_string();
+        assert!(err.contains("0.25") && err.contains("0.5"), "{err}");
+        for bad in [&state[..5], &state[..state.len() - 1], &state[..state.len() - 4]] {
+            assert!(
+                matches!(
+                    codec.restore(bad),
+                    Err(CodecError::InvalidState { codec: "topk", .. })
+                ),
+                "{} bytes accepted",
+                bad.len()
+            );
+        }
+        assert_eq!(codec.state(), state, "refused restores change nothing");
     }
 }

@@ -130,7 +130,8 @@ impl Fixture {
     }
 
     /// The gradient the peer would compute itself for `event`: the blob's weights in a
-    /// fresh model, the batch object transformed with the event's seed, `grad_step`.
+    /// fresh model, the batch object transformed with the event's seed, `grad_step_seeded`
+    /// with the batch's dropout seed.
     pub async fn reference(
         &self,
         event: &ComputeGradientEvent,
@@ -153,8 +154,9 @@ impl Fixture {
             shape: b.shape,
         };
         let mut grad = vec![0.0; model.num_params()];
+        let mask_seed = peerless_lambda::dropout_seed(event.augment_seed);
         let stats = model
-            .grad_step(&batch, event.context.loss, &mut grad)
+            .grad_step_seeded(&batch, event.context.loss, &mut grad, mask_seed)
             .unwrap();
         (grad, stats)
     }

@@ -1,4 +1,4 @@
-use super::{Optimizer, check_lengths, for_each_chunk};
+use super::{Optimizer, OptimizerKind, OptimizerState, check_lengths, for_each_chunk};
 use crate::Result;
 
 /// `torch.optim.Adagrad` (no learning-rate decay, zero initial accumulator).
@@ -30,6 +30,17 @@ impl Optimizer for Adagrad {
                 w[i] -= lr * gi / (sum[i].sqrt() + eps);
             }
         });
+        Ok(())
+    }
+
+    fn state(&self) -> OptimizerState {
+        OptimizerState::new(OptimizerKind::Adagrad, 0, false, [("sum", self.sum.clone())])
+    }
+
+    fn restore(&mut self, state: OptimizerState) -> Result<()> {
+        let len = self.sum.len();
+        let (_, _, mut vectors) = state.unpack(OptimizerKind::Adagrad, &[("sum", len)])?;
+        self.sum = vectors.pop().expect("unpack returns every expected vector");
         Ok(())
     }
 }

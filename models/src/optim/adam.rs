@@ -1,4 +1,5 @@
-use super::{Optimizer, check_lengths, for_each_chunk};
+use super::{Optimizer, OptimizerKind, OptimizerState, check_lengths, for_each_chunk};
+use crate::ModelError;
 use crate::Result;
 
 /// `torch.optim.Adam` (L2 decay added to the gradient) and `torch.optim.AdamW` (decoupled
@@ -65,5 +66,37 @@ impl Optimizer for Adam {
             }
         });
         Ok(())
+    }
+
+    fn state(&self) -> OptimizerState {
+        OptimizerState::new(
+            self.kind(),
+            u64::try_from(self.t).unwrap_or(0),
+            false,
+            [("exp_avg", self.m.clone()), ("exp_avg_sq", self.v.clone())],
+        )
+    }
+
+    fn restore(&mut self, state: OptimizerState) -> Result<()> {
+        let kind = self.kind();
+        let len = self.m.len();
+        let (step, _, vectors) = state.unpack(kind, &[("exp_avg", len), ("exp_avg_sq", len)])?;
+        let t = i32::try_from(step).map_err(|_| ModelError::OptimizerState {
+            optimizer: kind.name(),
+            reason: format!("step counter {step} exceeds {}", i32::MAX),
+        })?;
+        let [m, v]: [Vec<f32>; 2] = vectors.try_into().expect("unpack returns both vectors");
+        (self.m, self.v, self.t) = (m, v, t);
+        Ok(())
+    }
+}
+
+impl Adam {
+    fn kind(&self) -> OptimizerKind {
+        if self.decoupled {
+            OptimizerKind::AdamW
+        } else {
+            OptimizerKind::Adam
+        }
     }
 }

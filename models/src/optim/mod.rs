@@ -11,6 +11,7 @@ mod adam;
 mod rmsprop;
 mod sgd;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -28,6 +29,89 @@ use crate::{ModelError, Result};
 pub trait Optimizer: Send {
     /// One update of `weights` with `grad` at learning rate `lr`.
     fn step(&mut self, weights: &mut [f32], grad: &[f32], lr: f32) -> Result<()>;
+
+    /// Everything the next steps depend on besides the hyper-parameters (moment vectors,
+    /// step counter), so a checkpoint can resume training bit-identically.
+    fn state(&self) -> OptimizerState;
+
+    /// Replaces the state with one exported by [`Optimizer::state`] of an optimizer of the
+    /// same kind, size and options; on error (another kind, missing, unexpected or
+    /// wrongly sized vectors) nothing is changed, so a bad checkpoint cannot half-apply.
+    fn restore(&mut self, state: OptimizerState) -> Result<()>;
+}
+
+/// The exported mutable state of an [`Optimizer`]: what a checkpoint stores so that a
+/// restored optimizer's next steps are bit-identical to the original's. Hyper-parameters
+/// are not part of it; they come from the run's configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerState {
+    /// The optimizer that exported it; restoring into another kind is refused.
+    pub kind: OptimizerKind,
+    /// Steps taken so far where the update depends on it (Adam's bias-correction `t`);
+    /// 0 for the other optimizers.
+    pub step: u64,
+    /// Whether SGD's momentum buffer has been seeded with a first gradient (PyTorch seeds
+    /// it undampened); `false` for the other optimizers.
+    pub started: bool,
+    /// The state vectors by PyTorch's names (`momentum_buffer`, `exp_avg`, `exp_avg_sq`,
+    /// `square_avg`, `sum`), each one value per weight.
+    pub vectors: BTreeMap<String, Vec<f32>>,
+}
+
+impl OptimizerState {
+    /// A state of `kind` with the given step counter, flag and vectors.
+    pub fn new(
+        kind: OptimizerKind,
+        step: u64,
+        started: bool,
+        vectors: impl IntoIterator<Item = (&'static str, Vec<f32>)>,
+    ) -> Self {
+        OptimizerState {
+            kind,
+            step,
+            started,
+            vectors: vectors
+                .into_iter()
+                .map(|(name, v)| (name.to_string(), v))
+                .collect(),
+        }
+    }
+
+    /// Checks that this state is of `kind` and holds exactly the vectors `expected`
+    /// (name, length), and returns them in that order; the error names what differs.
+    pub(crate) fn unpack(
+        mut self,
+        kind: OptimizerKind,
+        expected: &[(&str, usize)],
+    ) -> Result<(u64, bool, Vec<Vec<f32>>)> {
+        let bad = |reason: String| ModelError::OptimizerState {
+            optimizer: kind.name(),
+            reason,
+        };
+        if self.kind != kind {
+            return Err(bad(format!("the state is of {}", self.kind)));
+        }
+        let mut vectors = Vec::with_capacity(expected.len());
+        for &(name, len) in expected {
+            let v = self
+                .vectors
+                .remove(name)
+                .ok_or_else(|| bad(format!("vector `{name}` is missing")))?;
+            if v.len() != len {
+                return Err(bad(format!(
+                    "vector `{name}` has {} values, the optimizer needs {len}",
+                    v.len()
+                )));
+            }
+            vectors.push(v);
+        }
+        if let Some(name) = self.vectors.keys().next() {
+            return Err(bad(format!(
+                "unexpected vector `{name}` (different options, such as momentum?)"
+            )));
+        }
+        Ok((self.step, self.started, vectors))
+    }
 }
 
 /// The optimizers the study offers.

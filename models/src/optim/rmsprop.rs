@@ -1,4 +1,4 @@
-use super::{Optimizer, check_lengths, for_each_chunk};
+use super::{Optimizer, OptimizerKind, OptimizerState, check_lengths, for_each_chunk};
 use crate::Result;
 
 /// `torch.optim.RMSprop` (not centered), with optional momentum.
@@ -52,6 +52,28 @@ impl Optimizer for RmsProp {
                 }
             },
         );
+        Ok(())
+    }
+
+    fn state(&self) -> OptimizerState {
+        let mut vectors = vec![("square_avg", self.square_avg.clone())];
+        if self.momentum > 0.0 {
+            vectors.push(("momentum_buffer", self.buffer.clone()));
+        }
+        OptimizerState::new(OptimizerKind::RmsProp, 0, false, vectors)
+    }
+
+    fn restore(&mut self, state: OptimizerState) -> Result<()> {
+        let len = self.square_avg.len();
+        let mut expected = vec![("square_avg", len)];
+        if self.momentum > 0.0 {
+            expected.push(("momentum_buffer", len));
+        }
+        let (_, _, mut vectors) = state.unpack(OptimizerKind::RmsProp, &expected)?;
+        if self.momentum > 0.0 {
+            self.buffer = vectors.pop().expect("unpack returns every expected vector");
+        }
+        self.square_avg = vectors.pop().expect("unpack returns every expected vector");
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-use super::{Optimizer, check_lengths, for_each_chunk};
+use super::{Optimizer, OptimizerKind, OptimizerState, check_lengths, for_each_chunk};
 use crate::Result;
 
 /// `torch.optim.SGD`: optional L2 weight decay, momentum with dampening, Nesterov.
@@ -63,6 +63,23 @@ impl Optimizer for Sgd {
             }
         });
         self.started = true;
+        Ok(())
+    }
+
+    fn state(&self) -> OptimizerState {
+        let vectors = (self.momentum > 0.0).then(|| ("momentum_buffer", self.buffer.clone()));
+        OptimizerState::new(OptimizerKind::Sgd, 0, self.started, vectors)
+    }
+
+    fn restore(&mut self, state: OptimizerState) -> Result<()> {
+        let expected: &[(&str, usize)] = if self.momentum > 0.0 {
+            &[("momentum_buffer", self.len)]
+        } else {
+            &[]
+        };
+        let (_, started, mut vectors) = state.unpack(OptimizerKind::Sgd, expected)?;
+        self.buffer = vectors.pop().unwrap_or_default();
+        self.started = started;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! It takes a typed, validated [`config`] and knows nothing of command lines, so tests and
 //! `peerless study` drive it directly; the `peerless` binary is a thin layer over it.
 
+pub mod checkpoint;
 pub mod config;
 pub mod eval;
 pub mod local;

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use peerless_data::{Dataset, Transform};
-use peerless_lambda::process_input::batch_seed;
+use peerless_lambda::process_input::{batch_seed, dropout_seed};
 use peerless_models::{Loss, Model};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -98,13 +98,20 @@ impl LocalSource {
         for (index, range) in batches {
             let busy = std::time::Instant::now();
             let indices: Vec<usize> = range.clone().collect();
-            // The seed a function computing this batch would use, so augmentation matches.
+            // The seed a function computing this batch would use, so augmentation (and
+            // dropout) match.
             let seed = batch_seed(self.seed, round, self.rank, *index as u32);
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let batch = self
                 .buffers
                 .fill(&mut self.transform, &self.shard, &indices, &mut rng)?;
-            let stats = model.grad_step(&batch, self.loss, &mut self.batch_grad)?;
+            // Dropout masks as a function computing this batch would draw them.
+            let stats = model.grad_step_seeded(
+                &batch,
+                self.loss,
+                &mut self.batch_grad,
+                dropout_seed(seed),
+            )?;
             accumulate(acc, &self.batch_grad, stats.samples);
             totals.add(stats.loss as f64, stats.correct, stats.samples);
             if self.speed < 1.0 {
