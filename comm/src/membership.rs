@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::round::{Averager, Members, RoundError};
+use crate::round::{Averager, Members, OnTimeout, RoundError};
 use crate::transport::Transport;
 use crate::wire::{self, Header, MessageKind};
 
@@ -175,7 +175,9 @@ impl<T: Transport> Averager<T> {
     /// Joins the run: waits until every other peer is known to be alive and
     /// configured alike (then all start from the same round), or until a running
     /// peer sends its state. Fails naming the differing fields when a peer's
-    /// identity differs, or after `timeout`.
+    /// identity differs, or after `timeout`. When some peers are still absent
+    /// after the round timeout, a failing run fails naming them and a partial
+    /// run starts without them.
     pub async fn start(
         &mut self,
         identity: &Identity,
@@ -195,6 +197,7 @@ impl<T: Transport> Averager<T> {
         let mut acked: BTreeMap<u32, (u64, Vec<u64>)> = BTreeMap::new();
         let mut state: Option<StateAssembly> = None;
         let deadline = tokio::time::Instant::now() + timeout;
+        let round_deadline = tokio::time::Instant::now() + self.config().timeout;
         self.send_hello(identity, checkpoints, &seen).await?;
         let mut next_hello = tokio::time::Instant::now() + HELLO_EVERY;
         loop {
@@ -210,19 +213,46 @@ impl<T: Transport> Averager<T> {
                 tracing::info!(rank, round, "all {world} peers are here");
                 return Ok(Start::Together { round });
             }
-            let wake = next_hello.min(deadline);
+            // After a round's timeout, partial rounds go on with the peers that are here
+            // (the absent ones are waited for in the rounds, then evicted); failing
+            // rounds fail. A peer nobody answered keeps waiting: the run may be going
+            // on and a running peer will send its state.
+            if tokio::time::Instant::now() >= round_deadline && !acked.is_empty() {
+                let missing: Vec<u32> = (0..world)
+                    .filter(|r| *r != rank && !acked.contains_key(r))
+                    .collect();
+                if self.config().on_timeout == OnTimeout::Fail {
+                    return Err(RoundError::Timeout {
+                        round: 0,
+                        timeout: self.config().timeout,
+                        missing,
+                    });
+                }
+                let round = common_round(checkpoints, acked.values().map(|(_, c)| c.as_slice()));
+                let members = self.members_mut();
+                for (r, (inc, _)) in &acked {
+                    members.admit(*r, *inc, round);
+                }
+                tracing::warn!(rank, round, ?missing, "starting without the missing ranks");
+                return Ok(Start::Together { round });
+            }
+            let wake = next_hello.min(deadline).min(round_deadline.max(tokio::time::Instant::now() + HELLO_EVERY / 4));
             let delivery = match tokio::time::timeout_at(wake, self.transport().recv()).await {
                 Err(_) if tokio::time::Instant::now() >= deadline => {
                     let missing: Vec<u32> = (0..world)
                         .filter(|r| *r != rank && !acked.contains_key(r))
                         .collect();
-                    return Err(RoundError::Config(format!(
-                        "peers {missing:?} did not show up within {timeout:?}"
-                    )));
+                    return Err(RoundError::Timeout {
+                        round: 0,
+                        timeout,
+                        missing,
+                    });
                 }
                 Err(_) => {
-                    self.send_hello(identity, checkpoints, &seen).await?;
-                    next_hello = tokio::time::Instant::now() + HELLO_EVERY;
+                    if tokio::time::Instant::now() >= next_hello {
+                        self.send_hello(identity, checkpoints, &seen).await?;
+                        next_hello = tokio::time::Instant::now() + HELLO_EVERY;
+                    }
                     continue;
                 }
                 Ok(delivery) => delivery?,

@@ -376,6 +376,11 @@ impl<T: Transport> Averager<T> {
         self.codec.as_ref()
     }
 
+    /// The codec, to restore its state from a checkpoint.
+    pub fn codec_mut(&mut self) -> &mut dyn Codec {
+        self.codec.as_mut()
+    }
+
     /// The transport.
     pub fn transport(&self) -> &T {
         &self.transport

@@ -13,8 +13,8 @@ use peerless_models::optim::OptimizerKind;
 use peerless_models::{Architecture, DeviceChoice, Loss};
 use peerless_runtime::config::duration_secs;
 use peerless_runtime::{
-    Capability, ExchangeConfig, LocalRunConfig, OffloadPolicy, OnFunctionFailure, ServerlessConfig,
-    ServerlessMode, SplitSource, TrainingConfig,
+    Capability, ExchangeConfig, LocalRunConfig, OffloadPolicy, OnFunctionFailure, Resume,
+    ServerlessConfig, ServerlessMode, SplitSource, TrainingConfig,
 };
 
 /// Peer-to-peer data-parallel training with and without serverless gradient offload.
@@ -173,6 +173,24 @@ pub struct ExchangeArgs {
     /// Largest message payload in MiB; bigger gradients are sent in chunks.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub chunk_mib: u32,
+
+    /// With --on-timeout partial: rounds a peer may miss in a row before the others stop
+    /// waiting for it (it takes part again when restarted). 0 always waits.
+    #[arg(long, default_value_t = 2, value_name = "M", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub evict_after: u32,
+
+    /// Seconds a lost broker connection is retried (with backoff) before the peer fails.
+    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
+    pub reconnect_timeout: f64,
+
+    /// Write a checkpoint to the store every K rounds (0: never). Default: once per epoch
+    /// over a broker, never in-process.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=1_000_000_000))]
+    pub checkpoint_every: Option<u32>,
+
+    /// Continue from the run's checkpoints when there are some (auto), or start over (never).
+    #[arg(long, default_value = "auto", value_name = "auto|never")]
+    pub resume: Resume,
 
     #[command(flatten)]
     pub s3: S3Args,
@@ -632,6 +650,10 @@ impl ExchangeArgs {
             on_timeout: self.on_timeout,
             max_chunk_bytes: self.chunk_mib as usize * (1 << 20),
             serverless: self.serverless.to_config()?,
+            checkpoint_every: self.checkpoint_every,
+            resume: self.resume,
+            evict_after: self.evict_after,
+            reconnect_timeout: duration_secs("--reconnect-timeout", self.reconnect_timeout)?,
         };
         config.validate()?;
         Ok(config)

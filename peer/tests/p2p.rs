@@ -331,7 +331,8 @@ fn a_peer_with_another_model_is_refused_naming_both() {
     assert!(!a.status.success() && !b.status.success());
     let err = String::from_utf8_lossy(&a.stderr);
     assert!(
-        err.contains("fingerprint"),
+        err.contains("model (tiny_cnn here, squeezenet1_1 there)")
+            && err.contains("input_size (None here, Some(17) there)"),
         "rank 0: {err}\nrank 1: {}",
         String::from_utf8_lossy(&b.stderr)
     );

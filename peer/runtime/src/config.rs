@@ -313,6 +313,49 @@ pub struct ExchangeConfig {
     /// Largest message payload; bigger gradients travel in chunks.
     pub max_chunk_bytes: usize,
     pub serverless: ServerlessConfig,
+    /// Rounds between checkpoints (`--checkpoint-every`; 0 never). `None`: once per
+    /// epoch when training over a broker (peers can crash), never in-process.
+    pub checkpoint_every: Option<u32>,
+    /// Whether a starting peer continues from its checkpoints (`--resume`).
+    pub resume: Resume,
+    /// With `--on-timeout partial`, rounds a peer may miss in a row before the others stop
+    /// waiting for it (`--evict-after`; 0 always waits).
+    pub evict_after: u32,
+    /// How long a lost broker connection is retried before the peer fails.
+    pub reconnect_timeout: Duration,
+}
+
+/// Whether a peer resumes from its checkpoints (`--resume auto|never`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Resume {
+    /// Continue from the newest checkpoint round every peer holds, if any.
+    #[default]
+    Auto,
+    /// Start from round 0 (the run's earlier checkpoints are left alone).
+    Never,
+}
+
+impl FromStr for Resume {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Resume::Auto),
+            "never" => Ok(Resume::Never),
+            _ => Err(format!("expected `auto` or `never`, got {s:?}")),
+        }
+    }
+}
+
+impl ExchangeConfig {
+    /// Rounds between checkpoints for a run of `rounds_per_epoch` rounds an epoch (0: none).
+    pub fn checkpoint_interval(&self) -> u32 {
+        match self.checkpoint_every {
+            Some(k) => k,
+            None if self.broker.is_some() => self.rounds_per_epoch,
+            None => 0,
+        }
+    }
 }
 
 impl Default for ExchangeConfig {
@@ -329,6 +372,10 @@ impl Default for ExchangeConfig {
             on_timeout: OnTimeout::Fail,
             max_chunk_bytes: 8 << 20,
             serverless: ServerlessConfig::default(),
+            checkpoint_every: None,
+            resume: Resume::Auto,
+            evict_after: 2,
+            reconnect_timeout: Duration::from_secs(120),
         }
     }
 }

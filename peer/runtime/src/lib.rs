@@ -17,7 +17,7 @@ pub mod sys;
 
 pub use config::{
     Capability, ConfigError, ExchangeConfig, LocalRunConfig, NodeConfig, OnFunctionFailure,
-    ServerlessConfig, ServerlessMode, SplitSource, TrainingConfig,
+    Resume, ServerlessConfig, ServerlessMode, SplitSource, TrainingConfig,
 };
 pub use local::{connect, run_local};
 pub use metrics::{InvocationRecord, RoundMetrics};

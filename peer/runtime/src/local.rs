@@ -12,7 +12,8 @@ use crate::node::{Node, NodeSummary};
 
 /// Connects a peer to the broker at `url`.
 pub async fn connect(url: &str, config: &NodeConfig) -> Result<AnyTransport> {
-    let amqp = AmqpConfig::new(url, config.run_id, config.rank, config.size);
+    let mut amqp = AmqpConfig::new(url, config.run_id, config.rank, config.size);
+    amqp.reconnect_timeout = config.exchange.reconnect_timeout;
     let transport = AmqpTransport::connect(&amqp)
         .await
         .with_context(|| format!("peer {}: connecting to {}", config.rank, mask_password(url)))?;

@@ -59,7 +59,16 @@ pub struct RoundMetrics {
     pub messages_received: u64,
     pub rejected_messages: u64,
     pub contributors: u32,
+    /// Ranks averaged this round (this one included).
+    pub participants: Vec<u32>,
+    /// Ranks waited for that did not deliver in time (`--on-timeout partial`).
     pub missing_ranks: Vec<u32>,
+    /// Ranks no longer waited for after this round (`--evict-after`).
+    pub evicted_ranks: Vec<u32>,
+    /// Seconds of this round without a broker connection (reconnecting).
+    pub broker_outage_s: f64,
+    /// Writing this round's checkpoint, when one was written.
+    pub checkpoint_time_s: Option<f64>,
     pub train_loss: f64,
     pub train_accuracy: f64,
     pub val_loss: Option<f64>,
@@ -117,18 +126,28 @@ pub struct MetricsWriter {
 }
 
 impl MetricsWriter {
-    /// A writer to `path`, or one that discards everything.
+    /// A writer to `path` (emptied first), or one that discards everything.
     pub fn create(path: Option<&Path>) -> Result<Self> {
+        Self::open(path, false)
+    }
+
+    /// A writer to `path` that keeps the lines already there when `append` (a peer
+    /// resuming or rejoining continues its file), or one that discards everything.
+    pub fn open(path: Option<&Path>, append: bool) -> Result<Self> {
         let out = match path {
             Some(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
-                Some(std::io::BufWriter::new(
-                    std::fs::File::create(p)
-                        .with_context(|| format!("creating metrics file {}", p.display()))?,
-                ))
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(p)
+                    .with_context(|| format!("creating metrics file {}", p.display()))?;
+                Some(std::io::BufWriter::new(file))
             }
             None => None,
         };
@@ -198,6 +217,9 @@ impl RoundMetrics {
         self.rejected_messages = stats.rejected.total();
         self.contributors = stats.contributors;
         self.missing_ranks = stats.missing.clone();
+        self.participants = stats.participants.clone();
+        self.evicted_ranks = stats.evicted.clone();
+        self.broker_outage_s = stats.outage.as_secs_f64();
     }
 
     /// Records the evaluation after the update.

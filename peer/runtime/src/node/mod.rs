@@ -4,13 +4,20 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use peerless_comm::{Averager, RoundConfig, Transport, model_fingerprint};
+mod identity;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use peerless_comm::membership::START_TIMEOUT;
+use peerless_comm::{Averager, Identity, RoundConfig, Start, Transport, model_fingerprint};
+use peerless_data::ObjectStore;
 use peerless_data::split::batch_ranges;
 use peerless_data::{Dataset, SplitReader};
 use peerless_models::{Device, Model};
 
-use crate::config::{NodeConfig, ServerlessMode};
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::config::{NodeConfig, Resume, ServerlessMode};
 use crate::eval::evaluate;
 use crate::metrics::{MetricsWriter, RoundEvaluation, RoundMetrics};
 use crate::pipeline::Pipeline;
@@ -37,6 +44,10 @@ pub struct Node {
     ranges: Vec<std::ops::Range<usize>>,
     round_batches: Vec<std::ops::Range<usize>>,
     evaluator: Evaluator,
+    /// What every peer of the run must agree on.
+    identity: Identity,
+    /// Where checkpoints go (the split's store).
+    store: Arc<dyn ObjectStore>,
 }
 
 /// The sets a peer evaluates on after each round, with their transform.
@@ -127,7 +138,13 @@ impl Node {
         }
         let offload = offload(config, &pipeline, manifest.batches_per_peer, device).await?;
         let source = RoundSource::new(local, offload);
+        let identity = identity::run_identity(config, &manifest);
+        let store = peerless_data::open_store(&x.store, &x.store_options)
+            .await
+            .with_context(|| format!("opening {} for checkpoints", x.store))?;
         Ok(Node {
+            identity,
+            store,
             config: config.clone(),
             model,
             weights,
@@ -142,7 +159,10 @@ impl Node {
         })
     }
 
-    /// Trains to the end over `transport`.
+    /// Trains to the end over `transport`: joins the run (starting together, resuming
+    /// from the newest common checkpoint, or catching up from a running peer's state),
+    /// then runs every remaining round, checkpointing and admitting restarted peers at
+    /// round boundaries.
     pub async fn run<T: Transport>(self, transport: T) -> Result<NodeSummary> {
         let Node {
             config,
@@ -152,6 +172,8 @@ impl Node {
             ranges,
             round_batches,
             mut evaluator,
+            identity,
+            store,
         } = self;
         let config = &config;
         let t = &config.training;
@@ -170,90 +192,186 @@ impl Node {
         round_config.timeout = x.round_timeout;
         round_config.on_timeout = x.on_timeout;
         round_config.max_chunk_bytes = x.max_chunk_bytes;
+        round_config.evict_after = x.evict_after;
         let codec = x.codec.build(t.seed ^ u64::from(config.rank));
         let mut averager = Averager::new(round_config, codec, transport)?;
 
-        let mut metrics_out = MetricsWriter::create(config.metrics_out.as_deref())?;
+        let fingerprint = identity::fingerprint(&identity);
+        let checkpoints =
+            CheckpointStore::new(store, &config.run_id.to_string(), config.rank, &fingerprint)?;
+        let held = match x.resume {
+            Resume::Auto => checkpoints
+                .list_rounds()
+                .await
+                .context("listing this peer's checkpoints")?,
+            Resume::Never => Vec::new(),
+        };
+        let per_epoch = round_batches.len() as u64;
+        let total_rounds = per_epoch * u64::from(t.epochs);
+        let start = averager
+            .start(&identity, &held, START_TIMEOUT)
+            .await
+            .with_context(|| format!("peer {}: joining run {}", config.rank, config.run_id))?;
+        let (first_round, restored) = match start {
+            Start::Together { round: 0 } => (0, None),
+            Start::Together { round } => {
+                let checkpoint = checkpoints.load(round).await?;
+                tracing::info!(rank = config.rank, round, "resuming from checkpoint");
+                (round, Some((checkpoint, true)))
+            }
+            Start::Rejoin { round, state, from } => {
+                let checkpoint = Checkpoint::decode(&state)
+                    .with_context(|| format!("decoding the state sent by rank {from}"))?;
+                tracing::info!(rank = config.rank, round, from, "rejoining the run");
+                (round, Some((checkpoint, false)))
+            }
+        };
+        if let Some((c, own)) = restored {
+            if c.weights.len() != n || c.round != first_round {
+                bail!(
+                    "the state for round {first_round} does not fit this run ({} weights for \
+                     round {}, this model has {n})",
+                    c.weights.len(),
+                    c.round
+                );
+            }
+            weights = c.weights;
+            model.set_params(&weights)?;
+            if !c.buffers.is_empty() {
+                model.set_buffers(&c.buffers)?;
+            }
+            optimizer.restore(c.optimizer)?;
+            plateau = c.plateau;
+            stopper = c.early_stopping;
+            // The codec's state is per rank: only a peer's own checkpoint carries it.
+            if own {
+                averager.codec_mut().restore(&c.codec_state)?;
+            }
+        }
+
+        let mut metrics_out =
+            MetricsWriter::open(config.metrics_out.as_deref(), first_round > 0)?;
         let mut grad = vec![0.0f32; n];
         let mut avg = vec![0.0f32; n];
         let mut rounds = Vec::new();
-        let mut round = 0u64;
         // The shortest gradient time any peer reported last round (`--offload auto`).
         let mut fastest: Option<Duration> = None;
-        'epochs: for epoch in 1..=t.epochs {
-            for batch_indices in &round_batches {
-                let start = Instant::now();
-                let lr = plateau.lr();
-                let mut m = RoundMetrics {
-                    rank: config.rank,
-                    round,
-                    epoch,
-                    lr,
-                    serverless: x.serverless.mode.name().to_string(),
-                    ..RoundMetrics::default()
-                };
-                let work = RoundWork {
-                    round,
-                    batches: batch_indices
-                        .clone()
-                        .map(|b| (b, ranges[b].clone()))
-                        .collect(),
-                };
-                let report = source
-                    .compute(&work, &model, &weights, fastest, &mut grad)
-                    .await
-                    .with_context(|| format!("peer {}: computing round {round}", config.rank))?;
-                averager.set_compute_time(Duration::from_secs_f64(report.compute_time_s));
-                m.record_compute(report);
-                let stats = averager
-                    .average(round, &grad, &mut avg)
-                    .await
-                    .with_context(|| format!("peer {}: averaging round {round}", config.rank))?;
-                if !stats.missing.is_empty() {
-                    tracing::warn!(
-                        "round {round}: averaged without rank(s) {:?} (--on-timeout partial)",
-                        stats.missing
-                    );
-                }
-                fastest = stats.peer_compute.iter().flatten().min().copied();
-                m.record_exchange(&stats);
-
-                let update_start = Instant::now();
-                optimizer.step(&mut weights, &avg, lr)?;
-                model.set_params(&weights)?;
-                m.update_time_s = update_start.elapsed().as_secs_f64();
-
-                let eval_start = Instant::now();
-                let eval = if x.evaluation {
-                    evaluator.evaluate(&model, t.loss)?
-                } else {
-                    RoundEvaluation::default()
-                };
-                m.eval_time_s = eval_start.elapsed().as_secs_f64();
-                m.record_evaluation(eval);
-                m.round_time_s = start.elapsed().as_secs_f64();
-                m.record_state(&weights);
-                tracing::info!(
-                    rank = config.rank,
-                    round,
-                    train_loss = format!("{:.4}", m.train_loss),
-                    test_accuracy = m.test_accuracy.map(|a| format!("{:.2}%", 100.0 * a)),
-                    weights = %m.weights_hash,
-                    "round done in {:.2}s",
-                    m.round_time_s
+        let interval = u64::from(x.checkpoint_interval());
+        for round in first_round..total_rounds {
+            let epoch = (round / per_epoch) as u32 + 1;
+            let batch_indices = &round_batches[(round % per_epoch) as usize];
+            let start = Instant::now();
+            let lr = plateau.lr();
+            let mut m = RoundMetrics {
+                rank: config.rank,
+                round,
+                epoch,
+                lr,
+                serverless: x.serverless.mode.name().to_string(),
+                ..RoundMetrics::default()
+            };
+            let work = RoundWork {
+                round,
+                batches: batch_indices
+                    .clone()
+                    .map(|b| (b, ranges[b].clone()))
+                    .collect(),
+            };
+            let report = source
+                .compute(&work, &model, &weights, fastest, &mut grad)
+                .await
+                .with_context(|| format!("peer {}: computing round {round}", config.rank))?;
+            averager.set_compute_time(Duration::from_secs_f64(report.compute_time_s));
+            m.record_compute(report);
+            let stats = averager
+                .average(round, &grad, &mut avg)
+                .await
+                .with_context(|| format!("peer {}: averaging round {round}", config.rank))?;
+            if !stats.missing.is_empty() {
+                tracing::warn!(
+                    "round {round}: averaged without rank(s) {:?} (--on-timeout partial)",
+                    stats.missing
                 );
-                metrics_out.write(&m)?;
-                rounds.push(m);
-                round += 1;
-                if let Some((val_loss, _)) = eval.val {
-                    // The same value on every peer (same weights, same validation sets), so
-                    // every peer takes the same schedule decisions and weights stay identical.
-                    plateau.step(val_loss as f32);
-                    if stopper.should_stop(val_loss as f32) {
-                        tracing::info!(rank = config.rank, "early stopping after round {round}");
-                        break 'epochs;
-                    }
+            }
+            fastest = stats.peer_compute.iter().flatten().min().copied();
+            m.record_exchange(&stats);
+
+            let update_start = Instant::now();
+            optimizer.step(&mut weights, &avg, lr)?;
+            model.set_params(&weights)?;
+            m.update_time_s = update_start.elapsed().as_secs_f64();
+
+            let eval_start = Instant::now();
+            let eval = if x.evaluation {
+                evaluator.evaluate(&model, t.loss)?
+            } else {
+                RoundEvaluation::default()
+            };
+            m.eval_time_s = eval_start.elapsed().as_secs_f64();
+            m.record_evaluation(eval);
+            let mut stop = false;
+            if let Some((val_loss, _)) = eval.val {
+                // The same value on every peer (same weights, same validation sets), so
+                // every peer takes the same schedule decisions and weights stay identical.
+                plateau.step(val_loss as f32);
+                stop = stopper.should_stop(val_loss as f32);
+            }
+            let next = round + 1;
+            let snapshot = |model: &Model, optimizer: &dyn peerless_models::optim::Optimizer, codec_state: Vec<u8>| -> Result<Checkpoint> {
+                Ok(Checkpoint {
+                    run_id: config.run_id.to_string(),
+                    rank: config.rank,
+                    world_size: config.size,
+                    round: next,
+                    epoch: next / per_epoch,
+                    epoch_round: next % per_epoch,
+                    config_fingerprint: fingerprint.clone(),
+                    weights: weights.clone(),
+                    buffers: model.buffers()?,
+                    optimizer: optimizer.state(),
+                    plateau: plateau.clone(),
+                    early_stopping: stopper.clone(),
+                    codec_state,
+                    extra: Default::default(),
+                })
+            };
+            if interval > 0 && next % interval == 0 && next < total_rounds && !stop {
+                let saved = Instant::now();
+                let checkpoint = snapshot(&model, optimizer.as_ref(), averager.codec().state())?;
+                let key = checkpoints
+                    .save(&checkpoint)
+                    .await
+                    .with_context(|| format!("peer {}: checkpointing round {next}", config.rank))?;
+                m.checkpoint_time_s = Some(saved.elapsed().as_secs_f64());
+                tracing::debug!(rank = config.rank, %key, "checkpoint written");
+            }
+            if !stop && next < total_rounds {
+                for request in averager.join_requests(&identity).await? {
+                    let state = snapshot(&model, optimizer.as_ref(), Vec::new())?
+                        .encode()
+                        .map_err(|e| anyhow!("encoding the state for rank {}: {e}", request.rank))?;
+                    averager
+                        .admit(&request, next, &state)
+                        .await
+                        .with_context(|| format!("admitting rank {}", request.rank))?;
                 }
+            }
+            m.round_time_s = start.elapsed().as_secs_f64();
+            m.record_state(&weights);
+            tracing::info!(
+                rank = config.rank,
+                round,
+                train_loss = format!("{:.4}", m.train_loss),
+                test_accuracy = m.test_accuracy.map(|a| format!("{:.2}%", 100.0 * a)),
+                weights = %m.weights_hash,
+                "round done in {:.2}s",
+                m.round_time_s
+            );
+            metrics_out.write(&m)?;
+            rounds.push(m);
+            if stop {
+                tracing::info!(rank = config.rank, "early stopping after round {next}");
+                break;
             }
         }
         Ok(NodeSummary {
