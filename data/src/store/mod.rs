@@ -164,8 +164,8 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), StoreError> {
     })
 }
 
-/// Connection settings for S3-compatible stores; the defaults suit AWS and fail within
-/// about a minute when the endpoint does not answer.
+/// Connection settings for S3-compatible stores; the defaults suit AWS, retry store blips
+/// with backoff, and fail within about a minute when the endpoint does not answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Options {
     /// Custom endpoint such as `http://127.0.0.1:5000`; `None` uses `AWS_ENDPOINT_URL`
@@ -184,8 +184,14 @@ pub struct S3Options {
     pub attempt_timeout: Duration,
     /// Time limit of one request including retries.
     pub operation_timeout: Duration,
-    /// Attempts per request (1 = no retry).
+    /// Attempts per request (1 = no retry). Transient failures (HTTP 500/502/503/504,
+    /// throttling such as `SlowDown`, timeouts, broken connections) are retried; refusals
+    /// (`NoSuchKey`, `AccessDenied`, `NoSuchBucket`) fail at once.
     pub max_attempts: u32,
+    /// Upper bound of the first wait between attempts; waits double per attempt (at most
+    /// 20 s) and are drawn at random below that bound ("full jitter"), so peers retrying
+    /// at once spread out.
+    pub initial_backoff: Duration,
 }
 
 impl Default for S3Options {
@@ -197,7 +203,10 @@ impl Default for S3Options {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(120),
             operation_timeout: Duration::from_secs(300),
-            max_attempts: 3,
+            // Four retries ride out a blip of several seconds (waits of up to 0.5, 1, 2
+            // and 4 s): a round that fails costs every peer far more than that wait.
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(500),
         }
     }
 }

@@ -1,5 +1,16 @@
 //! [`ObjectStore`] over an S3 bucket or any S3-compatible server (custom endpoint,
 //! path-style addressing, checksums only when required), with bounded timeouts and retries.
+//!
+//! Retries are the SDK's standard mode rather than a wrapper of our own: it already knows
+//! which failures are transient (HTTP 500/502/503/504, throttling codes such as S3's
+//! `SlowDown`, `RequestTimeout`, timeouts and I/O errors) and which are refusals that must
+//! fail at once (`NoSuchKey`, `AccessDenied`, `NoSuchBucket`), replays in-memory bodies,
+//! waits with exponential backoff and full jitter, and stops retrying when a whole client
+//! keeps failing (its retry quota). A wrapper around it would multiply the attempts. The one
+//! gap is a GET whose body breaks off after the headers arrived, which the SDK hands over
+//! as a success: [`S3Store`] reads such objects again with the same backoff (`backon`).
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::meta::region::RegionProviderChain;
@@ -7,9 +18,11 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 
 use super::{ObjectStore, S3Options, StoreError, validate_key, validate_prefix};
@@ -53,6 +66,48 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     url: String,
+    max_attempts: u32,
+    initial_backoff: Duration,
+}
+
+/// The longest wait between two attempts (the SDK's default too).
+const MAX_BACKOFF: Duration = Duration::from_secs(20);
+
+/// S3 error codes the SDK's standard retry treats as transient: throttling and timeouts
+/// (`aws-runtime`'s `THROTTLING_ERRORS` and `TRANSIENT_ERRORS`), for error messages.
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "RequestThrottled",
+    "PriorRequestNotComplete",
+    "RequestTimeout",
+    "RequestTimeoutException",
+];
+
+/// Whether the SDK retried `err` as transient before handing it over (its standard
+/// classification: I/O errors, timeouts, unparsable responses, HTTP 500/502/503/504 and
+/// throttling or timeout codes), so messages can say the failure outlasted the retries.
+fn is_transient<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            matches!(status, 500 | 502 | 503 | 504)
+                || service
+                    .err()
+                    .code()
+                    .is_some_and(|code| TRANSIENT_CODES.contains(&code))
+        }
+        _ => false,
+    }
 }
 
 /// The AWS SDK configuration every peerless client starts from: credentials from the
@@ -103,18 +158,26 @@ impl S3Store {
                     .operation_timeout(options.operation_timeout)
                     .build(),
             )
-            .retry_config(RetryConfig::standard().with_max_attempts(options.max_attempts.max(1)));
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(options.max_attempts.max(1))
+                    .with_initial_backoff(options.initial_backoff)
+                    .with_max_backoff(MAX_BACKOFF),
+            );
         if let Some(endpoint) = &options.endpoint_url {
             builder = builder.endpoint_url(endpoint);
         }
         if let Some(region) = &options.region {
             builder = builder.region(Region::new(region.clone()));
         }
-        Self::from_client(Client::from_conf(builder.build()), bucket, prefix)
+        let mut store = Self::from_client(Client::from_conf(builder.build()), bucket, prefix)?;
+        store.max_attempts = options.max_attempts.max(1);
+        store.initial_backoff = options.initial_backoff;
+        Ok(store)
     }
 
-    /// Wrap a configured client; the caller is responsible for endpoint, path style and
-    /// checksum settings.
+    /// Wrap a configured client; the caller is responsible for endpoint, path style,
+    /// checksum and retry settings (messages assume [`S3Options`]' default attempts).
     pub fn from_client(client: Client, bucket: &str, prefix: &str) -> Result<Self, StoreError> {
         let prefix = prefix.trim_matches('/');
         let url = if prefix.is_empty() {
@@ -123,11 +186,14 @@ impl S3Store {
             format!("s3://{bucket}/{prefix}")
         };
         let (bucket, prefix) = parse_url(&url)?;
+        let defaults = S3Options::default();
         Ok(Self {
             client,
             bucket,
             prefix,
             url,
+            max_attempts: defaults.max_attempts,
+            initial_backoff: defaults.initial_backoff,
         })
     }
 
@@ -154,17 +220,70 @@ impl S3Store {
         }
     }
 
-    fn remote<E>(&self, op: &'static str, key: &str, err: E) -> StoreError
+    /// A failed request as a [`StoreError::Remote`] naming the key, the cause and, for a
+    /// transient cause, that it outlasted the retries.
+    fn remote<E>(&self, op: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
     where
-        E: std::error::Error,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
     {
+        let transient = is_transient(&err);
+        let mut message = DisplayErrorContext(err).to_string();
+        if transient {
+            message.push_str(&format!(
+                " (a transient error, still failing after up to {} attempts with backoff)",
+                self.max_attempts
+            ));
+        }
         StoreError::Remote {
             url: self.url.clone(),
             key: key.to_owned(),
             op,
-            message: DisplayErrorContext(err).to_string(),
+            message,
         }
     }
+
+    /// The waits between reads of an object whose body broke off: the same schedule as
+    /// the SDK's retries.
+    fn body_backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(MAX_BACKOFF)
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
+            .with_jitter()
+    }
+
+    /// One GET of `full` (the SDK retries the request itself); [`GetFailure::Body`] when the
+    /// body broke off after a successful answer.
+    async fn get_once(&self, key: &str, full: &str) -> Result<Bytes, GetFailure> {
+        let resp = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(GetFailure::Request(StoreError::NotFound {
+                    url: self.url.clone(),
+                    key: key.to_owned(),
+                }));
+            }
+            Err(e) => return Err(GetFailure::Request(self.remote("get", key, e))),
+        };
+        match resp.body.collect().await {
+            Ok(data) => Ok(data.into_bytes()),
+            Err(e) => Err(GetFailure::Body(DisplayErrorContext(e).to_string())),
+        }
+    }
+}
+
+/// Why one GET failed: the request (already retried by the SDK) or reading the body.
+#[derive(Debug)]
+enum GetFailure {
+    Request(StoreError),
+    Body(String),
 }
 
 #[async_trait]
@@ -175,29 +294,27 @@ impl ObjectStore for S3Store {
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let full = self.full_key(key)?;
-        let resp = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
+        let read = || self.get_once(key, &full);
+        let result = read
+            .retry(self.body_backoff())
+            .when(|e| matches!(e, GetFailure::Body(_)))
+            .notify(|e, delay| {
+                tracing::warn!(url = %self.url, key, ?delay, "reading the object broke off ({e:?}); reading it again");
+            })
             .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Err(StoreError::NotFound {
-                    url: self.url.clone(),
-                    key: key.to_owned(),
-                });
-            }
-            Err(e) => return Err(self.remote("get", key, e)),
-        };
-        let data = resp
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.remote("get", key, e))?;
-        Ok(data.into_bytes())
+        result.map_err(|e| match e {
+            GetFailure::Request(e) => e,
+            GetFailure::Body(cause) => StoreError::Remote {
+                url: self.url.clone(),
+                key: key.to_owned(),
+                op: "get",
+                message: format!(
+                    "reading the object broke off: {cause} (still failing after {} reads with \
+                     backoff)",
+                    self.max_attempts
+                ),
+            },
+        })
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {

@@ -6,8 +6,14 @@
 //!   (with its Lambda tasks answered from queued responses).
 //! - [`emulator::Emulator`]: cargo-lambda's Lambda Runtime API emulator, with the real
 //!   function binaries polling it, invoked through the Lambda Invoke API as on AWS.
+//! - [`rabbit::RabbitNode`]: a private RabbitMQ node (own name, ports, data directory) that
+//!   fault tests stop and restart, never a shared broker.
+//! - [`faults::FaultProxy`]: an HTTP reverse proxy in front of moto that fails chosen
+//!   requests (S3 error answers, dropped connections, delays) and counts what it injected.
 //!
 //! Each value starts its own isolated instance and stops it when dropped.
 
 pub mod emulator;
+pub mod faults;
 pub mod moto;
+pub mod rabbit;

@@ -189,100 +189,106 @@ impl RoundSource {
 
         // Start the functions first, so they run while this peer computes its share.
         let mut pending = None;
+        let mut upload_failed = false;
         if let (Some(o), Some(first)) = (&self.offload, theirs.first()) {
             let t = Instant::now();
-            let request = upload_round(o, work.round, first.0, theirs.len(), model, weights)
-                .await
-                .with_context(|| format!("round {}: preparing the functions", work.round))?;
+            let uploaded =
+                upload_round(o, work.round, first.0, theirs.len(), model, weights).await;
             report.upload_time_s = t.elapsed().as_secs_f64();
-            let events = process_input::expand(&request)?;
-            pending = Some((o.functions.spawn(request, events.events.clone()), events));
+            let key = weights_key(&o.prefix, work.round, o.context.rank);
+            match uploaded {
+                Ok(request) => match process_input::expand(&request) {
+                    Ok(events) => {
+                        let handle = o.functions.spawn(request, events.events.clone());
+                        pending = Some((handle, events));
+                    }
+                    Err(e) => {
+                        delete_all(o, std::iter::once(key)).await;
+                        return Err(e.into());
+                    }
+                },
+                Err(e) => {
+                    // The weights may have landed although the answer was lost: delete them
+                    // either way, so a failed round leaves nothing behind.
+                    delete_all(o, std::iter::once(key)).await;
+                    if o.on_failure == OnFunctionFailure::Fail {
+                        return Err(e.context(format!(
+                            "round {}: preparing the functions (add --on-function-failure \
+                             local to compute the batches on the peer when the store fails)",
+                            work.round
+                        )));
+                    }
+                    tracing::warn!(
+                        round = work.round,
+                        batches = theirs.len(),
+                        "preparing the functions failed ({e:#}); computing their batches here"
+                    );
+                    report.failed_attempts += 1;
+                    upload_failed = true;
+                }
+            }
         }
 
         let t = Instant::now();
         let local = &mut self.local;
-        let mut totals =
-            tokio::task::block_in_place(|| local.accumulate(work.round, mine, model, grad))?;
+        let mine_done =
+            tokio::task::block_in_place(|| local.accumulate(work.round, mine, model, grad));
         let mut local_time = t.elapsed();
+        let mut totals = match mine_done {
+            Ok(totals) => totals,
+            Err(e) => {
+                // Let the functions finish before deleting what they write.
+                if let (Some((handle, events)), Some(o)) = (pending, &self.offload) {
+                    let _ = handle.await;
+                    cleanup(o, &events.events).await;
+                }
+                return Err(e);
+            }
+        };
         self.estimates.observe_local(mine.len(), local_time);
 
+        if upload_failed {
+            let t = Instant::now();
+            let local = &mut self.local;
+            let done =
+                tokio::task::block_in_place(|| local.accumulate(work.round, theirs, model, grad))?;
+            local_time += t.elapsed();
+            totals.merge(done);
+            report.fallback_batches += theirs.len();
+        }
+
         if let (Some((handle, events)), Some(o)) = (pending, &self.offload) {
-            let round = handle.await.context("the function calls panicked")?;
+            let round = match handle.await {
+                Ok(round) => round,
+                Err(e) => {
+                    cleanup(o, &events.events).await;
+                    return Err(anyhow::Error::new(e).context("the function calls panicked"));
+                }
+            };
             report.functions_time_s = round.elapsed.as_secs_f64();
             report.state_transitions = round.state_transitions;
             let t = Instant::now();
-            let expected = ExpectedGradient {
-                run_id: o.context.run_id.parse()?,
-                round: work.round,
-                model_fingerprint: gradient::fingerprint(model.spec(), weights.len()),
-                element_count: weights.len() as u64,
-            };
-            let store = o.store.clone();
-            let mut fetched = futures::stream::iter(round.outcomes.iter().map(|outcome| {
-                let store = store.clone();
-                let key = outcome
-                    .as_ref()
-                    .ok()
-                    .map(|i| i.response.gradient_key.clone());
-                async move {
-                    match key {
-                        Some(key) => Some(store.get(&key).await.map(|b| (key, b))),
-                        None => None,
-                    }
-                }
-            }))
-            .buffered(4);
-            let mut fallback_time = Duration::ZERO;
-            for ((outcome, event), batch) in round.outcomes.iter().zip(&events.events).zip(theirs) {
-                let got = fetched.next().await.flatten();
-                match (outcome, got) {
-                    (Ok(inv), Some(object)) => {
-                        let (key, bytes) = object
-                            .with_context(|| format!("reading batch {}'s gradient", batch.0))?;
-                        let g = gradient::decode(&bytes, &expected)
-                            .with_context(|| format!("gradient object {key}"))?;
-                        let r = &inv.response;
-                        accumulate(grad, &g, r.samples as usize);
-                        totals.add(f64::from(r.loss), r.correct as usize, r.samples as usize);
-                        report.failed_attempts += inv.attempts - 1;
-                        report.invocations.push(InvocationRecord::from(inv));
-                    }
-                    (Err(failure), _) => {
-                        report.failed_attempts += failure.attempts;
-                        if o.on_failure == OnFunctionFailure::Fail {
-                            cleanup(o, &events.events).await;
-                            bail!(
-                                "round {}: batch {} failed after {} attempt(s): {}\n(add \
-                                 --on-function-failure local to compute failed batches on \
-                                 the peer instead)",
-                                work.round,
-                                event.batch,
-                                failure.attempts,
-                                failure.message
-                            );
-                        }
-                        tracing::warn!(
-                            round = work.round,
-                            batch = event.batch,
-                            "function failed ({}); computing the batch here",
-                            failure.message
-                        );
-                        let t = Instant::now();
-                        let one = std::slice::from_ref(batch);
-                        let local = &mut self.local;
-                        let done = tokio::task::block_in_place(|| {
-                            local.accumulate(work.round, one, model, grad)
-                        })?;
-                        fallback_time += t.elapsed();
-                        totals.merge(done);
-                        report.fallback_batches += 1;
-                    }
-                    (Ok(_), None) => unreachable!("a successful outcome always has a fetch"),
-                }
-            }
-            drop(fetched);
+            let gathered = gather(
+                o,
+                &mut self.local,
+                Gather {
+                    work,
+                    theirs,
+                    round: &round,
+                    events: &events.events,
+                    model,
+                    weights,
+                },
+                grad,
+                &mut totals,
+                &mut report,
+            )
+            .await;
+            // Success or not, the round's exchange objects go.
+            cleanup(o, &events.events).await;
+            let fallback_time = gathered?;
             local_time += fallback_time;
-            let fetch = t.elapsed() - fallback_time;
+            let fetch = t.elapsed().saturating_sub(fallback_time);
             report.fetch_time_s = fetch.as_secs_f64();
             self.estimates.observe_remote(
                 theirs.len() - report.fallback_batches,
@@ -290,7 +296,6 @@ impl RoundSource {
                 round.elapsed,
                 Duration::from_secs_f64(report.upload_time_s) + fetch,
             );
-            cleanup(o, &events.events).await;
         }
 
         finish_mean(grad, totals.samples);
@@ -301,6 +306,102 @@ impl RoundSource {
         report.compute_time_s = start.elapsed().as_secs_f64();
         Ok(report)
     }
+}
+
+/// What [`gather`] reads: one round's offloaded batches and what the functions did.
+struct Gather<'a> {
+    work: &'a RoundWork,
+    theirs: &'a [(usize, std::ops::Range<usize>)],
+    round: &'a functions::FunctionsRound,
+    events: &'a [peerless_lambda::ComputeGradientEvent],
+    model: &'a Model,
+    weights: &'a [f32],
+}
+
+/// Reads the functions' gradients and adds them into `grad` in batch order; with
+/// `--on-function-failure local`, batches whose function failed or whose gradient could not
+/// be read (after the store's retries) are computed by `local` instead. Returns the time
+/// spent on such fallbacks. The caller deletes the round's objects, whatever happens here.
+async fn gather(
+    o: &Offload,
+    local: &mut LocalSource,
+    g: Gather<'_>,
+    grad: &mut [f32],
+    totals: &mut Totals,
+    report: &mut SourceReport,
+) -> Result<Duration> {
+    let round_no = g.work.round;
+    let expected = ExpectedGradient {
+        run_id: o.context.run_id.parse()?,
+        round: round_no,
+        model_fingerprint: gradient::fingerprint(g.model.spec(), g.weights.len()),
+        element_count: g.weights.len() as u64,
+    };
+    let store = o.store.clone();
+    let mut fetched = futures::stream::iter(g.round.outcomes.iter().map(|outcome| {
+        let store = store.clone();
+        let key = outcome
+            .as_ref()
+            .ok()
+            .map(|i| i.response.gradient_key.clone());
+        async move {
+            match key {
+                Some(key) => Some(store.get(&key).await.map(|b| (key, b))),
+                None => None,
+            }
+        }
+    }))
+    .buffered(4);
+    let mut fallback_time = Duration::ZERO;
+    for ((outcome, event), batch) in g.round.outcomes.iter().zip(g.events).zip(g.theirs) {
+        let got = fetched.next().await.flatten();
+        let why_local = match (outcome, got) {
+            (Ok(inv), Some(Ok((key, bytes)))) => {
+                let gr = gradient::decode(&bytes, &expected)
+                    .with_context(|| format!("gradient object {key}"))?;
+                let r = &inv.response;
+                accumulate(grad, &gr, r.samples as usize);
+                totals.add(f64::from(r.loss), r.correct as usize, r.samples as usize);
+                report.failed_attempts += inv.attempts - 1;
+                report.invocations.push(InvocationRecord::from(inv));
+                continue;
+            }
+            (Ok(inv), Some(Err(e))) => {
+                // The function ran (and was billed); its gradient is out of reach.
+                report.failed_attempts += inv.attempts;
+                report.invocations.push(InvocationRecord::from(inv));
+                format!("reading its gradient failed: {e}")
+            }
+            (Err(failure), _) => {
+                report.failed_attempts += failure.attempts;
+                format!(
+                    "its function failed after {} attempt(s): {}",
+                    failure.attempts, failure.message
+                )
+            }
+            (Ok(_), None) => bail!("batch {}: a successful call without a fetch", event.batch),
+        };
+        if o.on_failure == OnFunctionFailure::Fail {
+            bail!(
+                "round {round_no}: batch {} failed: {why_local}\n(add --on-function-failure \
+                 local to compute failed batches on the peer instead)",
+                event.batch,
+            );
+        }
+        tracing::warn!(
+            round = round_no,
+            batch = event.batch,
+            "{why_local}; computing the batch here"
+        );
+        let t = Instant::now();
+        let one = std::slice::from_ref(batch);
+        let done =
+            tokio::task::block_in_place(|| local.accumulate(round_no, one, g.model, grad))?;
+        fallback_time += t.elapsed();
+        totals.merge(done);
+        report.fallback_batches += 1;
+    }
+    Ok(fallback_time)
 }
 
 /// Key of the weights the functions load in `round`.
@@ -341,6 +442,12 @@ async fn upload_round(
 async fn cleanup(o: &Offload, events: &[peerless_lambda::ComputeGradientEvent]) {
     let weights = events.first().map(|e| e.context.weights_key.clone());
     let keys = events.iter().map(|e| e.gradient_key.clone()).chain(weights);
+    delete_all(o, keys).await;
+}
+
+/// Deletes `keys` from the exchange store, 16 at once (each delete retried by the store);
+/// failures are logged.
+async fn delete_all(o: &Offload, keys: impl Iterator<Item = String>) {
     let store = &o.store;
     futures::stream::iter(keys)
         .for_each_concurrent(16, |key| async move {
