@@ -258,7 +258,9 @@ impl<T: Transport> Averager<T> {
                 Ok(delivery) => delivery?,
             };
             let bytes = delivery.data().clone();
-            delivery.ack().await?;
+            if let Err(error) = delivery.ack().await {
+                tracing::debug!(%error, "acknowledgement lost");
+            }
             let Ok(message) = wire::decode(&bytes) else {
                 continue;
             };

@@ -522,7 +522,11 @@ impl<T: Transport> Averager<T> {
                 stats_ref.messages_received += 1;
                 stats_ref.bytes_received += delivery.data().len() as u64;
                 inbox_ref.handle(delivery.data(), round, config, codec_ref, stats_ref)?;
-                delivery.ack().await?;
+                // Best effort: a lost acknowledgement (the connection dropped) only means a
+                // redelivery, which is dropped as a duplicate.
+                if let Err(error) = delivery.ack().await {
+                    tracing::debug!(%error, "acknowledgement lost");
+                }
             }
             Ok::<_, RoundError>(receive_start.elapsed())
         };

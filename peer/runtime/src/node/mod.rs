@@ -204,7 +204,15 @@ impl Node {
                 .list_rounds()
                 .await
                 .context("listing this peer's checkpoints")?,
-            Resume::Never => Vec::new(),
+            Resume::Never => {
+                // An earlier attempt's checkpoints would otherwise look newer than this
+                // attempt's and be resumed from after a later crash.
+                checkpoints
+                    .delete_all()
+                    .await
+                    .context("deleting the checkpoints of an earlier attempt")?;
+                Vec::new()
+            }
         };
         let per_epoch = round_batches.len() as u64;
         let total_rounds = per_epoch * u64::from(t.epochs);

@@ -1,0 +1,316 @@
+//! Faults against real components: separate `peerless peer` processes over a RabbitMQ node
+//! this test starts itself (own node name, port and data directory; the shared broker on
+//! 5672 is never touched), a broker restart mid-run, every peer killed with SIGKILL and
+//! restarted, one peer killed and rejoining, and a broker that never comes back.
+//!
+//! Every comparison with "an uninterrupted run" is against a run with another run id: a
+//! run id names a run and never changes its numbers.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use assert_cmd::cargo::CommandCargoExt;
+use common::{RoundMetrics, peerless, round_metrics, unique};
+use peerless_testkit::rabbit::RabbitNode;
+
+fn split(store: &Path, peers: usize) {
+    peerless()
+        .args(["data", "split", "--dataset", "synthetic", "--size"])
+        .arg(peers.to_string())
+        .arg("--to")
+        .arg(store)
+        .assert()
+        .success();
+}
+
+/// One peer of a run of `size` over `broker`, with its metrics in `metrics`.
+struct Peer {
+    args: Vec<String>,
+    metrics: PathBuf,
+}
+
+impl Peer {
+    fn new(broker: &str, store: &Path, size: usize, rank: usize, run_id: &str, dir: &Path) -> Self {
+        let metrics = dir.join(format!("{run_id}-{rank}.jsonl"));
+        let args = [
+            "peer",
+            "--size",
+            &size.to_string(),
+            "--rank",
+            &rank.to_string(),
+            "--run-id",
+            run_id,
+            "--broker",
+            broker,
+            "--store",
+            store.to_str().unwrap(),
+            "--metrics-out",
+            metrics.to_str().unwrap(),
+            "--dataset",
+            "synthetic",
+            "--model",
+            "tiny_cnn",
+            "--lr",
+            "0.05",
+            "--momentum",
+            "0.5",
+            "--optimizer",
+            "sgd",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Peer { args, metrics }
+    }
+
+    fn with(mut self, extra: &[&str]) -> Self {
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self
+    }
+
+    fn spawn(&self) -> Child {
+        std::process::Command::cargo_bin("peerless")
+            .unwrap()
+            .env("PEERLESS_LOG", "warn")
+            .env_remove("PEERLESS_CONFIG")
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn rounds(&self) -> Vec<RoundMetrics> {
+        if self.metrics.exists() {
+            round_metrics(&self.metrics)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Waits until this peer has written `n` rounds (panics after `limit`).
+    fn wait_rounds(&self, n: usize, limit: Duration) {
+        let started = Instant::now();
+        while self.lines() < n {
+            assert!(started.elapsed() < limit, "{} never reached {n} rounds", self.metrics.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn lines(&self) -> usize {
+        std::fs::read_to_string(&self.metrics)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+/// Waits for every child; returns each one's final weights hash (from its last stdout line).
+fn finish(children: Vec<Child>) -> Vec<String> {
+    children
+        .into_iter()
+        .enumerate()
+        .map(|(rank, child)| {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "peer {rank} failed: {stderr}");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            stdout
+                .split("weights ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("peer {rank} printed no weights: {stdout}"))
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+fn run(peers: &[Peer]) -> Vec<String> {
+    finish(peers.iter().map(Peer::spawn).collect())
+}
+
+fn one(hashes: &[String]) -> String {
+    let set: BTreeSet<_> = hashes.iter().collect();
+    assert_eq!(set.len(), 1, "peers ended with different weights: {set:?}");
+    hashes[0].clone()
+}
+
+const ROUNDS: &[&str] = &["--epochs", "2", "--rounds-per-epoch", "24"];
+
+#[test]
+fn broker_restart_and_killed_peers_change_nothing_in_the_result() {
+    let mut node = RabbitNode::start().expect("a private RabbitMQ node");
+    let url = node.url();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    split(&store, 3);
+    let peers = |run_id: &str, extra: &[&str]| -> Vec<Peer> {
+        (0..3)
+            .map(|r| Peer::new(&url, &store, 3, r, run_id, dir.path()).with(ROUNDS).with(extra))
+            .collect()
+    };
+
+    // The uninterrupted run.
+    let reference = one(&run(&peers(&unique("reference"), &[])));
+
+    // A broker restart mid-run: peers reconnect, publish their round again, and finish
+    // with the same weights.
+    let restarted = peers(&unique("restart"), &[]);
+    let children: Vec<Child> = restarted.iter().map(Peer::spawn).collect();
+    restarted[0].wait_rounds(10, Duration::from_secs(120));
+    let stopped = Instant::now();
+    node.restart_app(Duration::from_secs(3)).unwrap();
+    let down = stopped.elapsed();
+    let hashes = finish(children);
+    assert_eq!(one(&hashes), reference, "a broker restart changed the result");
+    let outage: f64 = restarted
+        .iter()
+        .flat_map(|p| p.rounds())
+        .map(|m| m.broker_outage_s)
+        .sum();
+    assert!(outage > 1.0, "peers saw {outage:.1} s of outage (broker down {down:?})");
+    for p in &restarted {
+        assert_eq!(p.rounds().len(), 48);
+    }
+
+    // Every peer killed with SIGKILL mid-run, then started again with the same commands:
+    // they resume from their newest common checkpoint, with the same final weights.
+    let crashed = peers(&unique("crash"), &["--checkpoint-every", "4"]);
+    let mut children: Vec<Child> = crashed.iter().map(Peer::spawn).collect();
+    crashed[0].wait_rounds(19, Duration::from_secs(120));
+    for child in &mut children {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let before: Vec<usize> = crashed.iter().map(Peer::lines).collect();
+    let hashes = run(&crashed);
+    assert_eq!(one(&hashes), reference, "resuming changed the result");
+    for (p, before) in crashed.iter().zip(before) {
+        let rounds = p.rounds();
+        // The second attempt starts at a checkpoint round (a multiple of 4), not at 0.
+        let resumed = rounds[before].round;
+        assert!(resumed > 0 && resumed % 4 == 0, "resumed at round {resumed}");
+        assert!(resumed as usize <= before);
+        assert_eq!(rounds.last().unwrap().round, 47);
+    }
+}
+
+#[test]
+fn a_killed_peer_rejoins_and_catches_up() {
+    let node = RabbitNode::start().expect("a private RabbitMQ node");
+    let url = node.url();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    split(&store, 4);
+    let run_id = unique("rejoin");
+    let peers: Vec<Peer> = (0..4)
+        .map(|r| {
+            Peer::new(&url, &store, 4, r, &run_id, dir.path()).with(&[
+                "--epochs",
+                "3",
+                "--rounds-per-epoch",
+                "20",
+                "--on-timeout",
+                "partial",
+                "--round-timeout",
+                "3",
+                "--evict-after",
+                "2",
+            ])
+        })
+        .collect();
+    let mut children: Vec<Child> = peers.iter().map(Peer::spawn).collect();
+    // Kill rank 3 about a third of the way, restart it a few seconds later.
+    peers[3].wait_rounds(20, Duration::from_secs(180));
+    children[3].kill().unwrap();
+    children[3].wait().unwrap();
+    let died_after = peers[3].lines();
+    std::thread::sleep(Duration::from_secs(4));
+    children[3] = peers[3].spawn();
+    let hashes = finish(children);
+    one(&hashes);
+
+    let rounds: Vec<Vec<RoundMetrics>> = peers.iter().map(Peer::rounds).collect();
+    // The survivors stopped waiting for the dead rank and recorded who took part.
+    let survivor = &rounds[0];
+    assert!(
+        survivor.iter().any(|m| m.evicted_ranks == [3]),
+        "rank 3 was never evicted"
+    );
+    let without: Vec<u64> = survivor
+        .iter()
+        .filter(|m| m.participants == [0, 1, 2])
+        .map(|m| m.round)
+        .collect();
+    assert!(!without.is_empty(), "no round ran without rank 3");
+    // Once evicted, rounds return to their normal time (well under the 3 s timeout).
+    let evicted_at = survivor.iter().position(|m| m.evicted_ranks == [3]).unwrap();
+    let next = &survivor[evicted_at + 1];
+    assert!(
+        next.participants == [0, 1, 2] && next.round_time_s < 2.0 || next.participants.len() == 4,
+        "{next:?}"
+    );
+
+    // The restarted peer started from the survivors' state, not from round 0 or its own
+    // checkpoint, and within 3 rounds held the same weights as everybody.
+    let rejoined = &rounds[3][died_after..];
+    let first = rejoined[0].round;
+    assert!(first > died_after as u64, "rejoined at round {first}");
+    let by_round = |r: u64| survivor.iter().find(|m| m.round == r).unwrap();
+    assert!(
+        rejoined[..3]
+            .iter()
+            .any(|m| m.weights_hash == by_round(m.round).weights_hash),
+        "no equal weights within 3 rounds of rejoining at {first}"
+    );
+    for m in rejoined {
+        assert_eq!(m.weights_hash, by_round(m.round).weights_hash, "round {}", m.round);
+        assert_eq!(m.participants, [0, 1, 2, 3], "round {}", m.round);
+    }
+    assert_eq!(rejoined.last().unwrap().round, 59);
+    // And the run still learned: final loss below the first epoch's.
+    let first_epoch: f64 =
+        survivor[..20].iter().map(|m| m.train_loss).sum::<f64>() / 20.0;
+    let last = survivor.last().unwrap().train_loss;
+    assert!(last < first_epoch, "loss {first_epoch} -> {last}");
+}
+
+#[test]
+fn a_broker_that_never_comes_back_fails_naming_it_without_the_password() {
+    let node = RabbitNode::start().expect("a private RabbitMQ node");
+    let url = node.url();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    split(&store, 2);
+    let run_id = unique("gone");
+    let peers: Vec<Peer> = (0..2)
+        .map(|r| {
+            Peer::new(&url, &store, 2, r, &run_id, dir.path()).with(&[
+                "--epochs",
+                "50",
+                "--rounds-per-epoch",
+                "20",
+                "--reconnect-timeout",
+                "3",
+            ])
+        })
+        .collect();
+    let children: Vec<Child> = peers.iter().map(Peer::spawn).collect();
+    peers[0].wait_rounds(3, Duration::from_secs(120));
+    node.stop_app().unwrap();
+    let stopped = Instant::now();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let masked = format!("amqp://guest:***@127.0.0.1:{}", node.port());
+        assert!(err.contains(&masked), "{err}");
+        assert!(err.contains("reconnect timeout of 3s"), "{err}");
+        assert!(!err.contains("guest:guest"), "{err}");
+        assert_ne!(out.status.code(), Some(101), "{err}");
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(30), "{:?}", stopped.elapsed());
+}
