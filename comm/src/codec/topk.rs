@@ -197,7 +197,7 @@ impl Codec for TopK {
         }
         let len = u64::from_le_bytes(state[4..12].try_into().expect("8 bytes"));
         let values = &state[12..];
-        if values.len() % 4 != 0 || (values.len() / 4) as u64 != len {
+        if !values.len().is_multiple_of(4) || (values.len() / 4) as u64 != len {
             return Err(invalid(format!(
                 "{} bytes of residual for {len} values",
                 values.len()

@@ -435,7 +435,7 @@ fn extend_f32(out: &mut Vec<u8>, values: &[f32]) {
 
 /// Little-endian `f32` values of `raw`, or `None` when its length is not a multiple of 4.
 fn read_f32(raw: &[u8]) -> Option<Vec<f32>> {
-    if raw.len() % 4 != 0 {
+    if !raw.len().is_multiple_of(4) {
         return None;
     }
     Some(
