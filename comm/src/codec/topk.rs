@@ -197,7 +197,7 @@ impl Codec for TopK {
         }
         let len = u64::from_le_bytes(state[4..12].try_into().expect("8 bytes"));
         let values = &state[12..];
-        if values.len() % 4 != 0 || (values.len() / 4) as u64 != len {
+        if !values.len().is_multiple_of(4) || (values.len() / 4) as u64 != len {
             return Err(invalid(format!(
                 "{} bytes of residual for {len} values",
                 values.len()
@@ -563,8 +563,16 @@ mod tests {
         let mut restored = TopK::new(0.01).unwrap();
         restored.restore(&state).unwrap();
         assert_eq!(
-            restored.residual().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            original.residual().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            restored
+                .residual()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            original
+                .residual()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
         );
         let mut fresh = TopK::new(0.01).unwrap();
         for s in 3..6 {
@@ -584,12 +592,18 @@ mod tests {
     #[test]
     fn foreign_or_truncated_state_is_refused() {
         let mut codec = TopK::new(0.5).unwrap();
-        codec.encode(&[3.0, -4.0, 1.0, 0.5], &mut Vec::new()).unwrap();
+        codec
+            .encode(&[3.0, -4.0, 1.0, 0.5], &mut Vec::new())
+            .unwrap();
         let state = codec.state();
         let other = TopK::new(0.25).unwrap().state();
         let err = codec.restore(&other).unwrap_err().to_string();
         assert!(err.contains("0.25") && err.contains("0.5"), "{err}");
-        for bad in [&state[..5], &state[..state.len() - 1], &state[..state.len() - 4]] {
+        for bad in [
+            &state[..5],
+            &state[..state.len() - 1],
+            &state[..state.len() - 4],
+        ] {
             assert!(
                 matches!(
                     codec.restore(bad),

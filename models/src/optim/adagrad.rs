@@ -34,7 +34,12 @@ impl Optimizer for Adagrad {
     }
 
     fn state(&self) -> OptimizerState {
-        OptimizerState::new(OptimizerKind::Adagrad, 0, false, [("sum", self.sum.clone())])
+        OptimizerState::new(
+            OptimizerKind::Adagrad,
+            0,
+            false,
+            [("sum", self.sum.clone())],
+        )
     }
 
     fn restore(&mut self, state: OptimizerState) -> Result<()> {

@@ -179,7 +179,11 @@ fn restored_optimizers_continue_bit_identically() {
         assert_eq!(state.kind, kind);
         let mut restored = config.build(kind, n).unwrap();
         restored.restore(state.clone()).unwrap();
-        assert_eq!(restored.state(), state, "{kind} {config:?}: state round trip");
+        assert_eq!(
+            restored.state(),
+            state,
+            "{kind} {config:?}: state round trip"
+        );
         let mut w_restored = w.clone();
         for s in 5..10 {
             let g = varying_grad(n, s);
@@ -209,7 +213,10 @@ fn exported_state_names_the_pytorch_vectors() {
         momentum: Some(0.5),
         ..Default::default()
     };
-    assert_eq!(names(OptimizerKind::Sgd, OptimizerConfig::default()), [""; 0]);
+    assert_eq!(
+        names(OptimizerKind::Sgd, OptimizerConfig::default()),
+        [""; 0]
+    );
     assert_eq!(names(OptimizerKind::Sgd, momentum), ["momentum_buffer"]);
     assert_eq!(
         names(OptimizerKind::Adam, OptimizerConfig::default()),
@@ -259,20 +266,29 @@ fn mismatched_states_are_refused_and_leave_the_optimizer_unchanged() {
         .unwrap()
         .state();
     let err = adam.restore(short).unwrap_err().to_string();
-    assert!(err.contains("exp_avg") && err.contains('3') && err.contains('4'), "{err}");
+    assert!(
+        err.contains("exp_avg") && err.contains('3') && err.contains('4'),
+        "{err}"
+    );
 
     // A missing vector.
     let mut missing = before.clone();
     missing.vectors.remove("exp_avg_sq");
     let err = adam.restore(missing).unwrap_err().to_string();
-    assert!(err.contains("exp_avg_sq") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("exp_avg_sq") && err.contains("missing"),
+        "{err}"
+    );
 
     // A step counter Adam cannot hold.
     let mut huge = before.clone();
     huge.step = u64::MAX;
     assert!(matches!(
         adam.restore(huge),
-        Err(ModelError::OptimizerState { optimizer: "adam", .. })
+        Err(ModelError::OptimizerState {
+            optimizer: "adam",
+            ..
+        })
     ));
     assert_eq!(adam.state(), before, "failed restores changed nothing");
 

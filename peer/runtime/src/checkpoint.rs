@@ -177,7 +177,9 @@ pub enum CheckpointError {
         found: String,
     },
     /// A checkpoint of another run, rank or round than its key says.
-    #[error("checkpoint {key} holds run {found_run:?} rank {found_rank} round {found_round}; expected run {run_id:?} rank {rank} round {round}")]
+    #[error(
+        "checkpoint {key} holds run {found_run:?} rank {found_rank} round {found_round}; expected run {run_id:?} rank {rank} round {round}"
+    )]
     WrongPeer {
         /// The object's key.
         key: String,
@@ -233,8 +235,10 @@ impl Checkpoint {
     /// The object bytes: magic, version, header, raw sections, SHA-256. Fails only when
     /// the header cannot carry a value exactly (integers beyond `i64::MAX`).
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut vectors: Vec<(String, &[f32])> =
-            vec![(WEIGHTS.into(), &self.weights), (BUFFERS.into(), &self.buffers)];
+        let mut vectors: Vec<(String, &[f32])> = vec![
+            (WEIGHTS.into(), &self.weights),
+            (BUFFERS.into(), &self.buffers),
+        ];
         vectors.extend(
             self.optimizer
                 .vectors
@@ -348,8 +352,12 @@ impl Checkpoint {
                 }
                 continue;
             }
-            let values = read_f32(raw)
-                .ok_or_else(|| DecodeError::Sections(format!("section `{name}` has {} bytes, not a whole number of f32", raw.len())))?;
+            let values = read_f32(raw).ok_or_else(|| {
+                DecodeError::Sections(format!(
+                    "section `{name}` has {} bytes, not a whole number of f32",
+                    raw.len()
+                ))
+            })?;
             let slot = match name {
                 WEIGHTS => &mut weights,
                 BUFFERS => &mut buffers,
@@ -427,7 +435,7 @@ fn extend_f32(out: &mut Vec<u8>, values: &[f32]) {
 
 /// Little-endian `f32` values of `raw`, or `None` when its length is not a multiple of 4.
 fn read_f32(raw: &[u8]) -> Option<Vec<f32>> {
-    if raw.len() % 4 != 0 {
+    if !raw.len().is_multiple_of(4) {
         return None;
     }
     Some(
@@ -671,8 +679,22 @@ mod tests {
 
     fn assert_same(a: &Checkpoint, b: &Checkpoint) {
         assert_eq!(
-            (&a.run_id, a.rank, a.world_size, a.round, a.epoch, a.epoch_round),
-            (&b.run_id, b.rank, b.world_size, b.round, b.epoch, b.epoch_round)
+            (
+                &a.run_id,
+                a.rank,
+                a.world_size,
+                a.round,
+                a.epoch,
+                a.epoch_round
+            ),
+            (
+                &b.run_id,
+                b.rank,
+                b.world_size,
+                b.round,
+                b.epoch,
+                b.epoch_round
+            )
         );
         assert_eq!(a.config_fingerprint, b.config_fingerprint);
         assert_eq!(bits(&a.weights), bits(&b.weights));
@@ -797,14 +819,18 @@ mod tests {
         let err = Checkpoint::decode(&sealed(header, len, &data[1..])).unwrap_err();
         assert!(matches!(err, DecodeError::Sections(_)), "{err}");
         let renamed = header.replacen("name = \"weights\"", "name = \"bogus\"", 1);
-        let err =
-            Checkpoint::decode(&sealed(&renamed, renamed.len() as u64, data)).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::Sections("unknown section `bogus`".into())
+        let err = Checkpoint::decode(&sealed(&renamed, renamed.len() as u64, data)).unwrap_err();
+        assert_eq!(err, DecodeError::Sections("unknown section `bogus`".into()));
+        let odd = header.replacen(
+            "name = \"codec\"\nbytes = 5",
+            "name = \"codec\"\nbytes = 4",
+            1,
         );
-        let odd = header.replacen("name = \"codec\"\nbytes = 5", "name = \"codec\"\nbytes = 4", 1);
-        let odd = odd.replacen("name = \"buffers\"\nbytes = 12", "name = \"buffers\"\nbytes = 13", 1);
+        let odd = odd.replacen(
+            "name = \"buffers\"\nbytes = 12",
+            "name = \"buffers\"\nbytes = 13",
+            1,
+        );
         assert_ne!(odd, header, "the test edits the section table");
         let err = Checkpoint::decode(&sealed(&odd, odd.len() as u64, data)).unwrap_err();
         assert!(
@@ -873,7 +899,10 @@ mod tests {
         assert_eq!(checkpoints.latest().await.unwrap().unwrap().round, 4);
         checkpoints.save(&sample(8)).await.unwrap();
         assert_eq!(checkpoints.list_rounds().await.unwrap(), [4, 8]);
-        assert!(!store.exists(&staged).await.unwrap(), "stale staging removed");
+        assert!(
+            !store.exists(&staged).await.unwrap(),
+            "stale staging removed"
+        );
         assert_same(&sample(8), &checkpoints.load(8).await.unwrap());
     }
 
