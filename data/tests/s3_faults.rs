@@ -113,7 +113,11 @@ async fn transient_failures_are_retried_until_they_pass() {
     );
     let start = Instant::now();
     assert_eq!(patient.get("slow.bin").await.unwrap(), &b"x"[..]);
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(slow.injected(), 1);
     assert_eq!(seen(&proxy, &Method::GET, "slow.bin"), 2);
 }
