@@ -146,7 +146,7 @@ async fn failures_outlasting_the_attempts_and_refusals_fail_with_the_key_and_cau
     );
     let start = Instant::now();
     let err = store.get("g/batch-0001.grad").await.unwrap_err();
-    eprintln!("get giving up after 3 x 503: {:?}", start.elapsed());
+    eprintln!("get giving up after 3 x 503: {:?}: {err}", start.elapsed());
     assert_eq!(down.injected(), 3);
     assert_eq!(seen(&proxy, &Method::GET, "g/batch-0001.grad"), 3);
     assert!(matches!(err, StoreError::Remote { .. }), "{err}");
