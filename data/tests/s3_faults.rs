@@ -41,11 +41,11 @@ fn quick() -> S3Options {
 }
 
 /// Requests the proxy saw with `method` on a path containing `key`.
-fn seen(proxy: &FaultProxy, method: &Method, key: &str) -> usize {
+fn seen(proxy: &FaultProxy, method: Method, key: &str) -> usize {
     proxy
         .log()
         .iter()
-        .filter(|s| &s.method == method && s.path.contains(key))
+        .filter(|s| s.method == method && s.path.contains(key))
         .count()
 }
 
@@ -71,7 +71,7 @@ async fn transient_failures_are_retried_until_they_pass() {
         .unwrap();
     eprintln!("put through 2 x 503: {:?}", start.elapsed());
     assert_eq!(put.injected(), 2);
-    assert_eq!(seen(&proxy, &Method::PUT, "w/weights.bin"), 3);
+    assert_eq!(seen(&proxy, Method::PUT, "w/weights.bin"), 3);
     assert_eq!(direct.get("w/weights.bin").await.unwrap(), &b"weights"[..]);
 
     // Two internal errors (500) on a GET, then the object.
@@ -84,7 +84,7 @@ async fn transient_failures_are_retried_until_they_pass() {
     assert_eq!(store.get("w/weights.bin").await.unwrap(), &b"weights"[..]);
     eprintln!("get through 2 x 500: {:?}", start.elapsed());
     assert_eq!(get.injected(), 2);
-    assert_eq!(seen(&proxy, &Method::GET, "w/weights.bin"), 3);
+    assert_eq!(seen(&proxy, Method::GET, "w/weights.bin"), 3);
 
     // Dropped connections on a listing, a throttled delete.
     let list = proxy.fail_next(FaultRule::new(Fault::Disconnect, 2).method(Method::GET));
@@ -113,9 +113,13 @@ async fn transient_failures_are_retried_until_they_pass() {
     );
     let start = Instant::now();
     assert_eq!(patient.get("slow.bin").await.unwrap(), &b"x"[..]);
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(slow.injected(), 1);
-    assert_eq!(seen(&proxy, &Method::GET, "slow.bin"), 2);
+    assert_eq!(seen(&proxy, Method::GET, "slow.bin"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,9 +146,9 @@ async fn failures_outlasting_the_attempts_and_refusals_fail_with_the_key_and_cau
     );
     let start = Instant::now();
     let err = store.get("g/batch-0001.grad").await.unwrap_err();
-    eprintln!("get giving up after 3 x 503: {:?}", start.elapsed());
+    eprintln!("get giving up after 3 x 503: {:?}: {err}", start.elapsed());
     assert_eq!(down.injected(), 3);
-    assert_eq!(seen(&proxy, &Method::GET, "g/batch-0001.grad"), 3);
+    assert_eq!(seen(&proxy, Method::GET, "g/batch-0001.grad"), 3);
     assert!(matches!(err, StoreError::Remote { .. }), "{err}");
     let message = err.to_string();
     for part in [

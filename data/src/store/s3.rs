@@ -227,7 +227,19 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let transient = is_transient(&err);
-        let mut message = DisplayErrorContext(err).to_string();
+        let mut message = match &err {
+            // The service's own words; the raw response adds nothing but noise.
+            SdkError::ServiceError(service) => {
+                let e = service.err();
+                format!(
+                    "{}: {} (HTTP {})",
+                    e.code().unwrap_or("unknown error"),
+                    e.message().unwrap_or("no message"),
+                    service.raw().status().as_u16()
+                )
+            }
+            _ => DisplayErrorContext(err).to_string(),
+        };
         if transient {
             message.push_str(&format!(
                 " (a transient error, still failing after up to {} attempts with backoff)",

@@ -165,7 +165,9 @@ struct RuleState {
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     // A panic while holding the lock leaves plain counters behind: still usable.
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A running proxy on `127.0.0.1:<free port>` forwarding to one upstream, stopped on drop.
@@ -415,7 +417,10 @@ fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
 /// An S3 error document as S3 sends it with `code`, naming the request's path.
 fn error_response(code: u16, path: &str, request: usize) -> Response<ProxyBody> {
     let (error, message) = match code {
-        500 => ("InternalError", "We encountered an internal error. Please try again."),
+        500 => (
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
         502 => ("BadGateway", "Bad gateway (injected)."),
         503 => ("SlowDown", "Please reduce your request rate."),
         504 => ("GatewayTimeout", "Gateway timeout (injected)."),

@@ -133,8 +133,8 @@ impl RabbitNode {
             .tempdir()
             .map_err(start("creating the node directory"))?;
         write_files(dir.path(), port, &options).map_err(start("writing the configuration"))?;
-        let log = File::create(dir.path().join("server.log"))
-            .map_err(start("creating the log file"))?;
+        let log =
+            File::create(dir.path().join("server.log")).map_err(start("creating the log file"))?;
         let err = log.try_clone().map_err(start("creating the log file"))?;
         let mut command = Command::new(bin_dir.join("rabbitmq-server"));
         set_env(&mut command, dir.path(), &node);
@@ -187,10 +187,12 @@ impl RabbitNode {
         self.ctl(&["stop_app"]).map(drop)
     }
 
-    /// Starts the application again after [`RabbitNode::stop_app`]; returns once it runs.
+    /// Starts the application again after [`RabbitNode::stop_app`]; returns once it runs
+    /// and accepts connections.
     pub fn start_app(&mut self) -> Result<(), RabbitError> {
+        // `start_app` returns once the application has started: only the port is left.
         self.ctl(&["start_app"])?;
-        self.wait_ready(START_TIMEOUT)
+        self.wait_port(START_TIMEOUT)
     }
 
     /// A broker restart as an operator does it: `stop_app`, `pause`, `start_app`, and
@@ -204,6 +206,19 @@ impl RabbitNode {
     /// Waits until the AMQP port accepts connections and the node reports itself
     /// started; fails at once when the server process has exited.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), RabbitError> {
+        let deadline = Instant::now() + timeout;
+        self.wait_port(timeout)?;
+        let secs = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+            .max(1)
+            .to_string();
+        self.ctl(&["await_startup", "--timeout", &secs]).map(drop)
+    }
+
+    /// Waits until the AMQP port accepts connections; fails at once when the server
+    /// process has exited.
+    fn wait_port(&mut self, timeout: Duration) -> Result<(), RabbitError> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + timeout;
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
@@ -224,12 +239,7 @@ impl RabbitNode {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let secs = deadline
-            .saturating_duration_since(Instant::now())
-            .as_secs()
-            .max(1)
-            .to_string();
-        self.ctl(&["await_startup", "--timeout", &secs]).map(drop)
+        Ok(())
     }
 
     /// Runs `rabbitmqctl -n NODE args` with the node's environment (so it finds the node
@@ -241,8 +251,13 @@ impl RabbitNode {
             command: args.join(" "),
             message,
         };
-        let out_path = self.dir.path().join("ctl.out");
-        let out = File::create(&out_path).map_err(|e| fail(format!("output file: {e}")))?;
+        // A file of its own per command: calls may overlap.
+        let out_file = tempfile::NamedTempFile::new_in(self.dir.path())
+            .map_err(|e| fail(format!("output file: {e}")))?;
+        let out_path = out_file.path().to_path_buf();
+        let out = out_file
+            .reopen()
+            .map_err(|e| fail(format!("output file: {e}")))?;
         let err = out
             .try_clone()
             .map_err(|e| fail(format!("output file: {e}")))?;

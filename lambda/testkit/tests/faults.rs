@@ -13,6 +13,11 @@ fn addr(endpoint: &str) -> SocketAddr {
     endpoint.strip_prefix("http://").unwrap().parse().unwrap()
 }
 
+/// A signature-shaped `Authorization` header: moto serves private objects to any signed
+/// request without checking the signature, and refuses anonymous reads (403).
+const AUTHORIZATION: &str = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
+    SignedHeaders=host, Signature=0";
+
 /// One request over a fresh connection: `Ok((status, body))`, or the I/O error when the
 /// connection ends without an answer.
 fn http(endpoint: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
@@ -22,7 +27,7 @@ fn http(endpoint: &str, method: &str, path: &str, body: &str) -> std::io::Result
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
+         Authorization: {AUTHORIZATION}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = Vec::new();
@@ -47,7 +52,10 @@ fn the_proxy_forwards_to_moto_and_injects_exactly_what_its_rules_say() {
 
     // Unchanged forwarding.
     assert_eq!(http(p, "PUT", "/proxied", "").unwrap().0, 200);
-    assert_eq!(http(p, "PUT", "/proxied/a/key.bin", "hello").unwrap().0, 200);
+    assert_eq!(
+        http(p, "PUT", "/proxied/a/key.bin", "hello").unwrap().0,
+        200
+    );
     assert_eq!(
         http(p, "GET", "/proxied/a/key.bin", "").unwrap(),
         (200, "hello".to_owned())

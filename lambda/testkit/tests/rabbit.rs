@@ -20,7 +20,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A channel in confirm mode with queue `queue` declared.
-async fn channel(url: &str, queue: &str) -> (Connection, Channel) {
+async fn open_channel(url: &str, queue: &str) -> (Connection, Channel) {
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
@@ -71,18 +71,28 @@ async fn get(channel: &Channel, queue: &str) -> Option<Vec<u8>> {
 fn a_private_node_serves_amqp_restarts_and_is_gone_after_drop() {
     let started = Instant::now();
     let mut node = RabbitNode::start().unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("node {} started in {:?}", node.node_name(), started.elapsed());
+    eprintln!(
+        "node {} started in {:?}",
+        node.node_name(),
+        started.elapsed()
+    );
     assert_ne!(node.port(), 5672, "never the shared broker");
     assert!(node.node_name().starts_with("peerless-test-"));
     assert!(node.node_name().ends_with("@localhost"));
     let url = node.url();
-    assert_eq!(url, format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port()));
+    assert_eq!(
+        url,
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port())
+    );
 
     let rt = runtime();
     rt.block_on(async {
-        let (connection, channel) = channel(&url, "hello").await;
+        let (connection, channel) = open_channel(&url, "hello").await;
         publish(&channel, "hello", b"one message").await.unwrap();
-        assert_eq!(get(&channel, "hello").await.as_deref(), Some(&b"one message"[..]));
+        assert_eq!(
+            get(&channel, "hello").await.as_deref(),
+            Some(&b"one message"[..])
+        );
         assert_eq!(get(&channel, "hello").await, None);
 
         // A restart closes every connection...
@@ -94,9 +104,12 @@ fn a_private_node_serves_amqp_restarts_and_is_gone_after_drop() {
         assert!(!connection.status().connected(), "{err}");
 
         // ...and a new one works as before (the queue was not durable: declared again).
-        let (_connection, channel) = channel(&url, "hello").await;
+        let (_connection, channel) = open_channel(&url, "hello").await;
         publish(&channel, "hello", b"after restart").await.unwrap();
-        assert_eq!(get(&channel, "hello").await.as_deref(), Some(&b"after restart"[..]));
+        assert_eq!(
+            get(&channel, "hello").await.as_deref(),
+            Some(&b"after restart"[..])
+        );
     });
 
     // stop_app closes the port until start_app.
@@ -130,7 +143,7 @@ fn max_message_size_makes_the_broker_refuse_bigger_publishes() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     runtime().block_on(async {
-        let (_connection, channel) = channel(&node.url(), "small").await;
+        let (_connection, channel) = open_channel(&node.url(), "small").await;
         publish(&channel, "small", &[7; 512]).await.unwrap();
         let err = publish(&channel, "small", &[7; 2048])
             .await

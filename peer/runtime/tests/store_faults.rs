@@ -12,8 +12,8 @@ use peerless_data::{DatasetKind, S3Options, StoreOptions, open_store};
 use peerless_models::Device;
 use peerless_runtime::metrics::RoundMetrics;
 use peerless_runtime::{
-    Capability, ExchangeConfig, LocalRunConfig, OffloadPolicy, OnFunctionFailure,
-    ServerlessConfig, ServerlessMode, SplitSource, TrainingConfig, run_local,
+    Capability, ExchangeConfig, LocalRunConfig, OffloadPolicy, OnFunctionFailure, ServerlessConfig,
+    ServerlessMode, SplitSource, TrainingConfig, run_local,
 };
 use peerless_testkit::faults::{FaultProxy, FaultRule, Method};
 use peerless_testkit::moto::MotoServer;
@@ -116,8 +116,7 @@ fn leftovers(moto: &MotoServer, store: &str) -> Vec<String> {
 fn store_failures_of_offloaded_batches_are_retried_fall_back_and_leave_nothing_behind() {
     set_test_credentials();
     let moto = MotoServer::start().unwrap_or_else(|e| panic!("{e}"));
-    moto.create_bucket(BUCKET)
-        .unwrap_or_else(|e| panic!("{e}"));
+    moto.create_bucket(BUCKET).unwrap_or_else(|e| panic!("{e}"));
     let proxy = FaultProxy::start(moto.endpoint()).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
@@ -154,7 +153,12 @@ fn store_failures_of_offloaded_batches_are_retried_fall_back_and_leave_nothing_b
     assert_eq!(fetch.injected(), 2 * ATTEMPTS as usize, "two batches");
     assert_eq!(blips.injected(), 2);
     for (s, reference) in faulty.iter().zip(&clean) {
-        assert_eq!(hashes(&s.rounds), hashes(&reference.rounds), "rank {}", s.rank);
+        assert_eq!(
+            hashes(&s.rounds),
+            hashes(&reference.rounds),
+            "rank {}",
+            s.rank
+        );
     }
     // Where batches ran, as the metrics record it: (rank, round) -> (fallbacks, calls).
     let placed: Vec<(u32, u64, usize, usize)> = faulty

@@ -192,8 +192,7 @@ impl RoundSource {
         let mut upload_failed = false;
         if let (Some(o), Some(first)) = (&self.offload, theirs.first()) {
             let t = Instant::now();
-            let uploaded =
-                upload_round(o, work.round, first.0, theirs.len(), model, weights).await;
+            let uploaded = upload_round(o, work.round, first.0, theirs.len(), model, weights).await;
             report.upload_time_s = t.elapsed().as_secs_f64();
             let key = weights_key(&o.prefix, work.round, o.context.rank);
             match uploaded {
@@ -395,8 +394,7 @@ async fn gather(
         );
         let t = Instant::now();
         let one = std::slice::from_ref(batch);
-        let done =
-            tokio::task::block_in_place(|| local.accumulate(round_no, one, g.model, grad))?;
+        let done = tokio::task::block_in_place(|| local.accumulate(round_no, one, g.model, grad))?;
         fallback_time += t.elapsed();
         totals.merge(done);
         report.fallback_batches += 1;
