@@ -152,7 +152,7 @@ fn numbers_that_are_not_finite_or_overflow_a_deadline_are_usage_errors() {
     refused(&peer_with(&["--reconnect-timeout", "1e20"]), "--reconnect-timeout");
     refused(&run_with(&["--reconnect-timeout", "0"]), "--reconnect-timeout");
     refused(&run_with(&["--checkpoint-every", "99999999999"]), "--checkpoint-every");
-    refused(&run_with(&["--evict-after", "-1"]), "--evict-after");
+    refused(&run_with(&["--evict-after=-1"]), "--evict-after");
     refused(&run_with(&["--resume", "sometimes"]), "--resume");
 }
 
