@@ -236,7 +236,9 @@ impl<T: Transport> Averager<T> {
                 tracing::warn!(rank, round, ?missing, "starting without the missing ranks");
                 return Ok(Start::Together { round });
             }
-            let wake = next_hello.min(deadline).min(round_deadline.max(tokio::time::Instant::now() + HELLO_EVERY / 4));
+            let wake = next_hello
+                .min(deadline)
+                .min(round_deadline.max(tokio::time::Instant::now() + HELLO_EVERY / 4));
             let delivery = match tokio::time::timeout_at(wake, self.transport().recv()).await {
                 Err(_) if tokio::time::Instant::now() >= deadline => {
                     let missing: Vec<u32> = (0..world)

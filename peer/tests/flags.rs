@@ -149,9 +149,18 @@ fn numbers_that_are_not_finite_or_overflow_a_deadline_are_usage_errors() {
     refused(&run_with(&["--speeds", "NaN,1"]), "(0, 1]");
     refused(&peer_with(&["--speed", "1e308"]), "(0, 1]");
     refused(&peer_with(&["--round-timeout", "inf"]), "--round-timeout");
-    refused(&peer_with(&["--reconnect-timeout", "1e20"]), "--reconnect-timeout");
-    refused(&run_with(&["--reconnect-timeout", "0"]), "--reconnect-timeout");
-    refused(&run_with(&["--checkpoint-every", "99999999999"]), "--checkpoint-every");
+    refused(
+        &peer_with(&["--reconnect-timeout", "1e20"]),
+        "--reconnect-timeout",
+    );
+    refused(
+        &run_with(&["--reconnect-timeout", "0"]),
+        "--reconnect-timeout",
+    );
+    refused(
+        &run_with(&["--checkpoint-every", "99999999999"]),
+        "--checkpoint-every",
+    );
     refused(&run_with(&["--evict-after=-1"]), "--evict-after");
     refused(&run_with(&["--resume", "sometimes"]), "--resume");
 }

@@ -16,8 +16,8 @@ pub mod source;
 pub mod sys;
 
 pub use config::{
-    Capability, ConfigError, ExchangeConfig, LocalRunConfig, NodeConfig, OnFunctionFailure,
-    Resume, ServerlessConfig, ServerlessMode, SplitSource, TrainingConfig,
+    Capability, ConfigError, ExchangeConfig, LocalRunConfig, NodeConfig, OnFunctionFailure, Resume,
+    ServerlessConfig, ServerlessMode, SplitSource, TrainingConfig,
 };
 pub use local::{connect, run_local};
 pub use metrics::{InvocationRecord, RoundMetrics};

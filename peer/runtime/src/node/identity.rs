@@ -26,7 +26,10 @@ pub fn run_identity(config: &NodeConfig, manifest: &Manifest) -> Identity {
         ("patience", t.patience.to_string()),
         (
             "plateau",
-            format!("{}x{} min {}", t.plateau_patience, t.plateau_factor, t.min_lr),
+            format!(
+                "{}x{} min {}",
+                t.plateau_patience, t.plateau_factor, t.min_lr
+            ),
         ),
         ("rounds_per_epoch", x.rounds_per_epoch.to_string()),
         ("codec", x.codec.to_string()),
@@ -42,7 +45,10 @@ pub fn run_identity(config: &NodeConfig, manifest: &Manifest) -> Identity {
                 manifest.peers, manifest.partition, manifest.seed, manifest.train_samples
             ),
         ),
-        ("batches_per_peer", format!("{:?}", manifest.batches_per_peer)),
+        (
+            "batches_per_peer",
+            format!("{:?}", manifest.batches_per_peer),
+        ),
         ("val_fraction", manifest.val_fraction.to_string()),
     ];
     fields

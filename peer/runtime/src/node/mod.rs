@@ -257,8 +257,7 @@ impl Node {
             }
         }
 
-        let mut metrics_out =
-            MetricsWriter::open(config.metrics_out.as_deref(), first_round > 0)?;
+        let mut metrics_out = MetricsWriter::open(config.metrics_out.as_deref(), first_round > 0)?;
         let mut grad = vec![0.0f32; n];
         let mut avg = vec![0.0f32; n];
         let mut rounds = Vec::new();
@@ -325,7 +324,10 @@ impl Node {
                 stop = stopper.should_stop(val_loss as f32);
             }
             let next = round + 1;
-            let snapshot = |model: &Model, optimizer: &dyn peerless_models::optim::Optimizer, codec_state: Vec<u8>| -> Result<Checkpoint> {
+            let snapshot = |model: &Model,
+                            optimizer: &dyn peerless_models::optim::Optimizer,
+                            codec_state: Vec<u8>|
+             -> Result<Checkpoint> {
                 Ok(Checkpoint {
                     run_id: config.run_id.to_string(),
                     rank: config.rank,
@@ -357,7 +359,9 @@ impl Node {
                 for request in averager.join_requests(&identity).await? {
                     let state = snapshot(&model, optimizer.as_ref(), Vec::new())?
                         .encode()
-                        .map_err(|e| anyhow!("encoding the state for rank {}: {e}", request.rank))?;
+                        .map_err(|e| {
+                            anyhow!("encoding the state for rank {}: {e}", request.rank)
+                        })?;
                     averager
                         .admit(&request, next, &state)
                         .await
