@@ -106,15 +106,13 @@ async fn dead_rank_is_evicted_and_a_restarted_one_rejoins_with_the_state() {
     let timeout = Duration::from_millis(400);
     let mut endpoints = InProcessHub::new(3).into_endpoints();
     let rank2 = endpoints.pop().unwrap();
-    let mut running: Vec<_> = endpoints
+    let mut all: Vec<_> = endpoints
         .into_iter()
         .map(|t| averager(t, run_id, 3, timeout))
         .collect();
-    let mut third = averager(rank2, run_id, 3, timeout);
+    all.push(averager(rank2, run_id, 3, timeout));
 
     // All three start, then rank 2 dies after round 0 (its queue stays, as on a broker).
-    let mut all: Vec<_> = running.drain(..).collect();
-    all.push(third);
     let id = identity("1");
     let starts = futures::future::join_all(
         all.iter_mut()
@@ -128,7 +126,7 @@ async fn dead_rank_is_evicted_and_a_restarted_one_rejoins_with_the_state() {
     );
     let outs = round_all(&mut all, 0).await;
     assert!(outs.iter().all(|(_, s)| s.participants == [0, 1, 2]));
-    third = all.pop().unwrap();
+    let third = all.pop().unwrap();
     let mut running = all;
 
     // Rounds 1 and 2 wait for the dead rank until the deadline, then evict it.
