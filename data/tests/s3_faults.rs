@@ -3,25 +3,18 @@
 //! retried with backoff until they pass; failures that outlast the attempts, and refusals
 //! (which are never retried), fail naming the store, the key and the cause.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_s3::config::Credentials;
 use bytes::Bytes;
+use common::test_sdk_config;
 use peerless_data::store::S3Store;
 use peerless_data::{ObjectStore, S3Options, StoreError};
 use peerless_testkit::faults::{Fault, FaultProxy, FaultRule, Method};
 use peerless_testkit::moto::MotoServer;
 
 const BUCKET: &str = "blips";
-
-async fn test_sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await
-}
 
 /// A store on `endpoint` with the default attempts and a short first backoff.
 async fn store(endpoint: &str, bucket: &str, options: S3Options) -> S3Store {

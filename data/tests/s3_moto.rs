@@ -7,24 +7,12 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_s3::config::Credentials;
 use bytes::Bytes;
-use common::{expected_keys, small_data, snapshot};
+use common::{expected_keys, small_data, snapshot, test_sdk_config};
 use peerless_data::manifest::MANIFEST_KEY;
 use peerless_data::store::{LocalStore, S3Store};
 use peerless_data::{ObjectStore, S3Options, SplitConfig, SplitReader, StoreError, split};
 use peerless_testkit::moto::MotoServer;
-
-/// SDK configuration with test credentials set on the config (not via the process
-/// environment: tests run in parallel threads).
-async fn test_sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await
-}
 
 fn options(endpoint: &str) -> S3Options {
     S3Options {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use assert_cmd::cargo::CommandCargoExt;
-use common::{RoundMetrics, peerless, round_metrics, unique};
+use common::{RoundMetrics, SMALL_TRAINING, peerless, round_metrics, unique};
 use peerless_testkit::rabbit::RabbitNode;
 
 fn split(store: &Path, peers: usize) {
@@ -50,18 +50,13 @@ impl Peer {
             store.to_str().unwrap(),
             "--metrics-out",
             metrics.to_str().unwrap(),
-            "--dataset",
-            "synthetic",
-            "--model",
-            "tiny_cnn",
-            "--lr",
-            "0.05",
             "--momentum",
             "0.5",
             "--optimizer",
             "sgd",
         ]
         .iter()
+        .chain(&SMALL_TRAINING)
         .map(|s| s.to_string())
         .collect();
         Peer { args, metrics }

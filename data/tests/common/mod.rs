@@ -45,3 +45,15 @@ pub fn expected_keys(peers: usize, batches: usize) -> Vec<String> {
     keys.sort();
     keys
 }
+
+/// SDK configuration with test credentials set on the config (not via the process
+/// environment: tests run in parallel threads).
+pub async fn test_sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await
+}

@@ -20,20 +20,23 @@ pub fn peerless() -> Command {
     cmd
 }
 
+/// The small CNN on synthetic data at learning rate 0.05: what training tests train.
+pub const SMALL_TRAINING: [&str; 6] = [
+    "--dataset",
+    "synthetic",
+    "--model",
+    "tiny_cnn",
+    "--lr",
+    "0.05",
+];
+
 /// `peerless run` of `peers` peers training the small CNN on synthetic data at learning
 /// rate 0.05, split into `store`, metrics into `metrics`: the command every training test
 /// starts from before adding its own flags.
 pub fn training_run(peers: usize, store: impl AsRef<OsStr>, metrics: &Path) -> Command {
     let mut cmd = peerless();
     cmd.args(["run", "--peers", &peers.to_string()])
-        .args([
-            "--dataset",
-            "synthetic",
-            "--model",
-            "tiny_cnn",
-            "--lr",
-            "0.05",
-        ])
+        .args(SMALL_TRAINING)
         .arg("--store")
         .arg(store)
         .arg("--metrics-dir")
