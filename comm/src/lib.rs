@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod average;
 pub mod codec;
 pub mod membership;
@@ -15,6 +16,7 @@ pub mod transport;
 pub mod url;
 pub mod wire;
 
+pub use auth::Keyring;
 pub use codec::{Codec, CodecError, CodecSpec};
 pub use membership::{Identity, JoinRequest, Start};
 pub use round::{Averager, OnTimeout, Rejections, RoundConfig, RoundError, RoundStats};
