@@ -1034,7 +1034,7 @@ fn file_chunk(slot: &mut Slot, h: &Header, payload: &[u8], bytes: &Bytes) -> Chu
                 slot.started = false;
                 return ChunkOutcome::Inconsistent("single chunk shorter than the payload");
             }
-            slot.single = Some(bytes.slice(HEADER_LEN..));
+            slot.single = Some(bytes.slice(HEADER_LEN..HEADER_LEN + payload.len()));
             slot.compute_micros = h.compute_micros;
             return ChunkOutcome::Complete;
         }

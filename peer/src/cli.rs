@@ -63,6 +63,9 @@ pub enum Command {
     /// Step Functions tools.
     #[command(subcommand)]
     Stepfn(StepfnCommand),
+    /// Signing keys for authenticated peers.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run the same job instance-only, serverless and hybrid, and write the time, cost and
     /// accuracy report. `--config FILE` names the study (see bench/study/default.toml);
     /// without it the built-in small study runs.
@@ -73,6 +76,23 @@ pub enum Command {
 pub struct StudyArgs {
     /// Folder for metrics, report, plots and CSV; rerunning resumes what is there.
     #[arg(long, value_name = "DIR", default_value = "peerless-study")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write one private key per rank (`rank-R.key`) and the public roster (`roster.txt`):
+    /// give each peer's machine its own key and the roster, and start it with `--keys DIR`.
+    Generate(KeysGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysGenerateArgs {
+    /// Number of peers of the run.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_PEERS as i64))]
+    pub size: u32,
+    /// Folder to write the keys to (created; existing keys are never overwritten).
+    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
 
@@ -191,6 +211,12 @@ pub struct ExchangeArgs {
     /// Continue from the run's checkpoints when there are some (auto), or start over (never).
     #[arg(long, default_value = "auto", value_name = "auto|never")]
     pub resume: Resume,
+
+    /// Sign every message with this peer's key and accept only messages signed by their
+    /// claimed sender (a folder from `peerless keys generate`). `run` and `study` make keys
+    /// for their peers when this is absent.
+    #[arg(long, value_name = "DIR", env = "PEERLESS_KEYS")]
+    pub keys: Option<PathBuf>,
 
     #[command(flatten)]
     pub s3: S3Args,
@@ -652,6 +678,7 @@ impl ExchangeArgs {
             serverless: self.serverless.to_config()?,
             checkpoint_every: self.checkpoint_every,
             resume: self.resume,
+            keys: self.keys.clone(),
             evict_after: self.evict_after,
             reconnect_timeout: duration_secs("--reconnect-timeout", self.reconnect_timeout)?,
         };

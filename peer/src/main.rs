@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Peer(a) => cmd::peer::run(a, cli.device),
         Command::Run(a) => cmd::run::run(a, cli.device),
         Command::Stepfn(cli::StepfnCommand::Generate(a)) => cmd::stepfn::generate(a),
+        Command::Keys(cli::KeysCommand::Generate(a)) => cmd::keys::generate(a),
         Command::Study(a) => cmd::study::run(a, cli.config.clone(), cli.device),
     };
     match result {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use peerless_comm::membership::START_TIMEOUT;
-use peerless_comm::{Averager, Identity, RoundConfig, Start, Transport, model_fingerprint};
+use peerless_comm::{
+    Averager, Identity, Keyring, RoundConfig, Start, Transport, model_fingerprint,
+};
 use peerless_data::ObjectStore;
 use peerless_data::split::batch_ranges;
 use peerless_data::{Dataset, SplitReader};
@@ -193,6 +195,21 @@ impl Node {
         round_config.on_timeout = x.on_timeout;
         round_config.max_chunk_bytes = x.max_chunk_bytes;
         round_config.evict_after = x.evict_after;
+        round_config.keyring = Arc::new(match &x.keys {
+            Some(dir) => Keyring::load(dir, config.rank, config.size)
+                .with_context(|| format!("loading the keys of rank {}", config.rank))?,
+            None => {
+                if config.size > 1 {
+                    tracing::warn!(
+                        rank = config.rank,
+                        "the exchange is unauthenticated: anyone who can publish to the broker \
+                         can send gradients (make keys with `peerless keys generate`, start \
+                         peers with --keys)"
+                    );
+                }
+                Keyring::none()
+            }
+        });
         let codec = x.codec.build(t.seed ^ u64::from(config.rank));
         let mut averager = Averager::new(round_config, codec, transport)?;
 
