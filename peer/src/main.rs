@@ -9,13 +9,14 @@ mod progress;
 use std::process::ExitCode;
 
 use cli::Command;
+use peerless_comm::mask_passwords_in;
 
 fn main() -> ExitCode {
     peerless_models::memory::retain_freed_memory();
     let args = match config::expand_args(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", mask_passwords_in(&format!("{e:#}")));
             return ExitCode::from(2);
         }
     };
@@ -35,7 +36,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors may quote a URL from a flag, a file or a library: never its password.
+            eprintln!("error: {}", mask_passwords_in(&format!("{e:#}")));
             // A configuration that cannot run is a usage error, like a bad flag.
             if e.chain().any(|c| c.is::<peerless_runtime::ConfigError>()) {
                 ExitCode::from(2)
