@@ -45,7 +45,8 @@ pub fn mask_passwords_in(text: &str) -> String {
 fn password_span(url: &str) -> Option<(usize, usize)> {
     let at = url.rfind('@')?;
     let before = &url[..at];
-    let start = userinfo_start(before);
+    let lead = before.len() - before.trim_start().len();
+    let start = lead + userinfo_start(&before[lead..]);
     let colon = before[start..].find(':')? + start + 1;
     (colon <= at).then_some((colon, at))
 }
