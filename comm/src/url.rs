@@ -169,9 +169,15 @@ mod tests {
             ("amqp://guest:s3@cr@3t@host/", "amqp://guest:***@host/"),
             ("amqp://guest:s3/cr?3t#x@host/", "amqp://guest:***@host/"),
             ("amqp://guest:12#s3cr3t@host/", "amqp://guest:***@host/"),
-            ("amqp://gu%3Aest:s3%40cr3t@host/", "amqp://gu%3Aest:***@host/"),
+            (
+                "amqp://gu%3Aest:s3%40cr3t@host/",
+                "amqp://gu%3Aest:***@host/",
+            ),
             ("  amqp://guest:s3cr3t@host ", "  amqp://guest:***@host "),
-            ("amqps://guest:s3cr3t@[::1]:5671/%2f", "amqps://guest:***@[::1]:5671/%2f"),
+            (
+                "amqps://guest:s3cr3t@[::1]:5671/%2f",
+                "amqps://guest:***@[::1]:5671/%2f",
+            ),
         ] {
             assert_eq!(mask_password(url), masked, "{url}");
         }
@@ -181,9 +187,15 @@ mod tests {
     fn urls_quoted_in_text_are_masked() {
         let text = "invalid AMQP URL 'amqp:guest:s3cr3t@host:5673': bad port\n(\"u:pw@h\")";
         let masked = mask_passwords_in(text);
-        assert!(!masked.contains("s3cr3t") && !masked.contains("pw@"), "{masked}");
+        assert!(
+            !masked.contains("s3cr3t") && !masked.contains("pw@"),
+            "{masked}"
+        );
         assert!(masked.starts_with("invalid AMQP URL '"), "{masked}");
-        assert_eq!(mask_passwords_in("no secrets: 12:30 a@b"), "no secrets: 12:30 a@b");
+        assert_eq!(
+            mask_passwords_in("no secrets: 12:30 a@b"),
+            "no secrets: 12:30 a@b"
+        );
     }
 
     #[test]

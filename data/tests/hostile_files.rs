@@ -60,7 +60,9 @@ fn idx_dimensions_that_overflow_or_exceed_the_file_are_refused() {
         let path = write_train(dir.path(), &file, gzipped);
         let err = load_train(dir.path());
         match &err {
-            DatasetError::DimensionsOverflow { dims, bytes, limit, .. } => {
+            DatasetError::DimensionsOverflow {
+                dims, bytes, limit, ..
+            } => {
                 assert_eq!(dims, &[u32::MAX; 3]);
                 assert_eq!(*bytes, None);
                 assert_eq!(*limit, MAX_FILE_BYTES);

@@ -89,7 +89,11 @@ mod tests {
     #[test]
     fn only_the_store_and_what_is_below_it() {
         let allowed = AllowedStore::new("s3://bucket/runs/", None);
-        for ok in ["s3://bucket/runs", "s3://bucket/runs/", "s3://bucket/runs/a/b"] {
+        for ok in [
+            "s3://bucket/runs",
+            "s3://bucket/runs/",
+            "s3://bucket/runs/a/b",
+        ] {
             assert_eq!(allowed.check(&StoreLocation::new(ok)), Ok(()), "{ok}");
         }
         for bad in [

@@ -101,7 +101,9 @@ pub fn expand(request: &ProcessInputRequest) -> Result<ProcessInputOutput, Proce
     let one = serde_json::to_vec(&first)
         .map_err(|e| ProcessInputError::InvalidRequest(e.to_string()))?
         .len();
-    let at_least = one.saturating_sub(16).saturating_mul(request.batch_count as usize);
+    let at_least = one
+        .saturating_sub(16)
+        .saturating_mul(request.batch_count as usize);
     if at_least > STEP_FUNCTIONS_STATE_LIMIT {
         return Err(ProcessInputError::TooLarge {
             batches: request.batch_count,

@@ -6,7 +6,6 @@ mod cmd;
 mod config;
 mod progress;
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use cli::Command;

@@ -90,11 +90,20 @@ fn help_hides_secret_environment_values() {
     ] {
         let output = peerless()
             .args(args)
-            .env("PEERLESS_BROKER", "amqp://guest:PLANTEDenv@10.0.0.1:5672/%2f")
+            .env(
+                "PEERLESS_BROKER",
+                "amqp://guest:PLANTEDenv@10.0.0.1:5672/%2f",
+            )
             .env("PEERLESS_STORE", "s3://bucket/PLANTEDstore")
             .env("AWS_ENDPOINT_URL_S3", "http://key:PLANTEDs3@127.0.0.1:5000")
-            .env("AWS_ENDPOINT_URL_LAMBDA", "http://key:PLANTEDl@127.0.0.1:9001")
-            .env("AWS_ENDPOINT_URL_SFN", "http://key:PLANTEDsfn@127.0.0.1:8083")
+            .env(
+                "AWS_ENDPOINT_URL_LAMBDA",
+                "http://key:PLANTEDl@127.0.0.1:9001",
+            )
+            .env(
+                "AWS_ENDPOINT_URL_SFN",
+                "http://key:PLANTEDsfn@127.0.0.1:8083",
+            )
             .output()
             .unwrap();
         assert!(output.status.success(), "{args:?}: {output:?}");
@@ -236,7 +245,11 @@ peers = [2, 8]
         saved.contains("amqp://peerless-planted:***@127.0.0.1:5672/%2f"),
         "{saved}"
     );
-    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("***@"));
+    assert!(
+        std::fs::read_to_string(out.join("report.md"))
+            .unwrap()
+            .contains("***@")
+    );
     let searched = assert_clean("study", &first, &[&out]);
     assert!(searched >= 8, "only {searched} files written");
 

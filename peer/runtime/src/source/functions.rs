@@ -253,13 +253,22 @@ pub fn check_response(
         ));
     }
     if response.batch != event.batch {
-        wrong.push(format!("batch {} (asked for {})", response.batch, event.batch));
+        wrong.push(format!(
+            "batch {} (asked for {})",
+            response.batch, event.batch
+        ));
     }
     if response.run_id != ctx.run_id {
-        wrong.push(format!("run {} (asked for {})", response.run_id, ctx.run_id));
+        wrong.push(format!(
+            "run {} (asked for {})",
+            response.run_id, ctx.run_id
+        ));
     }
     if response.round != ctx.round {
-        wrong.push(format!("round {} (asked for {})", response.round, ctx.round));
+        wrong.push(format!(
+            "round {} (asked for {})",
+            response.round, ctx.round
+        ));
     }
     if response.rank != ctx.rank {
         wrong.push(format!("rank {} (asked for {})", response.rank, ctx.rank));
@@ -407,8 +416,14 @@ mod tests {
         let first = outcomes[0].as_ref().expect("batch 0 succeeds when retried");
         assert_eq!(first.attempts, 2);
         assert_eq!(first.response.gradient_key, events[0].gradient_key);
-        let failed = outcomes[1].as_ref().expect_err("batch 1 never answers right");
+        let failed = outcomes[1]
+            .as_ref()
+            .expect_err("batch 1 never answers right");
         assert_eq!(failed.attempts, 3);
-        assert!(failed.message.contains("someone/else.grad"), "{}", failed.message);
+        assert!(
+            failed.message.contains("someone/else.grad"),
+            "{}",
+            failed.message
+        );
     }
 }

@@ -341,15 +341,15 @@ async fn gather(
     // responses naming another key).
     let mut fetched = futures::stream::iter(g.round.outcomes.iter().zip(g.events).map(
         |(outcome, event)| {
-        let store = store.clone();
-        let key = outcome.as_ref().ok().map(|_| event.gradient_key.clone());
-        async move {
-            match key {
-                Some(key) => Some(store.get(&key).await.map(|b| (key, b))),
-                None => None,
+            let store = store.clone();
+            let key = outcome.as_ref().ok().map(|_| event.gradient_key.clone());
+            async move {
+                match key {
+                    Some(key) => Some(store.get(&key).await.map(|b| (key, b))),
+                    None => None,
+                }
             }
-        }
-    },
+        },
     ))
     .buffered(4);
     let mut fallback_time = Duration::ZERO;
