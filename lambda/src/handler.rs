@@ -19,7 +19,7 @@ use crate::error::ComputeGradientError;
 use crate::event::{
     ComputeGradientEvent, ComputeGradientResponse, RuntimeInfo, StoreLocation, Timings,
 };
-use crate::faults::FaultPlan;
+use crate::faults::{Corruption, FaultPlan};
 use crate::{gradient, process_input};
 
 /// Seed of the throwaway initial weights of a freshly built model (always overwritten by
@@ -181,6 +181,11 @@ impl ComputeGradient {
                 source,
             })?;
         let compute_ms = ms(t);
+        if self.faults.corruption == Some(Corruption::Nan)
+            && let Some(first) = self.grad.first_mut()
+        {
+            *first = f32::NAN;
+        }
 
         let t = Instant::now();
         let header = Header::gradient(
@@ -223,8 +228,12 @@ impl ComputeGradient {
             upload_ms,
             "batch gradient written"
         );
+        let gradient_key = match self.faults.corruption {
+            Some(Corruption::WrongKey) => format!("{}.elsewhere", event.gradient_key),
+            _ => event.gradient_key.clone(),
+        };
         Ok(ComputeGradientResponse {
-            gradient_key: event.gradient_key.clone(),
+            gradient_key,
             run_id: ctx.run_id.clone(),
             round: ctx.round,
             rank: ctx.rank,
