@@ -277,7 +277,10 @@ fn wrong_answers_of_functions_are_failed_calls() {
             for (m, reference) in peer.iter().zip(&instance[rank]) {
                 assert_eq!(m.fallback_batches, 2, "{corruption}: {m:?}");
                 assert!(m.train_loss.is_finite(), "{corruption}: {m:?}");
-                assert_eq!(m.weights_hash, reference.weights_hash, "{corruption}: {m:?}");
+                assert_eq!(
+                    m.weights_hash, reference.weights_hash,
+                    "{corruption}: {m:?}"
+                );
             }
         }
     }
