@@ -47,7 +47,7 @@ pub enum GradientError {
     #[error("gradient payload: {0}")]
     Codec(#[from] CodecError),
     /// The gradient holds NaN or infinity: averaging it would poison the weights.
-    #[error("gradient value {index} is {value}: not a finite number")]
+    #[error("gradient value {index} is {value}: not finite")]
     NotFinite {
         /// Index of the first bad value.
         index: usize,

@@ -253,7 +253,7 @@ fn wrong_answers_of_functions_are_failed_calls() {
     // A NaN in the gradient object, a response naming another gradient key: refused, and
     // the round fails (the default) or the peer computes the batch itself.
     for (corruption, says) in [
-        ("nan", "not a finite number"),
+        ("nan", "not finite"),
         ("wrong-key", "does not match the call"),
     ] {
         let failing = dir.path().join(format!("{corruption}-fail"));
