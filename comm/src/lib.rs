@@ -24,5 +24,5 @@ pub use transport::{
     AmqpConfig, AmqpTransport, AnyTransport, Delivery, InProcessHub, InProcessTransport, Transport,
     TransportError,
 };
-pub use url::mask_password;
+pub use url::{mask_password, mask_passwords_in, redact};
 pub use wire::{Header, MessageKind, RunId, WireError, model_fingerprint};

@@ -151,12 +151,18 @@ pub struct ExchangeArgs {
         long,
         value_name = "URL",
         default_value = "peerless-store",
-        env = "PEERLESS_STORE"
+        env = "PEERLESS_STORE",
+        hide_env_values = true
     )]
     pub store: String,
 
     /// RabbitMQ URL (amqp:// or amqps://); without it peers exchange in-process.
-    #[arg(long, value_name = "URL", env = "PEERLESS_BROKER")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PEERLESS_BROKER",
+        hide_env_values = true
+    )]
     pub broker: Option<String>,
 
     /// Name of the run: every peer of one run must use the same, and no other run may
@@ -274,7 +280,12 @@ pub struct ServerlessArgs {
     pub function: String,
 
     /// Custom Lambda endpoint, e.g. an emulator (`cargo lambda watch`).
-    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_LAMBDA")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AWS_ENDPOINT_URL_LAMBDA",
+        hide_env_values = true
+    )]
     pub lambda_endpoint: Option<String>,
 
     /// ARN of the state machine (`--serverless stepfn`).
@@ -282,7 +293,12 @@ pub struct ServerlessArgs {
     pub state_machine_arn: Option<String>,
 
     /// Custom Step Functions endpoint.
-    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_SFN")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AWS_ENDPOINT_URL_SFN",
+        hide_env_values = true
+    )]
     pub sfn_endpoint: Option<String>,
 }
 
@@ -489,7 +505,12 @@ pub struct SplitArgs {
     pub model: Architecture,
 
     /// Target store: a directory, file:///abs/dir or s3://bucket/prefix.
-    #[arg(long, value_name = "URL", env = "PEERLESS_STORE")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PEERLESS_STORE",
+        hide_env_values = true
+    )]
     pub to: String,
 
     /// Also write each peer's training part as K batch objects (for serverless functions).
@@ -513,7 +534,12 @@ pub struct SplitArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct S3Args {
     /// Custom S3 endpoint (S3-compatible servers; path-style addressing is then used).
-    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_S3")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AWS_ENDPOINT_URL_S3",
+        hide_env_values = true
+    )]
     pub s3_endpoint: Option<String>,
 }
 
