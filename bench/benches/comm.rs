@@ -50,6 +50,42 @@ fn main() {
     let s = median_s(repeat, || mean_of_slices(&mut out, &inputs));
     rows.push(("mean of 4 gradients".into(), s, gbps(s)));
 
+    // Signing and verifying one peer's gradient as the round sends it: 8 MiB chunk
+    // messages, each signed (Ed25519 over BLAKE3) and verified under the roster.
+    let keys = tempfile::tempdir().expect("temp dir");
+    peerless_comm::auth::generate(keys.path(), 2).expect("keys");
+    let signer = peerless_comm::Keyring::load(keys.path(), 0, 2).expect("rank 0 key");
+    let verifier = peerless_comm::Keyring::load(keys.path(), 1, 2).expect("rank 1 key");
+    let payload: &[u8] = bytemuck::cast_slice(&grads[0]);
+    let header = peerless_comm::wire::Header::gradient(
+        peerless_comm::RunId::from_name("bench"),
+        0,
+        0,
+        2,
+        0,
+        CodecSpec::None,
+        n as u64,
+    );
+    let mut messages = Vec::new();
+    let s = median_s(repeat, || {
+        messages.clear();
+        peerless_comm::wire::chunk_messages_signed(
+            &header,
+            payload,
+            8 << 20,
+            &mut messages,
+            signer.signer(),
+        );
+    });
+    rows.push(("frame + sign (8 MiB chunks)".into(), s, gbps(s)));
+    let s = median_s(repeat, || {
+        for m in &messages {
+            let decoded = peerless_comm::wire::decode(m).expect("valid");
+            verifier.verify(&decoded).expect("verifies");
+        }
+    });
+    rows.push(("decode + verify (8 MiB chunks)".into(), s, gbps(s)));
+
     for spec in ["none", "qsgd8", "topk:0.01"] {
         let spec: CodecSpec = spec.parse().expect("valid codec");
         let mut codec = spec.build(1);

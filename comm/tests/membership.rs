@@ -201,3 +201,46 @@ async fn dead_rank_is_evicted_and_a_restarted_one_rejoins_with_the_state() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn non_finite_gradients_are_withheld_or_rejected() {
+    let run_id = RunId::random();
+    let timeout = Duration::from_millis(300);
+    let mut peers: Vec<_> = InProcessHub::new(3)
+        .into_endpoints()
+        .into_iter()
+        .map(|t| averager(t, run_id, 3, timeout))
+        .collect();
+    // Rank 1 checks its own gradient and withholds it; rank 2 (an attacker that skips
+    // the check) sends NaN, which the others reject after decoding.
+    let mut bad = peerless_comm::RoundConfig::clone(peers[2].config());
+    bad.check_own = false;
+    let transport = peers.pop().unwrap().into_transport();
+    peers.push(Averager::new(bad, CodecSpec::None.build(0), transport).unwrap());
+    let futures = peers.iter_mut().map(|a| async move {
+        let rank = a.config().rank;
+        let mut g = gradient(u64::from(rank), N);
+        if rank > 0 {
+            g[7] = f32::NAN;
+        }
+        let mut out = vec![0.0; N];
+        let stats = a.average(0, &g, &mut out).await.unwrap();
+        (out, stats)
+    });
+    let outs = futures::future::join_all(futures).await;
+    let (out0, s0) = &outs[0];
+    assert!(
+        s0.rejected.malformed >= 1,
+        "rank 2's NaN gradient: {:?}",
+        s0.rejected
+    );
+    assert_eq!(s0.participants, [0]);
+    assert!(out0.iter().all(|v| v.is_finite()));
+    assert!(outs[1].1.withheld && !outs[0].1.withheld);
+    assert_eq!(
+        outs[1].1.participants,
+        [0],
+        "rank 1 averages the others' only"
+    );
+    assert_eq!(outs[1].0, *out0);
+}
