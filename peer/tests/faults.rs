@@ -13,19 +13,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use assert_cmd::cargo::CommandCargoExt;
-use common::{RoundMetrics, SMALL_TRAINING, peerless, round_metrics, unique};
+use common::{RoundMetrics, SMALL_TRAINING, peer_process, round_metrics, split_synthetic, unique};
 use peerless_testkit::rabbit::RabbitNode;
-
-fn split(store: &Path, peers: usize) {
-    peerless()
-        .args(["data", "split", "--dataset", "synthetic", "--size"])
-        .arg(peers.to_string())
-        .arg("--to")
-        .arg(store)
-        .assert()
-        .success();
-}
 
 /// One peer of a run of `size` over `broker`, with its metrics in `metrics`.
 struct Peer {
@@ -68,10 +57,7 @@ impl Peer {
     }
 
     fn spawn(&self) -> Child {
-        std::process::Command::cargo_bin("peerless")
-            .unwrap()
-            .env("PEERLESS_LOG", "warn")
-            .env_remove("PEERLESS_CONFIG")
+        peer_process()
             .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -145,7 +131,7 @@ fn broker_restart_and_killed_peers_change_nothing_in_the_result() {
     let url = node.url();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    split(&store, 3);
+    split_synthetic(&store, 3);
     let peers = |run_id: &str, extra: &[&str]| -> Vec<Peer> {
         (0..3)
             .map(|r| {
@@ -239,7 +225,7 @@ fn a_killed_peer_rejoins_and_catches_up() {
     let url = node.url();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    split(&store, 4);
+    split_synthetic(&store, 4);
     let run_id = unique("rejoin");
     let peers: Vec<Peer> = (0..4)
         .map(|r| {
@@ -340,7 +326,7 @@ fn a_broker_that_never_comes_back_fails_naming_it_without_the_password() {
     let url = node.url();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    split(&store, 2);
+    split_synthetic(&store, 2);
     let run_id = unique("gone");
     let peers: Vec<Peer> = (0..2)
         .map(|r| {

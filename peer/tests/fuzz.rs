@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use assert_cmd::cargo::CommandCargoExt;
 use bytes::Bytes;
-use common::{RoundMetrics, SMALL_TRAINING, peerless, round_metrics, unique};
+use common::{
+    RoundMetrics, SMALL_TRAINING, peer_process, peerless, round_metrics, split_synthetic, unique,
+};
 use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use peerless_comm::auth::Keyring;
@@ -26,10 +27,7 @@ const PARAMS: u64 = 38_282; // tiny_cnn
 const HOSTILE: usize = 10_000;
 
 fn spawn(store: &Path, keys: &Path, rank: u32, run_id: &str, metrics: &Path) -> Child {
-    std::process::Command::cargo_bin("peerless")
-        .unwrap()
-        .env("PEERLESS_LOG", "warn")
-        .env_remove("PEERLESS_CONFIG")
+    peer_process()
         .args([
             "peer",
             "--size",
@@ -195,19 +193,7 @@ fn ten_thousand_hostile_messages_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let keys = dir.path().join("keys");
-    peerless()
-        .args([
-            "data",
-            "split",
-            "--dataset",
-            "synthetic",
-            "--size",
-            "3",
-            "--to",
-        ])
-        .arg(&store)
-        .assert()
-        .success();
+    split_synthetic(&store, 3);
     peerless()
         .args(["keys", "generate", "--size", "3", "--out"])
         .arg(&keys)

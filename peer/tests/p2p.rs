@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use assert_cmd::cargo::CommandCargoExt;
 use common::{
-    RoundMetrics, peer_metrics, peerless, round_metrics as metrics, training_run, unique,
+    RoundMetrics, peer_metrics, peer_process, peerless, round_metrics as metrics, split_synthetic,
+    training_run, unique,
 };
 use predicates::prelude::*;
 
@@ -156,26 +156,11 @@ fn gradients_larger_than_a_chunk_cross_the_broker_in_pieces() {
 }
 
 fn split(store: &Path, peers: &str) {
-    peerless()
-        .args([
-            "data",
-            "split",
-            "--dataset",
-            "synthetic",
-            "--size",
-            peers,
-            "--to",
-        ])
-        .arg(store)
-        .assert()
-        .success();
+    split_synthetic(store, peers.parse().unwrap());
 }
 
 fn spawn_peer(store: &Path, size: &str, rank: u32, run_id: &str, extra: &[&str]) -> Child {
-    std::process::Command::cargo_bin("peerless")
-        .unwrap()
-        .env("PEERLESS_LOG", "warn")
-        .env_remove("PEERLESS_CONFIG")
+    peer_process()
         .args([
             "peer",
             "--size",

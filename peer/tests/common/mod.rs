@@ -20,6 +20,26 @@ pub fn peerless() -> Command {
     cmd
 }
 
+/// The `peerless` binary as a plain process (to spawn peers side by side and kill them),
+/// with a clean configuration and quiet logs.
+pub fn peer_process() -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("peerless"));
+    cmd.env("PEERLESS_LOG", "warn")
+        .env_remove("PEERLESS_CONFIG");
+    cmd
+}
+
+/// Splits the synthetic dataset for `peers` peers into `store`.
+pub fn split_synthetic(store: &Path, peers: usize) {
+    peerless()
+        .args(["data", "split", "--dataset", "synthetic", "--size"])
+        .arg(peers.to_string())
+        .arg("--to")
+        .arg(store)
+        .assert()
+        .success();
+}
+
 /// The small CNN on synthetic data at learning rate 0.05: what training tests train.
 pub const SMALL_TRAINING: [&str; 6] = [
     "--dataset",

@@ -246,33 +246,20 @@ pub fn check_response(
 ) -> anyhow::Result<()> {
     let ctx = &event.context;
     let mut wrong = Vec::new();
-    if response.gradient_key != event.gradient_key {
-        wrong.push(format!(
-            "gradient key {:?} (asked for {:?})",
-            response.gradient_key, event.gradient_key
-        ));
-    }
-    if response.batch != event.batch {
-        wrong.push(format!(
-            "batch {} (asked for {})",
-            response.batch, event.batch
-        ));
-    }
-    if response.run_id != ctx.run_id {
-        wrong.push(format!(
-            "run {} (asked for {})",
-            response.run_id, ctx.run_id
-        ));
-    }
-    if response.round != ctx.round {
-        wrong.push(format!(
-            "round {} (asked for {})",
-            response.round, ctx.round
-        ));
-    }
-    if response.rank != ctx.rank {
-        wrong.push(format!("rank {} (asked for {})", response.rank, ctx.rank));
-    }
+    let mut differ = |what: &str, got: String, asked: String| {
+        if got != asked {
+            wrong.push(format!("{what} {got} (asked for {asked})"));
+        }
+    };
+    differ(
+        "gradient key",
+        format!("{:?}", response.gradient_key),
+        format!("{:?}", event.gradient_key),
+    );
+    differ("batch", response.batch.to_string(), event.batch.to_string());
+    differ("run", response.run_id.to_string(), ctx.run_id.to_string());
+    differ("round", response.round.to_string(), ctx.round.to_string());
+    differ("rank", response.rank.to_string(), ctx.rank.to_string());
     if !response.loss.is_finite() {
         wrong.push(format!("a loss of {}", response.loss));
     }
