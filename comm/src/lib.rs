@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod average;
 pub mod codec;
 pub mod membership;
@@ -15,6 +16,7 @@ pub mod transport;
 pub mod url;
 pub mod wire;
 
+pub use aggregate::{Aggregation, AggregationError, Aggregator};
 pub use codec::{Codec, CodecError, CodecSpec};
 pub use membership::{Identity, JoinRequest, Start};
 pub use round::{Averager, OnTimeout, Rejections, RoundConfig, RoundError, RoundStats};

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::aggregate::{Aggregation, Aggregator};
 use crate::average;
 use crate::codec::{Codec, CodecError};
 use crate::transport::{Transport, TransportError};
@@ -88,6 +89,11 @@ pub struct RoundConfig {
     pub evict_after: u32,
     /// This process's incarnation, sent in every header (see [`crate::membership`]).
     pub incarnation: u64,
+    /// How the contributions are combined (`--aggregation`); peers must agree.
+    pub aggregation: Aggregation,
+    /// Each contribution is scaled to at most this L2 norm before aggregating
+    /// (`--clip-norm`); peers must agree.
+    pub clip_norm: Option<f32>,
 }
 
 impl RoundConfig {
@@ -112,6 +118,8 @@ impl RoundConfig {
             on_timeout: OnTimeout::Fail,
             evict_after: 2,
             incarnation: rand::random(),
+            aggregation: Aggregation::Mean,
+            clip_norm: None,
         }
     }
 }
@@ -317,6 +325,7 @@ pub struct Averager<T> {
     outgoing: Vec<Bytes>,
     inbox: Inbox,
     compute_micros: u64,
+    aggregator: Aggregator,
 }
 
 impl<T> fmt::Debug for Averager<T> {
@@ -347,6 +356,9 @@ impl<T: Transport> Averager<T> {
                 config.max_chunk_bytes
             )));
         }
+        if let Some(c) = config.clip_norm {
+            crate::aggregate::check_clip_norm(c).map_err(|e| RoundError::Config(e.to_string()))?;
+        }
         let inbox = Inbox::new(config.world_size as usize);
         Ok(Averager {
             config,
@@ -356,6 +368,7 @@ impl<T: Transport> Averager<T> {
             outgoing: Vec::new(),
             inbox,
             compute_micros: 0,
+            aggregator: Aggregator::new(),
         })
     }
 
@@ -454,6 +467,7 @@ impl<T: Transport> Averager<T> {
             outgoing,
             inbox,
             compute_micros,
+            aggregator,
         } = self;
         let config: &RoundConfig = config;
 
@@ -568,15 +582,31 @@ impl<T: Transport> Averager<T> {
         let own_rank = config.rank;
         let own = encoded.as_slice();
         let codec = codec.as_ref();
-        average::mean_into(out, contributors.len(), |source, start, block, mode| {
+        let payload = |source: usize| {
             let rank = contributors[source];
-            let payload = if rank == own_rank {
+            if rank == own_rank {
                 own
             } else {
                 slots[rank as usize].payload()
-            };
-            codec.accumulate(payload, n, start, block, mode);
-        });
+            }
+        };
+        if config.aggregation.is_mean() && config.clip_norm.is_none() {
+            // The streaming mean: decoded straight into the accumulator.
+            average::mean_into(out, contributors.len(), |source, start, block, mode| {
+                codec.accumulate(payload(source), n, start, block, mode);
+            });
+        } else {
+            aggregator.aggregate(
+                config.aggregation,
+                config.clip_norm,
+                contributors.len(),
+                out,
+                |source, start, block| {
+                    let mode = crate::codec::Accumulate::Assign;
+                    codec.accumulate(payload(source), n, start, block, mode);
+                },
+            );
+        }
         stats.contributors = contributors.len() as u32;
         stats.participants = contributors.clone();
         stats.peer_compute = vec![None; slots.len()];

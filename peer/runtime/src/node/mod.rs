@@ -193,6 +193,8 @@ impl Node {
         round_config.on_timeout = x.on_timeout;
         round_config.max_chunk_bytes = x.max_chunk_bytes;
         round_config.evict_after = x.evict_after;
+        round_config.aggregation = x.aggregation;
+        round_config.clip_norm = x.clip_norm;
         let codec = x.codec.build(t.seed ^ u64::from(config.rank));
         let mut averager = Averager::new(round_config, codec, transport)?;
 
@@ -288,6 +290,10 @@ impl Node {
                 .compute(&work, &model, &weights, fastest, &mut grad)
                 .await
                 .with_context(|| format!("peer {}: computing round {round}", config.rank))?;
+            // Any check of the own gradient (e.g. that it is finite) belongs above this line:
+            // the attack corrupts what is sent after those checks, on purpose, so a `nan`
+            // attacker still sends its NaN gradient and the other peers' defences are tested.
+            config.attack.apply(&mut grad, t.seed, config.rank, round);
             averager.set_compute_time(Duration::from_secs_f64(report.compute_time_s));
             m.record_compute(report);
             let stats = averager
