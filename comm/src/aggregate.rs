@@ -212,8 +212,12 @@ pub struct Aggregator {
     scales: Vec<f32>,
 }
 
+/// Elements of each contribution sorted together: 4 KiB per contribution, so the blocks
+/// of a few contributions stay in L1 while the network runs over them.
+const LANE_BLOCK: usize = 1 << 10;
+
 thread_local! {
-    /// Each thread's decoded blocks (one [`CACHE_BLOCK`] per contribution).
+    /// Each thread's decoded blocks (one [`LANE_BLOCK`] per contribution).
     static LANES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -258,21 +262,24 @@ impl Aggregator {
         };
         let scales = &self.scales;
         average::for_each_block(out, |start, block| {
-            with_lanes(sources * CACHE_BLOCK, |lanes| {
-                let len = block.len();
-                let lanes = &mut lanes[..sources * len];
-                for (source, lane) in lanes.chunks_exact_mut(len).enumerate() {
-                    fill(source, start, lane);
-                    let scale = scales[source];
-                    if scale != 1.0 {
-                        lane.iter_mut().for_each(|x| *x *= scale);
+            with_lanes(sources * LANE_BLOCK, |lanes| {
+                for (i, block) in block.chunks_mut(LANE_BLOCK).enumerate() {
+                    let start = start + i * LANE_BLOCK;
+                    let len = block.len();
+                    let lanes = &mut lanes[..sources * len];
+                    for (source, lane) in lanes.chunks_exact_mut(len).enumerate() {
+                        fill(source, start, lane);
+                        let scale = scales[source];
+                        if scale != 1.0 {
+                            lane.iter_mut().for_each(|x| *x *= scale);
+                        }
                     }
-                }
-                if aggregation.is_mean() {
-                    reduce(lanes, len, 0, sources, block);
-                } else {
-                    sort_lanes(lanes, len, network);
-                    reduce(lanes, len, trim, sources - trim, block);
+                    if aggregation.is_mean() {
+                        reduce(lanes, len, 0, sources, block);
+                    } else {
+                        sort_lanes(lanes, len, network, trim..sources - trim);
+                        reduce(lanes, len, trim, sources - trim, block);
+                    }
                 }
             })
         });
@@ -361,8 +368,14 @@ fn reduce(lanes: &[f32], len: usize, from: usize, to: usize, block: &mut [f32]) 
 
 /// Sorts each coordinate across the lanes (`lanes[s * len + e]` is contribution `s`,
 /// element `e`) by [`f32::total_cmp`], applying the network's compare-exchanges to whole
-/// lanes at once on integer keys (which the compiler vectorises).
-fn sort_lanes(lanes: &mut [f32], len: usize, network: &[(usize, usize)]) {
+/// lanes at once on integer keys (which the compiler vectorises). Only the lanes in
+/// `keep` are turned back into `f32`s (the others are left as keys).
+fn sort_lanes(
+    lanes: &mut [f32],
+    len: usize,
+    network: &[(usize, usize)],
+    keep: std::ops::Range<usize>,
+) {
     let keys: &mut [i32] = bytemuck::cast_slice_mut(lanes);
     keys.iter_mut().for_each(|k| *k = total_order_key(*k));
     for &(i, j) in network {
@@ -375,7 +388,9 @@ fn sort_lanes(lanes: &mut [f32], len: usize, network: &[(usize, usize)]) {
             *y = p.max(q);
         }
     }
-    keys.iter_mut().for_each(|k| *k = total_order_key(*k));
+    keys[keep.start * len..keep.end * len]
+        .iter_mut()
+        .for_each(|k| *k = total_order_key(*k));
 }
 
 /// The bits of an `f32` as an `i32` ordered like [`f32::total_cmp`]; applying it twice
