@@ -44,7 +44,10 @@ fn main() {
         ("median", Some((Aggregation::Median, None))),
         ("trimmed-mean:1", Some((Aggregation::TrimmedMean(1), None))),
         ("mean, clip-norm 1", Some((Aggregation::Mean, Some(1.0)))),
-        ("median, clip-norm 1", Some((Aggregation::Median, Some(1.0)))),
+        (
+            "median, clip-norm 1",
+            Some((Aggregation::Median, Some(1.0))),
+        ),
     ];
     let mut run = |rule: &Rule| {
         let start = Instant::now();
@@ -87,11 +90,7 @@ fn main() {
         "rule", "median s", "GB/s in", "x mean: median [min, max]"
     );
     for (i, rule) in rules.iter().enumerate() {
-        let ratios: Vec<f64> = times[i]
-            .iter()
-            .zip(&times[0])
-            .map(|(t, m)| t / m)
-            .collect();
+        let ratios: Vec<f64> = times[i].iter().zip(&times[0]).map(|(t, m)| t / m).collect();
         let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = ratios.iter().copied().fold(0.0, f64::max);
         let s = median(&times[i]);

@@ -24,7 +24,8 @@ use rayon::prelude::*;
 use crate::average::{self, CACHE_BLOCK, PAR_BLOCK};
 
 /// The accepted spellings of an aggregation, quoted in parse errors.
-pub const VALID_FORMS: &str = "`mean`, `median`, `trimmed-mean:K` with K >= 1 (e.g. `trimmed-mean:1`)";
+pub const VALID_FORMS: &str =
+    "`mean`, `median`, `trimmed-mean:K` with K >= 1 (e.g. `trimmed-mean:1`)";
 
 /// How a round combines its contributions, coordinate by coordinate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -334,9 +335,13 @@ pub fn aggregate_slices(
     for (i, input) in inputs.iter().enumerate() {
         assert_eq!(input.len(), out.len(), "input {i} has the wrong length");
     }
-    aggregator.aggregate(aggregation, clip_norm, inputs.len(), out, |s, start, block| {
-        block.copy_from_slice(&inputs[s][start..start + block.len()])
-    });
+    aggregator.aggregate(
+        aggregation,
+        clip_norm,
+        inputs.len(),
+        out,
+        |s, start, block| block.copy_from_slice(&inputs[s][start..start + block.len()]),
+    );
 }
 
 /// Runs `f` on this thread's scratch of at least `len` elements (a fresh buffer if the
@@ -671,7 +676,10 @@ mod tests {
         let out = check(Aggregation::Median, None, &inputs);
         for (i, o) in out.iter().enumerate() {
             let lo = honest.iter().map(|h| h[i]).fold(f32::INFINITY, f32::min);
-            let hi = honest.iter().map(|h| h[i]).fold(f32::NEG_INFINITY, f32::max);
+            let hi = honest
+                .iter()
+                .map(|h| h[i])
+                .fold(f32::NEG_INFINITY, f32::max);
             assert!(*o >= lo && *o <= hi);
         }
     }

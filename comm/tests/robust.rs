@@ -71,7 +71,10 @@ async fn four_peers_with_the_median_agree_on_the_reference_median() {
         let honest = [grads[0][i], grads[1][i], grads[3][i]];
         let lo = honest.iter().copied().fold(f32::INFINITY, f32::min);
         let hi = honest.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        assert!(*o >= lo && *o <= hi, "element {i}: {o} outside [{lo}, {hi}]");
+        assert!(
+            *o >= lo && *o <= hi,
+            "element {i}: {o} outside [{lo}, {hi}]"
+        );
     }
 }
 
@@ -85,7 +88,14 @@ async fn trimmed_mean_and_clipping_agree_with_every_codec() {
         CodecSpec::top_k(0.05).unwrap(),
     ] {
         round_with(Aggregation::TrimmedMean(1), None, codec, &grads, 1 << 20).await;
-        round_with(Aggregation::TrimmedMean(7), Some(0.5), codec, &grads, 1 << 20).await;
+        round_with(
+            Aggregation::TrimmedMean(7),
+            Some(0.5),
+            codec,
+            &grads,
+            1 << 20,
+        )
+        .await;
         // Clipping alone runs the mean over clipped gradients.
         round_with(Aggregation::Mean, Some(0.5), codec, &grads, 1 << 20).await;
     }

@@ -151,7 +151,11 @@ pub struct ExchangeArgs {
     /// How each round combines the peers' gradients, coordinate by coordinate: mean,
     /// median, or trimmed-mean:K (drop the K lowest and highest values). Every peer must
     /// use the same.
-    #[arg(long, default_value = "mean", value_name = "mean|median|trimmed-mean:K")]
+    #[arg(
+        long,
+        default_value = "mean",
+        value_name = "mean|median|trimmed-mean:K"
+    )]
     pub aggregation: Aggregation,
 
     /// Scale each gradient to an L2 norm of at most C before aggregating.
@@ -299,7 +303,11 @@ pub struct PeerArgs {
 
     /// Corrupt this peer's own gradient before sending it, to test robust aggregation:
     /// none, sign-flip, scale:F, noise:SIGMA (seeded by --seed, rank and round) or nan.
-    #[arg(long, default_value = "none", value_name = "none|sign-flip|scale:F|noise:SIGMA|nan")]
+    #[arg(
+        long,
+        default_value = "none",
+        value_name = "none|sign-flip|scale:F|noise:SIGMA|nan"
+    )]
     pub attack: Attack,
 
     #[command(flatten)]

@@ -24,13 +24,18 @@ fn attacked_run(aggregation: &str) -> Vec<Vec<RoundMetrics>> {
         .args(["--aggregation", aggregation])
         .assert()
         .success()
-        .stdout(predicate::str::contains("identical").and(predicate::str::contains("DIFFER").not()));
+        .stdout(
+            predicate::str::contains("identical").and(predicate::str::contains("DIFFER").not()),
+        );
     let peers = peer_metrics(&mdir, PEERS);
     for (rank, p) in peers.iter().enumerate() {
         assert_eq!(p.len(), ROUNDS, "{aggregation}: peer {rank} rounds");
     }
     for round in 0..ROUNDS {
-        let hashes: BTreeSet<_> = peers.iter().map(|p| p[round].weights_hash.as_str()).collect();
+        let hashes: BTreeSet<_> = peers
+            .iter()
+            .map(|p| p[round].weights_hash.as_str())
+            .collect();
         assert_eq!(hashes.len(), 1, "{aggregation} round {round}: {hashes:?}");
     }
     peers

@@ -161,7 +161,14 @@ mod tests {
             assert_eq!(a.to_string(), text);
         }
         for bad in [
-            "", "flip", "scale:", "scale:inf", "scale:x", "noise:0", "noise:-1", "noise:nan",
+            "",
+            "flip",
+            "scale:",
+            "scale:inf",
+            "scale:x",
+            "noise:0",
+            "noise:-1",
+            "noise:nan",
         ] {
             let e = bad.parse::<Attack>().unwrap_err();
             assert!(e.to_string().contains("sign-flip"), "{bad}: {e}");
@@ -170,7 +177,9 @@ mod tests {
 
     #[test]
     fn attacks_corrupt_as_named_and_noise_is_reproducible() {
-        let grad: Vec<f32> = (0..(3 * NOISE_BLOCK + 5)).map(|i| i as f32 * 1e-3).collect();
+        let grad: Vec<f32> = (0..(3 * NOISE_BLOCK + 5))
+            .map(|i| i as f32 * 1e-3)
+            .collect();
         let applied = |a: Attack, round| {
             let mut g = grad.clone();
             a.apply(&mut g, 7, 1, round);

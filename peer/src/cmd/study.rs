@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use peerless_bench::study::{
-    Deployment, DeploymentRun, Prices, StudyConfig, project, write_report,
-};
+use peerless_bench::study::{DeploymentRun, Prices, StudyConfig, StudyRun, project, write_report};
 use peerless_data::StoreOptions;
 use peerless_models::{DeviceChoice, select_device};
 use peerless_runtime::{
@@ -83,8 +81,8 @@ fn run_study(
         .clone()
         .unwrap_or_else(|| out.join("store").display().to_string());
     let mut runs = Vec::new();
-    for &deployment in &config.deployments {
-        let name = deployment.name();
+    for study_run in config.runs() {
+        let name = study_run.name.as_str();
         let dir = out.join(name);
         let wall = match finished(&dir)? {
             Some(wall) => {
@@ -98,7 +96,7 @@ fn run_study(
                 }
                 eprintln!("study: running {name} ...");
                 let start = Instant::now();
-                let run = run_config(config, deployment, &store, &dir);
+                let run = run_config(config, &study_run, &store, &dir);
                 let device = select_device(device)?;
                 run_local(&run, &device).with_context(|| {
                     format!(
@@ -139,14 +137,15 @@ fn finished(dir: &Path) -> Result<Option<f64>> {
     Ok(Some(done.wall_time_s))
 }
 
-/// The local run of one deployment: the same job everywhere, only the serverless settings
-/// differ.
+/// The local run of one deployment: the same job everywhere, only the serverless settings,
+/// the aggregation and the attacks differ.
 fn run_config(
     config: &StudyConfig,
-    deployment: Deployment,
+    study_run: &StudyRun,
     store: &str,
     dir: &Path,
 ) -> LocalRunConfig {
+    let deployment = study_run.deployment;
     let model = config.model.expect("per_model() sets one model per study");
     let rpe = config.rounds_per_epoch as u32;
     let training = TrainingConfig {
@@ -179,7 +178,7 @@ fn run_config(
         run_id: Some(format!(
             "study-{}-{}-{}",
             config.name,
-            deployment.name(),
+            study_run.name,
             std::process::id()
         )),
         metrics_dir: dir.to_path_buf(),
@@ -200,12 +199,25 @@ fn run_config(
             eval_limit: config.eval_limit,
             rounds_per_epoch: rpe,
             serverless,
+            aggregation: study_run.aggregation,
+            clip_norm: config.clip_norm,
             ..ExchangeConfig::default()
         },
         capabilities: (0..config.peers.len())
             .map(|r| Capability {
                 speed: config.peer_speed(r),
                 threads: config.peers[r].threads,
+            })
+            .collect(),
+        attacks: config
+            .peers
+            .iter()
+            .map(|p| {
+                if study_run.attacked {
+                    p.attack
+                } else {
+                    Default::default()
+                }
             })
             .collect(),
     }
