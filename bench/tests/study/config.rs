@@ -392,10 +392,12 @@ fn the_deployments_key_is_also_read_under_its_earlier_name() {
 #[test]
 fn attacks_and_aggregations_are_typed_validated_and_planned_as_runs() {
     let attacked = format!("{MINIMAL}attack = \"scale:-10\"\n");
-    let c = StudyConfig::from_toml_str(&with(&format!(
-        "aggregation = \"median\"\ncompare_aggregations = [\"mean\", \"trimmed-mean:1\"]\n\
+    let c = StudyConfig::from_toml_str(
+        &(format!(
+            "aggregation = \"median\"\ncompare_aggregations = [\"mean\", \"trimmed-mean:1\"]\n\
          clip_norm = 5.0\ndeployments = [\"instance\"]\n{attacked}"
-    )))
+        )),
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.aggregation, Aggregation::Median);
     assert_eq!(c.peers[1].attack, Attack::Scale(-10.0));
