@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod auth;
 pub mod average;
 pub mod codec;
 pub mod membership;
@@ -17,6 +18,7 @@ pub mod url;
 pub mod wire;
 
 pub use aggregate::{Aggregation, AggregationError, Aggregator};
+pub use auth::Keyring;
 pub use codec::{Codec, CodecError, CodecSpec};
 pub use membership::{Identity, JoinRequest, Start};
 pub use round::{Averager, OnTimeout, Rejections, RoundConfig, RoundError, RoundStats};
@@ -24,5 +26,5 @@ pub use transport::{
     AmqpConfig, AmqpTransport, AnyTransport, Delivery, InProcessHub, InProcessTransport, Transport,
     TransportError,
 };
-pub use url::mask_password;
+pub use url::{mask_password, mask_passwords_in, redact};
 pub use wire::{Header, MessageKind, RunId, WireError, model_fingerprint};

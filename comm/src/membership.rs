@@ -151,7 +151,13 @@ impl<T: Transport> Averager<T> {
     fn control_messages(&self, kind: MessageKind, round: u64, payload: &[u8]) -> Vec<Bytes> {
         let mut out = Vec::new();
         let header = self.control_header(kind, round);
-        wire::chunk_messages(&header, payload, self.config().max_chunk_bytes, &mut out);
+        wire::chunk_messages_signed(
+            &header,
+            payload,
+            self.config().max_chunk_bytes,
+            &mut out,
+            self.config().keyring.signer(),
+        );
         out
     }
 
@@ -270,6 +276,10 @@ impl<T: Transport> Averager<T> {
             if h.run_id != run_id || h.sender >= world || h.sender == rank {
                 continue;
             }
+            if let Err(reason) = self.config().keyring.verify(&message) {
+                tracing::warn!(sender = h.sender, %reason, "dropped a message while starting");
+                continue;
+            }
             match h.kind {
                 MessageKind::Gradient => {
                     self.keep_early(h.round, bytes.clone());
@@ -301,6 +311,12 @@ impl<T: Transport> Averager<T> {
                     }
                 }
                 MessageKind::State => {
+                    // Weights, statistics, up to two optimizer vectors and a codec
+                    // residual: never more than this for a gradient of this size.
+                    let limit = 24 * self.config().element_count as u64 + (16 << 20);
+                    if h.total_payload_len > limit {
+                        continue;
+                    }
                     let assembly = state.get_or_insert_with(|| StateAssembly::new(h.sender, h));
                     if let Some(payload) = assembly.add(h, message.payload)
                         && let Some((head, app)) = split_state(&payload)

@@ -1,19 +1,29 @@
 //! One averaging round: publish the local gradient, collect exactly one
 //! gradient per other rank, and average them all in rank order.
 //!
-//! Validation of every incoming message, in this order:
-//! 1. undecodable bytes are rejected and counted (`malformed`, or
-//!    `bad_checksum` for a corrupted header or payload);
-//! 2. another run's messages are ignored and counted (`foreign_run`);
-//! 3. other message kinds are ignored and counted (`other_kind`);
-//! 4. a different world size, model fingerprint, element count or codec is
-//!    refused with an error naming both values;
-//! 5. an invalid or own sender rank is counted (`bad_sender`);
-//! 6. an older round is ignored and counted (`stale_round`); a later round is
-//!    kept for that round (`buffered_future`); a chunk seen twice is counted
+//! Validation of every incoming message, in this order. No message can end a
+//! round or a run: each one that fails a check is acknowledged, dropped,
+//! counted by reason in [`Rejections`] and logged once per sender and reason.
+//! 1. undecodable bytes are rejected (`malformed`, or `bad_checksum` for a
+//!    corrupted header or payload);
+//! 2. another run's messages are ignored (`foreign_run`);
+//! 3. an invalid or own sender rank (`bad_sender`); in an authenticated run a
+//!    message that does not verify under its claimed sender's key
+//!    (`unauthenticated`);
+//! 4. membership messages go to [`crate::membership`]; other kinds are ignored
+//!    (`other_kind`);
+//! 5. a different world size, model fingerprint, element count or codec
+//!    (`mismatched`: peers configured differently are refused when they meet,
+//!    so only a forgery or a leftover gets here);
+//! 6. a message of an earlier process of its rank (`old_incarnation`); an
+//!    older round (`stale_round`); a round beyond the small window of rounds
+//!    kept ahead (`far_future`); a later round within it is kept
+//!    (`buffered_future`); a rank not taking part (`not_member`);
+//! 7. sizes and chunk layout are checked against the expected gradient size
+//!    before anything is allocated (`malformed`); a chunk seen twice
 //!    (`duplicate`);
-//! 7. a complete payload that its codec rejects is counted (`malformed`) and
-//!    its rank stays missing.
+//! 8. a complete payload that its codec rejects, NaN and infinity included,
+//!    is counted (`malformed`) and its rank stays missing.
 //!
 //! The event loop only waits on the transport and on the round's deadline:
 //! no sleeping, no polling.
@@ -24,7 +34,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use crate::aggregate::{Aggregation, Aggregator};
+use crate::auth::Keyring;
 use crate::average;
 use crate::codec::{Codec, CodecError};
 use crate::transport::{Transport, TransportError};
@@ -89,6 +103,12 @@ pub struct RoundConfig {
     pub evict_after: u32,
     /// This process's incarnation, sent in every header (see [`crate::membership`]).
     pub incarnation: u64,
+    /// This peer's key and the run's roster: messages are signed and checked
+    /// when it has them ([`crate::auth`]).
+    pub keyring: Arc<Keyring>,
+    /// Refuse to send a local gradient holding NaN or infinity (on by default;
+    /// only attack simulations turn it off).
+    pub check_own: bool,
     /// How the contributions are combined (`--aggregation`); peers must agree.
     pub aggregation: Aggregation,
     /// Each contribution is scaled to at most this L2 norm before aggregating
@@ -118,6 +138,8 @@ impl RoundConfig {
             on_timeout: OnTimeout::Fail,
             evict_after: 2,
             incarnation: rand::random(),
+            keyring: Arc::new(Keyring::none()),
+            check_own: true,
             aggregation: Aggregation::Mean,
             clip_norm: None,
         }
@@ -146,6 +168,12 @@ pub struct Rejections {
     pub old_incarnation: u64,
     /// Sent by a rank that is not taking part (evicted, not yet rejoined).
     pub not_member: u64,
+    /// Not signed by the claimed sender's key (authenticated runs).
+    pub unauthenticated: u64,
+    /// Another world size, model, gradient length or codec.
+    pub mismatched: u64,
+    /// A round too far ahead to be a real peer's.
+    pub far_future: u64,
 }
 
 impl Rejections {
@@ -160,6 +188,9 @@ impl Rejections {
             + self.other_kind
             + self.old_incarnation
             + self.not_member
+            + self.unauthenticated
+            + self.mismatched
+            + self.far_future
     }
 }
 
@@ -179,6 +210,9 @@ pub struct RoundStats {
     /// Time the transport spent reconnecting during this round (the deadline was
     /// extended by it).
     pub outage: Duration,
+    /// This peer's own gradient held NaN or infinity: it was not sent, and the
+    /// round averaged the other peers' gradients only.
+    pub withheld: bool,
     /// Bytes published (headers included).
     pub bytes_sent: u64,
     /// Messages published.
@@ -232,48 +266,6 @@ pub enum RoundError {
         round: u64,
         /// The configured timeout.
         timeout: Duration,
-    },
-    /// A peer was started with a different number of peers.
-    #[error("rank {rank} runs with world size {theirs}, this peer with {ours}")]
-    WorldSizeMismatch {
-        /// The sender.
-        rank: u32,
-        /// This peer's value.
-        ours: u32,
-        /// The sender's value.
-        theirs: u32,
-    },
-    /// A peer trains a different model.
-    #[error(
-        "rank {rank} trains a different model: fingerprint {theirs:#018x}, this peer {ours:#018x}"
-    )]
-    FingerprintMismatch {
-        /// The sender.
-        rank: u32,
-        /// This peer's value.
-        ours: u64,
-        /// The sender's value.
-        theirs: u64,
-    },
-    /// A peer's gradient has a different length.
-    #[error("rank {rank} sends gradients of {theirs} elements, this peer has {ours}")]
-    ElementCountMismatch {
-        /// The sender.
-        rank: u32,
-        /// This peer's value.
-        ours: u64,
-        /// The sender's value.
-        theirs: u64,
-    },
-    /// A peer uses another codec.
-    #[error("rank {rank} encodes with codec {theirs}, this peer with {ours}")]
-    CodecMismatch {
-        /// The sender.
-        rank: u32,
-        /// This peer's codec.
-        ours: String,
-        /// The sender's codec.
-        theirs: String,
     },
     /// The caller passed buffers of the wrong length.
     #[error("{what} has {got} elements, the round expects {expected}")]
@@ -359,7 +351,7 @@ impl<T: Transport> Averager<T> {
         if let Some(c) = config.clip_norm {
             crate::aggregate::check_clip_norm(c).map_err(|e| RoundError::Config(e.to_string()))?;
         }
-        let inbox = Inbox::new(config.world_size as usize);
+        let inbox = Inbox::new(config.world_size as usize, config.element_count);
         Ok(Averager {
             config,
             codec,
@@ -472,7 +464,20 @@ impl<T: Transport> Averager<T> {
         let config: &RoundConfig = config;
 
         let started = Instant::now();
-        codec.encode(local, encoded).map_err(RoundError::Encode)?;
+        let withheld = config.check_own && crate::codec::first_non_finite(local).is_some();
+        if withheld {
+            let (index, value) = crate::codec::first_non_finite(local).unwrap_or((0, 0.0));
+            tracing::error!(
+                round,
+                index,
+                %value,
+                "this peer's gradient is not finite: not sending it, averaging the others'"
+            );
+            stats.withheld = true;
+            encoded.clear();
+        } else {
+            codec.encode(local, encoded).map_err(RoundError::Encode)?;
+        }
         let header = Header {
             compute_micros: *compute_micros,
             incarnation: config.incarnation,
@@ -487,7 +492,15 @@ impl<T: Transport> Averager<T> {
             )
         };
         outgoing.clear();
-        wire::chunk_messages(&header, encoded, config.max_chunk_bytes, outgoing);
+        if !withheld {
+            wire::chunk_messages_signed(
+                &header,
+                encoded,
+                config.max_chunk_bytes,
+                outgoing,
+                config.keyring.signer(),
+            );
+        }
         stats.messages_sent = outgoing.len() as u64;
         stats.bytes_sent = outgoing.iter().map(|m| m.len() as u64).sum();
         stats.encode_time = started.elapsed();
@@ -507,6 +520,9 @@ impl<T: Transport> Averager<T> {
         let outgoing = &*outgoing;
         let transport = &*transport;
         let publish = async {
+            if outgoing.is_empty() {
+                return Ok(Duration::ZERO);
+            }
             loop {
                 let deadline = deadline_now();
                 match tokio::time::timeout_at(deadline, transport.publish(outgoing)).await {
@@ -576,12 +592,15 @@ impl<T: Transport> Averager<T> {
         }
 
         let decode_start = Instant::now();
-        inbox.collect_contributors(config.rank);
+        inbox.collect_contributors(config.rank, !withheld);
         let contributors = &inbox.contributors;
         let slots = &inbox.slots;
         let own_rank = config.rank;
         let own = encoded.as_slice();
         let codec = codec.as_ref();
+        if contributors.is_empty() {
+            out.fill(0.0);
+        }
         let payload = |source: usize| {
             let rank = contributors[source];
             if rank == own_rank {
@@ -676,6 +695,11 @@ pub(crate) struct Inbox {
     pub(crate) members: Members,
     /// Membership messages (hellos, joins) kept for [`crate::membership`].
     pub(crate) control: Vec<Bytes>,
+    /// `(sender, reason)` pairs already logged.
+    logged: HashSet<(u32, &'static str)>,
+    /// Bytes held in `pending`, and the most it may hold.
+    pending_bytes: usize,
+    max_pending_bytes: usize,
 }
 
 /// Most distinct future rounds kept: a peer is at most a round or two ahead,
@@ -683,24 +707,36 @@ pub(crate) struct Inbox {
 const MAX_PENDING_ROUNDS: usize = 8;
 
 impl Inbox {
-    fn new(world_size: usize) -> Self {
+    fn new(world_size: usize, element_count: usize) -> Self {
         Inbox {
             slots: (0..world_size).map(|_| Slot::default()).collect(),
             pending: BTreeMap::new(),
             contributors: Vec::with_capacity(world_size),
             members: Members::new(world_size),
             control: Vec::new(),
+            logged: HashSet::new(),
+            pending_bytes: 0,
+            // Every other peer's gradient for each round of the window, with room
+            // for chunk headers.
+            max_pending_bytes: (FUTURE_WINDOW as usize + 1)
+                * world_size
+                * (8 * element_count + 8 + (1 << 20)),
         }
     }
 
     /// Keeps a gradient message of a later round (or any round, before the
     /// first round is known), dropping the oldest kept rounds beyond the cap.
     pub(crate) fn keep(&mut self, round: u64, bytes: Bytes) -> u64 {
+        if self.pending_bytes + bytes.len() > self.max_pending_bytes {
+            return 1;
+        }
+        self.pending_bytes += bytes.len();
         self.pending.entry(round).or_default().push(bytes);
         let mut dropped = 0;
         while self.pending.len() > MAX_PENDING_ROUNDS {
             if let Some((_, old)) = self.pending.pop_first() {
                 dropped += old.len() as u64;
+                self.pending_bytes -= old.iter().map(Bytes::len).sum::<usize>();
             }
         }
         dropped
@@ -712,10 +748,13 @@ impl Inbox {
         let stale: usize = self.pending.values().map(Vec::len).sum();
         stats.rejected.stale_round += stale as u64;
         self.pending = later;
+        self.pending_bytes = self.pending.values().flatten().map(Bytes::len).sum();
     }
 
     fn take_pending(&mut self, round: u64) -> Vec<Bytes> {
-        self.pending.remove(&round).unwrap_or_default()
+        let taken = self.pending.remove(&round).unwrap_or_default();
+        self.pending_bytes -= taken.iter().map(Bytes::len).sum::<usize>();
+        taken
     }
 
     fn all_arrived(&self, own_rank: u32, round: u64) -> bool {
@@ -746,17 +785,28 @@ impl Inbox {
         self.members.after_round(config)
     }
 
-    fn collect_contributors(&mut self, own_rank: u32) {
+    fn collect_contributors(&mut self, own_rank: u32, include_own: bool) {
         self.contributors.clear();
         for rank in 0..self.slots.len() as u32 {
-            if rank == own_rank || self.slots[rank as usize].complete {
+            if (rank == own_rank && include_own) || self.slots[rank as usize].complete {
                 self.contributors.push(rank);
             }
         }
     }
 
-    /// Validates one message and files it; errors only for peers that cannot
-    /// take part in this run at all.
+    /// Logs a dropped message once per sender and reason.
+    fn note(&mut self, sender: u32, reason: &'static str, detail: impl fmt::Display) {
+        if self.logged.insert((sender, reason)) {
+            tracing::warn!(
+                sender,
+                reason,
+                "dropped a message ({detail}); further ones like it are only counted"
+            );
+        }
+    }
+
+    /// Validates one message and files it. Never fails for what a message
+    /// holds: a bad message is counted and dropped.
     fn handle(
         &mut self,
         bytes: &Bytes,
@@ -765,36 +815,47 @@ impl Inbox {
         codec: &dyn Codec,
         stats: &mut RoundStats,
     ) -> Result<(), RoundError> {
+        const UNKNOWN: u32 = u32::MAX;
         let message = match wire::decode(bytes) {
             Ok(message) => message,
             Err(error @ (WireError::PayloadChecksum { .. } | WireError::HeaderChecksum { .. })) => {
-                tracing::warn!(%error, "rejected a corrupted message");
+                self.note(UNKNOWN, "checksum", &error);
                 stats.rejected.bad_checksum += 1;
                 return Ok(());
             }
             Err(error) => {
-                tracing::warn!(%error, "rejected an invalid message");
+                self.note(UNKNOWN, "malformed", &error);
                 stats.rejected.malformed += 1;
                 return Ok(());
             }
         };
         let h = &message.header;
         if h.run_id != config.run_id {
-            tracing::debug!(run = %h.run_id, "ignored a message of another run");
             stats.rejected.foreign_run += 1;
+            self.note(UNKNOWN, "foreign run", format_args!("run {}", h.run_id));
+            return Ok(());
+        }
+        if h.sender >= config.world_size || h.sender == config.rank {
+            stats.rejected.bad_sender += 1;
+            self.note(
+                UNKNOWN,
+                "bad sender",
+                format_args!("sender rank {}", h.sender),
+            );
+            return Ok(());
+        }
+        if let Err(reason) = config.keyring.verify(&message) {
+            stats.rejected.unauthenticated += 1;
+            self.note(h.sender, "unauthenticated", reason);
             return Ok(());
         }
         match h.kind {
             MessageKind::Gradient => {}
             MessageKind::Hello | MessageKind::Join => {
-                if h.sender < config.world_size && h.sender != config.rank {
-                    if h.kind == MessageKind::Join {
-                        crate::membership::apply_join(&mut self.members, message.payload);
-                    }
-                    self.control.push(bytes.clone());
-                } else {
-                    stats.rejected.bad_sender += 1;
+                if h.kind == MessageKind::Join {
+                    crate::membership::apply_join(&mut self.members, message.payload);
                 }
+                self.control.push(bytes.clone());
                 return Ok(());
             }
             _ => {
@@ -802,58 +863,60 @@ impl Inbox {
                 return Ok(());
             }
         }
-        if h.world_size != config.world_size {
-            return Err(RoundError::WorldSizeMismatch {
-                rank: h.sender,
-                ours: config.world_size,
-                theirs: h.world_size,
-            });
-        }
-        if h.sender >= config.world_size || h.sender == config.rank {
-            tracing::warn!(
-                sender = h.sender,
-                "ignored a message with an impossible sender rank"
-            );
-            stats.rejected.bad_sender += 1;
+        let mismatch = if h.world_size != config.world_size {
+            Some(format!(
+                "world size {}, ours {}",
+                h.world_size, config.world_size
+            ))
+        } else if h.model_fingerprint != config.model_fingerprint {
+            Some(format!(
+                "model fingerprint {:#018x}, ours {:#018x}",
+                h.model_fingerprint, config.model_fingerprint
+            ))
+        } else if h.element_count != config.element_count as u64 {
+            Some(format!(
+                "{} gradient elements, ours {}",
+                h.element_count, config.element_count
+            ))
+        } else if h.codec.id() != codec.spec().id() {
+            Some(format!("codec {}, ours {}", h.codec, codec.spec()))
+        } else {
+            None
+        };
+        if let Some(detail) = mismatch {
+            stats.rejected.mismatched += 1;
+            self.note(h.sender, "mismatched", detail);
             return Ok(());
         }
-        if h.model_fingerprint != config.model_fingerprint {
-            return Err(RoundError::FingerprintMismatch {
-                rank: h.sender,
-                ours: config.model_fingerprint,
-                theirs: h.model_fingerprint,
-            });
-        }
-        if h.element_count != config.element_count as u64 {
-            return Err(RoundError::ElementCountMismatch {
-                rank: h.sender,
-                ours: config.element_count as u64,
-                theirs: h.element_count,
-            });
-        }
-        if h.codec.id() != codec.spec().id() {
-            return Err(RoundError::CodecMismatch {
-                rank: h.sender,
-                ours: codec.spec().to_string(),
-                theirs: h.codec.to_string(),
-            });
-        }
         if !self.members.current_incarnation(h.sender, h.incarnation) {
-            tracing::debug!(
-                sender = h.sender,
-                "ignored a message of an earlier process of this rank"
-            );
             stats.rejected.old_incarnation += 1;
             return Ok(());
         }
         if h.round < round {
-            tracing::debug!(
-                round = h.round,
-                current = round,
-                sender = h.sender,
-                "ignored a stale message"
-            );
             stats.rejected.stale_round += 1;
+            return Ok(());
+        }
+        if h.round > round.saturating_add(FUTURE_WINDOW) {
+            stats.rejected.far_future += 1;
+            self.note(
+                h.sender,
+                "far future",
+                format_args!("round {}, now {round}", h.round),
+            );
+            return Ok(());
+        }
+        // Sizes before any allocation: no codec produces more than 8 bytes per
+        // element (top-k at ratio 1), and chunks are at least MIN_CHUNK bytes but the last.
+        let max_payload = 8 * config.element_count as u64 + 8;
+        if h.total_payload_len > max_payload
+            || u64::from(h.chunk_count) > h.total_payload_len.div_ceil(MIN_CHUNK).max(1)
+        {
+            stats.rejected.malformed += 1;
+            self.note(
+                h.sender,
+                "oversized",
+                format_args!("{} bytes in {} chunks", h.total_payload_len, h.chunk_count),
+            );
             return Ok(());
         }
         if h.round > round {
@@ -865,25 +928,20 @@ impl Inbox {
             stats.rejected.not_member += 1;
             return Ok(());
         }
-        // No codec produces more than 8 bytes per element (top-k at ratio 1).
-        if h.total_payload_len > 8 * h.element_count + 8 {
-            stats.rejected.malformed += 1;
-            return Ok(());
-        }
         let sender = h.sender as usize;
         match file_chunk(&mut self.slots[sender], h, message.payload, bytes) {
             ChunkOutcome::Incomplete => {}
             ChunkOutcome::Duplicate => stats.rejected.duplicate += 1,
             ChunkOutcome::Inconsistent(reason) => {
-                tracing::warn!(sender, reason, "rejected an inconsistent chunk");
                 stats.rejected.malformed += 1;
+                self.note(h.sender, "inconsistent chunk", reason);
             }
             ChunkOutcome::Complete => {
                 let slot = &mut self.slots[sender];
                 if let Err(error) = codec.validate(slot.payload(), config.element_count) {
-                    tracing::warn!(sender, %error, "rejected an undecodable gradient");
-                    stats.rejected.malformed += 1;
                     slot.reset();
+                    stats.rejected.malformed += 1;
+                    self.note(h.sender, "undecodable gradient", &error);
                 } else {
                     slot.complete = true;
                 }
@@ -892,6 +950,12 @@ impl Inbox {
         Ok(())
     }
 }
+
+/// Rounds ahead of the current one whose messages are kept: peers are at most a
+/// round apart, so anything further is a leftover or a forgery.
+const FUTURE_WINDOW: u64 = 2;
+/// Smallest payload of a chunk that is not a payload's last.
+const MIN_CHUNK: u64 = 1024;
 
 /// Who takes part in which round: ranks are evicted after missing
 /// `evict_after` rounds in a row and come back through a join.
@@ -1000,7 +1064,7 @@ fn file_chunk(slot: &mut Slot, h: &Header, payload: &[u8], bytes: &Bytes) -> Chu
                 slot.started = false;
                 return ChunkOutcome::Inconsistent("single chunk shorter than the payload");
             }
-            slot.single = Some(bytes.slice(HEADER_LEN..));
+            slot.single = Some(bytes.slice(HEADER_LEN..HEADER_LEN + payload.len()));
             slot.compute_micros = h.compute_micros;
             return ChunkOutcome::Complete;
         }

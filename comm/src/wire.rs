@@ -1,6 +1,6 @@
 //! The binary wire format of every message between peers (version 3).
 //!
-//! A message is a fixed 112-byte header followed by a payload. All integers are
+//! A message is a fixed 116-byte header followed by a payload. All integers are
 //! little-endian. Header layout:
 //!
 //! | offset | size | field |
@@ -24,9 +24,13 @@
 //! | 88 | 4 | CRC-32 of this message's payload |
 //! | 92 | 8 | sender's compute time for this gradient, in microseconds |
 //! | 100 | 8 | sender's incarnation (random per process start) |
-//! | 108 | 4 | CRC-32 of header bytes 0..108 |
+//! | 108 | 4 | flags: bit 0 = signed (a 64-byte signature follows the payload) |
+//! | 112 | 4 | CRC-32 of header bytes 0..112 |
 //!
-//! Version 2 added the compute time, version 3 the incarnation (so messages a
+//! A signed message ends with an Ed25519 signature of the BLAKE3 digest of
+//! everything before it (header and payload; see [`crate::auth`]).
+//!
+//! Version 2 added the compute time, version 3 the incarnation, the flags (so messages a
 //! crashed process left in a queue are told from its successor's) and the
 //! membership kinds; older messages are refused as
 //! [`WireError::UnsupportedVersion`].
@@ -48,7 +52,11 @@ pub const MAGIC: [u8; 4] = *b"PLSG";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 3;
 /// Size of the fixed header in bytes.
-pub const HEADER_LEN: usize = 112;
+pub const HEADER_LEN: usize = 116;
+/// Length of the signature trailer of a signed message.
+pub const SIGNATURE_LEN: usize = 64;
+/// Header flag: the message is signed.
+const FLAG_SIGNED: u32 = 1;
 /// Offset of the header CRC, which covers every header byte before it.
 const HEADER_CRC_AT: usize = HEADER_LEN - 4;
 /// Default largest payload per message: well under RabbitMQ 4's 16 MiB limit.
@@ -184,6 +192,8 @@ pub struct Header {
     /// Random number the sending process drew at start: a restarted peer has a
     /// new one, so what its predecessor left in the queues is recognised.
     pub incarnation: u64,
+    /// Whether a signature follows the payload (set by [`chunk_messages_signed`]).
+    pub signed: bool,
 }
 
 impl Header {
@@ -216,6 +226,7 @@ impl Header {
             payload_crc: 0,
             compute_micros: 0,
             incarnation: 0,
+            signed: false,
         }
     }
 
@@ -240,6 +251,7 @@ impl Header {
         out.put_u32_le(self.payload_crc);
         out.put_u64_le(self.compute_micros);
         out.put_u64_le(self.incarnation);
+        out.put_u32_le(if self.signed { FLAG_SIGNED } else { 0 });
         let crc = crc32fast::hash(&out[start..]);
         out.put_u32_le(crc);
         debug_assert_eq!(out.len() - start, HEADER_LEN);
@@ -253,6 +265,16 @@ pub struct Message<'a> {
     pub header: Header,
     /// This message's payload (one chunk of the encoded gradient).
     pub payload: &'a [u8],
+    /// The signature trailer of a signed message.
+    pub signature: Option<&'a [u8]>,
+    /// The bytes a signature covers: header and payload.
+    pub signed_bytes: &'a [u8],
+}
+
+/// Produces the signature of a message's header and payload.
+pub trait Signer: Send + Sync {
+    /// The signature of `signed_bytes`.
+    fn sign(&self, signed_bytes: &[u8]) -> [u8; SIGNATURE_LEN];
 }
 
 /// Why bytes are not a valid message; decoding never panics, whatever the input.
@@ -321,13 +343,23 @@ pub enum WireError {
 /// # Panics
 /// If `payload` is longer than `u32::MAX` bytes (use [`chunk_messages`]).
 pub fn encode_message(header: &Header, payload: &[u8]) -> Bytes {
+    encode_with(header, payload, None)
+}
+
+fn encode_with(header: &Header, payload: &[u8], signer: Option<&dyn Signer>) -> Bytes {
     let mut header = header.clone();
     header.payload_len =
         u32::try_from(payload.len()).expect("payload longer than u32::MAX: chunk it");
     header.payload_crc = crc32fast::hash(payload);
-    let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    header.signed = signer.is_some();
+    let trailer = if header.signed { SIGNATURE_LEN } else { 0 };
+    let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len() + trailer);
     header.write(&mut out);
     out.put_slice(payload);
+    if let Some(signer) = signer {
+        let signature = signer.sign(&out);
+        out.put_slice(&signature);
+    }
     out.freeze()
 }
 
@@ -349,6 +381,20 @@ pub fn chunk_messages(
     max_chunk_bytes: usize,
     out: &mut Vec<Bytes>,
 ) {
+    chunk_messages_signed(header, payload, max_chunk_bytes, out, None);
+}
+
+/// [`chunk_messages`], each message signed by `signer` when there is one.
+///
+/// # Panics
+/// As [`chunk_messages`].
+pub fn chunk_messages_signed(
+    header: &Header,
+    payload: &[u8],
+    max_chunk_bytes: usize,
+    out: &mut Vec<Bytes>,
+    signer: Option<&dyn Signer>,
+) {
     assert!(
         max_chunk_bytes > 0 && u32::try_from(max_chunk_bytes).is_ok(),
         "max_chunk_bytes must be in 1..=u32::MAX"
@@ -362,7 +408,7 @@ pub fn chunk_messages(
         let end = (start + max_chunk_bytes).min(payload.len());
         header.chunk_index = index as u32;
         header.chunk_offset = start as u64;
-        out.push(encode_message(&header, &payload[start.min(end)..end]));
+        out.push(encode_with(&header, &payload[start.min(end)..end], signer));
     }
 }
 
@@ -427,14 +473,23 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
         payload_crc: u32_at(bytes, 88),
         compute_micros: u64_at(bytes, 92),
         incarnation: u64_at(bytes, 100),
+        signed: u32_at(bytes, 108) & FLAG_SIGNED != 0,
     };
-    let payload = &bytes[HEADER_LEN..];
-    if payload.len() as u64 != u64::from(header.payload_len) {
+    if u32_at(bytes, 108) & !FLAG_SIGNED != 0 {
+        return Err(WireError::Inconsistent("unknown header flags"));
+    }
+    let trailer = if header.signed { SIGNATURE_LEN } else { 0 };
+    let body = &bytes[HEADER_LEN..];
+    if body.len() as u64 != u64::from(header.payload_len) + trailer as u64 {
         return Err(WireError::LengthMismatch {
-            declared: u64::from(header.payload_len),
-            actual: payload.len() as u64,
+            declared: u64::from(header.payload_len) + trailer as u64,
+            actual: body.len() as u64,
         });
     }
+    let split = bytes.len() - trailer;
+    let payload = &bytes[HEADER_LEN..split];
+    let signed_bytes = &bytes[..split];
+    let signature = header.signed.then(|| &bytes[split..]);
     if header.chunk_count == 0 {
         return Err(WireError::Inconsistent("chunk count is 0"));
     }
@@ -458,7 +513,12 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
             computed,
         });
     }
-    Ok(Message { header, payload })
+    Ok(Message {
+        header,
+        payload,
+        signature,
+        signed_bytes,
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ pub enum ComputeGradientError {
     /// A field of the event is unusable (bad run id, key, rank).
     #[error("invalid compute_gradient event: {0}")]
     InvalidEvent(String),
+    /// The event names a store outside the one the function is deployed for
+    /// (`PEERLESS_ALLOWED_STORE`); never retried.
+    #[error("forbidden store in compute_gradient event: {0}")]
+    ForbiddenStore(String),
     /// A referenced object does not exist.
     #[error("{what} object {key:?} not found in {url}")]
     MissingObject {
@@ -89,6 +93,7 @@ impl ComputeGradientError {
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::InvalidEvent(_) => "InvalidEvent",
+            Self::ForbiddenStore(_) => "ForbiddenStore",
             Self::MissingObject { .. } => "MissingObject",
             Self::Store(_) => "StoreError",
             Self::InvalidWeights { .. } => "InvalidWeights",

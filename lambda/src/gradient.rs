@@ -46,9 +46,18 @@ pub enum GradientError {
     /// The payload does not decode.
     #[error("gradient payload: {0}")]
     Codec(#[from] CodecError),
+    /// The gradient holds NaN or infinity: averaging it would poison the weights.
+    #[error("gradient value {index} is {value}: not finite")]
+    NotFinite {
+        /// Index of the first bad value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
 }
 
-/// Validates one gradient message against `expected` and decodes it (any codec).
+/// Validates one gradient message against `expected` and decodes it (any codec); refuses
+/// gradients that are not finite.
 pub fn decode(bytes: &[u8], expected: &ExpectedGradient) -> Result<Vec<f32>, GradientError> {
     let message = wire::decode(bytes)?;
     let h = &message.header;
@@ -86,5 +95,11 @@ pub fn decode(bytes: &[u8], expected: &ExpectedGradient) -> Result<Vec<f32>, Gra
     }
     let mut out = vec![0.0f32; h.element_count as usize];
     h.codec.build(0).decode(message.payload, &mut out)?;
+    if let Some(index) = out.iter().position(|v| !v.is_finite()) {
+        return Err(GradientError::NotFinite {
+            index,
+            value: out[index],
+        });
+    }
     Ok(out)
 }

@@ -14,11 +14,12 @@ use peerless_models::{Batch, Device, Model, ModelSpec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::allowed::AllowedStore;
 use crate::error::ComputeGradientError;
 use crate::event::{
     ComputeGradientEvent, ComputeGradientResponse, RuntimeInfo, StoreLocation, Timings,
 };
-use crate::faults::FaultPlan;
+use crate::faults::{Corruption, FaultPlan};
 use crate::{gradient, process_input};
 
 /// Seed of the throwaway initial weights of a freshly built model (always overwritten by
@@ -65,6 +66,7 @@ pub struct ComputeGradient {
     payload: Vec<u8>,
     invocations: u64,
     faults: FaultPlan,
+    allowed_store: Option<AllowedStore>,
 }
 
 impl Default for ComputeGradient {
@@ -94,6 +96,7 @@ impl ComputeGradient {
             payload: Vec::new(),
             invocations: 0,
             faults: FaultPlan::default(),
+            allowed_store: None,
         }
     }
 
@@ -103,6 +106,13 @@ impl ComputeGradient {
             tracing::warn!(?faults, "compute_gradient will inject failures");
         }
         self.faults = faults;
+        self
+    }
+
+    /// The same state, refusing events that name a store outside `allowed` (`None`: any
+    /// store). The Lambda binary passes [`AllowedStore::from_env`].
+    pub fn with_allowed_store(mut self, allowed: Option<AllowedStore>) -> Self {
+        self.allowed_store = allowed;
         self
     }
 
@@ -126,6 +136,11 @@ impl ComputeGradient {
         }
         let ctx = &event.context;
         let run_id = check_event(event)?;
+        if let Some(allowed) = &self.allowed_store {
+            allowed
+                .check(&ctx.store)
+                .map_err(ComputeGradientError::ForbiddenStore)?;
+        }
         let store = self.store(&ctx.store).await?;
 
         let model_cached = self.prepare_model(ctx.model)?;
@@ -166,6 +181,11 @@ impl ComputeGradient {
                 source,
             })?;
         let compute_ms = ms(t);
+        if self.faults.corruption == Some(Corruption::Nan)
+            && let Some(first) = self.grad.first_mut()
+        {
+            *first = f32::NAN;
+        }
 
         let t = Instant::now();
         let header = Header::gradient(
@@ -208,8 +228,12 @@ impl ComputeGradient {
             upload_ms,
             "batch gradient written"
         );
+        let gradient_key = match self.faults.corruption {
+            Some(Corruption::WrongKey) => format!("{}.elsewhere", event.gradient_key),
+            _ => event.gradient_key.clone(),
+        };
         Ok(ComputeGradientResponse {
-            gradient_key: event.gradient_key.clone(),
+            gradient_key,
             run_id: ctx.run_id.clone(),
             round: ctx.round,
             rank: ctx.rank,

@@ -11,6 +11,7 @@
 //!
 //! Events and responses ([`event`]) carry object keys only, never tensors.
 
+pub mod allowed;
 pub mod asl;
 pub mod billing;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod gradient;
 mod handler;
 pub mod process_input;
 
+pub use allowed::AllowedStore;
 pub use asl::{OnTaskFailure, RetryPolicy, StateMachineConfig, state_machine_definition};
 pub use billing::{InvocationReport, billed_ms, parse_report};
 pub use error::{ComputeGradientError, ProcessInputError};

@@ -11,6 +11,10 @@ use crate::event::{ComputeGradientEvent, ProcessInputOutput, ProcessInputRequest
 /// Step Functions' limit on one state's input or output.
 pub const STEP_FUNCTIONS_STATE_LIMIT: usize = 256 * 1024;
 
+/// The most batches one request may expand to: batch keys are numbered with four digits
+/// (`batch-0042.bin`), and far fewer events already fill a Step Functions state.
+pub const MAX_BATCH_COUNT: u32 = 10_000;
+
 /// Largest value that survives a round trip through a JSON number read as a double.
 const JSON_SAFE_MASK: u64 = (1 << 53) - 1;
 
@@ -80,27 +84,37 @@ pub fn expand(request: &ProcessInputRequest) -> Result<ProcessInputOutput, Proce
             ctx.rank, ctx.world_size
         ));
     }
+    // Every limit is checked before anything is allocated for the events: a request is
+    // a few bytes of JSON, its expansion could be gigabytes.
     let Some(end) = request.first_batch.checked_add(request.batch_count) else {
         return bad("first_batch + batch_count overflows".into());
     };
+    if request.batch_count > MAX_BATCH_COUNT || end > MAX_BATCH_COUNT {
+        return bad(format!(
+            "batches {} .. {end} go beyond the limit of {MAX_BATCH_COUNT} batches per peer",
+            request.first_batch
+        ));
+    }
+    let first = event(request, request.first_batch)?;
+    // Later events differ only in numbers whose digits may be fewer (the seed has at most
+    // 16): a lower bound of the output, so a request that fits is never refused.
+    let one = serde_json::to_vec(&first)
+        .map_err(|e| ProcessInputError::InvalidRequest(e.to_string()))?
+        .len();
+    let at_least = one
+        .saturating_sub(16)
+        .saturating_mul(request.batch_count as usize);
+    if at_least > STEP_FUNCTIONS_STATE_LIMIT {
+        return Err(ProcessInputError::TooLarge {
+            batches: request.batch_count,
+            bytes: at_least,
+            limit: STEP_FUNCTIONS_STATE_LIMIT,
+        });
+    }
     let mut events = Vec::with_capacity(request.batch_count as usize);
-    for batch in request.first_batch..end {
-        let event = ComputeGradientEvent {
-            context: ctx.clone(),
-            batch,
-            augment_seed: batch_seed(request.seed, ctx.round, ctx.rank, batch),
-            batch_key: join_key(
-                &request.batch_prefix,
-                &batch_key(ctx.rank as usize, batch as usize),
-            ),
-            gradient_key: gradient_key(&request.gradient_prefix, ctx.round, ctx.rank, batch),
-        };
-        for key in [&event.batch_key, &event.gradient_key] {
-            if let Err(e) = validate_key(key) {
-                return bad(e.to_string());
-            }
-        }
-        events.push(event);
+    events.push(first);
+    for batch in request.first_batch + 1..end {
+        events.push(event(request, batch)?);
     }
     let output = ProcessInputOutput { events };
     let bytes = serde_json::to_vec(&output)
@@ -114,6 +128,28 @@ pub fn expand(request: &ProcessInputRequest) -> Result<ProcessInputOutput, Proce
         });
     }
     Ok(output)
+}
+
+/// The event of batch `batch` of `request`, with its keys checked.
+fn event(
+    request: &ProcessInputRequest,
+    batch: u32,
+) -> Result<ComputeGradientEvent, ProcessInputError> {
+    let ctx = &request.context;
+    let event = ComputeGradientEvent {
+        context: ctx.clone(),
+        batch,
+        augment_seed: batch_seed(request.seed, ctx.round, ctx.rank, batch),
+        batch_key: join_key(
+            &request.batch_prefix,
+            &batch_key(ctx.rank as usize, batch as usize),
+        ),
+        gradient_key: gradient_key(&request.gradient_prefix, ctx.round, ctx.rank, batch),
+    };
+    for key in [&event.batch_key, &event.gradient_key] {
+        validate_key(key).map_err(|e| ProcessInputError::InvalidRequest(e.to_string()))?;
+    }
+    Ok(event)
 }
 
 #[cfg(test)]

@@ -63,6 +63,9 @@ pub enum Command {
     /// Step Functions tools.
     #[command(subcommand)]
     Stepfn(StepfnCommand),
+    /// Signing keys for authenticated peers.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run the same job instance-only, serverless and hybrid, and write the time, cost and
     /// accuracy report. `--config FILE` names the study (see bench/study/default.toml);
     /// without it the built-in small study runs.
@@ -73,6 +76,23 @@ pub enum Command {
 pub struct StudyArgs {
     /// Folder for metrics, report, plots and CSV; rerunning resumes what is there.
     #[arg(long, value_name = "DIR", default_value = "peerless-study")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write one private key per rank (`rank-R.key`) and the public roster (`roster.txt`):
+    /// give each peer's machine its own key and the roster, and start it with `--keys DIR`.
+    Generate(KeysGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysGenerateArgs {
+    /// Number of peers of the run.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_PEERS as i64))]
+    pub size: u32,
+    /// Folder to write the keys to (created; existing keys are never overwritten).
+    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
 
@@ -131,12 +151,18 @@ pub struct ExchangeArgs {
         long,
         value_name = "URL",
         default_value = "peerless-store",
-        env = "PEERLESS_STORE"
+        env = "PEERLESS_STORE",
+        hide_env_values = true
     )]
     pub store: String,
 
     /// RabbitMQ URL (amqp:// or amqps://); without it peers exchange in-process.
-    #[arg(long, value_name = "URL", env = "PEERLESS_BROKER")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PEERLESS_BROKER",
+        hide_env_values = true
+    )]
     pub broker: Option<String>,
 
     /// Name of the run: every peer of one run must use the same, and no other run may
@@ -206,6 +232,12 @@ pub struct ExchangeArgs {
     #[arg(long, default_value = "auto", value_name = "auto|never")]
     pub resume: Resume,
 
+    /// Sign every message with this peer's key and accept only messages signed by their
+    /// claimed sender (a folder from `peerless keys generate`). `run` and `study` make keys
+    /// for their peers when this is absent.
+    #[arg(long, value_name = "DIR", env = "PEERLESS_KEYS")]
+    pub keys: Option<PathBuf>,
+
     #[command(flatten)]
     pub s3: S3Args,
 
@@ -262,7 +294,12 @@ pub struct ServerlessArgs {
     pub function: String,
 
     /// Custom Lambda endpoint, e.g. an emulator (`cargo lambda watch`).
-    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_LAMBDA")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AWS_ENDPOINT_URL_LAMBDA",
+        hide_env_values = true
+    )]
     pub lambda_endpoint: Option<String>,
 
     /// ARN of the state machine (`--serverless stepfn`).
@@ -270,7 +307,12 @@ pub struct ServerlessArgs {
     pub state_machine_arn: Option<String>,
 
     /// Custom Step Functions endpoint.
-    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_SFN")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AWS_ENDPOINT_URL_SFN",
+        hide_env_values = true
+    )]
     pub sfn_endpoint: Option<String>,
 }
 
@@ -491,7 +533,12 @@ pub struct SplitArgs {
     pub model: Architecture,
 
     /// Target store: a directory, file:///abs/dir or s3://bucket/prefix.
-    #[arg(long, value_name = "URL", env = "PEERLESS_STORE")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PEERLESS_STORE",
+        hide_env_values = true
+    )]
     pub to: String,
 
     /// Also write each peer's training part as K batch objects (for serverless functions).
@@ -515,7 +562,12 @@ pub struct SplitArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct S3Args {
     /// Custom S3 endpoint (S3-compatible servers; path-style addressing is then used).
-    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_S3")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AWS_ENDPOINT_URL_S3",
+        hide_env_values = true
+    )]
     pub s3_endpoint: Option<String>,
 }
 
@@ -680,6 +732,7 @@ impl ExchangeArgs {
             serverless: self.serverless.to_config()?,
             checkpoint_every: self.checkpoint_every,
             resume: self.resume,
+            keys: self.keys.clone(),
             evict_after: self.evict_after,
             reconnect_timeout: duration_secs("--reconnect-timeout", self.reconnect_timeout)?,
             aggregation: self.aggregation,

@@ -9,13 +9,14 @@ mod progress;
 use std::process::ExitCode;
 
 use cli::Command;
+use peerless_comm::mask_passwords_in;
 
 fn main() -> ExitCode {
     peerless_models::memory::retain_freed_memory();
     let args = match config::expand_args(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", mask_passwords_in(&format!("{e:#}")));
             return ExitCode::from(2);
         }
     };
@@ -30,12 +31,14 @@ fn main() -> ExitCode {
         Command::Peer(a) => cmd::peer::run(a, cli.device),
         Command::Run(a) => cmd::run::run(a, cli.device),
         Command::Stepfn(cli::StepfnCommand::Generate(a)) => cmd::stepfn::generate(a),
+        Command::Keys(cli::KeysCommand::Generate(a)) => cmd::keys::generate(a),
         Command::Study(a) => cmd::study::run(a, cli.config.clone(), cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors may quote a URL from a flag, a file or a library: never its password.
+            eprintln!("error: {}", mask_passwords_in(&format!("{e:#}")));
             // A configuration that cannot run is a usage error, like a bad flag.
             if e.chain().any(|c| c.is::<peerless_runtime::ConfigError>()) {
                 ExitCode::from(2)
@@ -59,7 +62,29 @@ fn init_logging(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| MaskedStderr)
         .with_target(false)
         .init();
+}
+
+/// Standard error for log lines, with the password of every URL masked: a library may log
+/// a connection string (at debug level, in an error it passes on), and logs get shared.
+struct MaskedStderr;
+
+impl std::io::Write for MaskedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The formatter writes each event whole, so a URL is never split between calls.
+        let mut stderr = std::io::stderr().lock();
+        if buf.contains(&b'@') {
+            let text = String::from_utf8_lossy(buf);
+            stderr.write_all(mask_passwords_in(&text).as_bytes())?;
+        } else {
+            stderr.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

@@ -251,6 +251,55 @@ fn data_split_writes_shards_batches_and_a_manifest() {
 }
 
 #[test]
+fn hostile_dataset_files_are_refused_and_nothing_is_written() {
+    use std::io::Write;
+    let gz = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let idx = |magic: u8, dims: &[u32], body: &[u8]| {
+        let mut out = vec![0, 0, 8, magic];
+        dims.iter()
+            .for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
+        out.extend_from_slice(body);
+        out
+    };
+    let mut bomb = idx(3, &[2, 2, 2], &[0; 8]);
+    bomb.resize(16 << 20, 0);
+    for (name, images, says) in [
+        (
+            "overflow",
+            idx(3, &[u32::MAX, u32::MAX, 2], &[]),
+            "over the limit",
+        ),
+        ("truncated", idx(3, &[2, 28, 28], &[7; 100]), "truncated"),
+        ("bomb", gz(&bomb), "once decompressed"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("train-images-idx3-ubyte.gz"), gz(&images)).unwrap();
+        if name == "bomb" {
+            // Gzipped once: the bomb itself.
+            std::fs::write(data.join("train-images-idx3-ubyte.gz"), &images).unwrap();
+        }
+        std::fs::write(data.join("train-labels-idx1-ubyte"), idx(1, &[2], &[1, 2])).unwrap();
+        let to = dir.path().join("store");
+        peerless()
+            .args(["data", "split", "--dataset", "mnist", "--size", "2"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--to")
+            .arg(&to)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(says).and(predicate::str::contains("train-images")));
+        assert!(!to.exists(), "{name}: the split wrote {}", to.display());
+    }
+}
+
+#[test]
 fn bench_json_has_the_documented_keys() {
     let out = peerless()
         .args([

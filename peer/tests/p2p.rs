@@ -291,7 +291,11 @@ fn a_peer_that_never_arrives_times_out_or_is_left_out() {
     let (p0, p1) = (metrics(&m0), metrics(&m1));
     assert_eq!(p0.len(), 4);
     for (x, y) in p0.iter().zip(&p1) {
-        assert_eq!(x.missing_ranks, [2]);
+        // Waited for in the first two rounds, then evicted (--evict-after 2).
+        let waited = x.round < 2;
+        assert_eq!(x.missing_ranks, if waited { vec![2] } else { vec![] });
+        assert_eq!(x.evicted_ranks, if x.round == 1 { vec![2] } else { vec![] });
+        assert_eq!(x.participants, [0, 1]);
         assert_eq!(x.contributors, 2);
         assert_eq!(x.weights_hash, y.weights_hash);
     }

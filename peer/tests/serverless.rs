@@ -238,6 +238,55 @@ fn a_function_that_times_out_fails_the_round_or_falls_back_to_the_peer() {
 }
 
 #[test]
+fn wrong_answers_of_functions_are_failed_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let instance = run(&store, &dir.path().join("instance"), &["--epochs", "1"]);
+    let flags = [
+        "--serverless",
+        "local",
+        "--function-retries",
+        "1",
+        "--epochs",
+        "1",
+    ];
+    // A NaN in the gradient object, a response naming another gradient key: refused, and
+    // the round fails (the default) or the peer computes the batch itself.
+    for (corruption, says) in [
+        ("nan", "not finite"),
+        ("wrong-key", "does not match the call"),
+    ] {
+        let failing = dir.path().join(format!("{corruption}-fail"));
+        training(&store, &failing, &flags)
+            .env("PEERLESS_INJECT_CORRUPTION", corruption)
+            .assert()
+            .failure()
+            .stderr(
+                predicate::str::contains(says)
+                    .and(predicate::str::contains("--on-function-failure local")),
+            );
+
+        let out = dir.path().join(corruption);
+        let mut fallback = flags.to_vec();
+        fallback.extend(["--on-function-failure", "local"]);
+        let mut cmd = training(&store, &out, &fallback);
+        cmd.env("PEERLESS_INJECT_CORRUPTION", corruption);
+        let serverless = finish(cmd, &out);
+        for (rank, peer) in serverless.iter().enumerate() {
+            assert_eq!(peer.len(), 2);
+            for (m, reference) in peer.iter().zip(&instance[rank]) {
+                assert_eq!(m.fallback_batches, 2, "{corruption}: {m:?}");
+                assert!(m.train_loss.is_finite(), "{corruption}: {m:?}");
+                assert_eq!(
+                    m.weights_hash, reference.weights_hash,
+                    "{corruption}: {m:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn serverless_flags_are_checked_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");

@@ -680,9 +680,20 @@ impl StudyConfig {
         self.prices.clone()
     }
 
-    /// The config as TOML, for the report's setup section.
+    /// The config as TOML, for the report's setup section and the study's folder, with
+    /// the password of every URL masked: reports and saved configs get shared, and the
+    /// runner never reads them back.
     pub fn to_toml_string(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# not representable as TOML: {e}"))
+        let mut shown = self.clone();
+        let mask = |url: &mut Option<String>| {
+            if let Some(url) = url {
+                *url = peerless_comm::mask_password(url);
+            }
+        };
+        mask(&mut shown.broker);
+        mask(&mut shown.store);
+        mask(&mut shown.lambda_endpoint);
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# not representable as TOML: {e}"))
     }
 }
 

@@ -29,6 +29,23 @@ impl Codec for Raw {
                 ),
             });
         }
+        // A NaN or infinity would poison every peer's weights.
+        use rayon::prelude::*;
+        let bad = payload
+            .par_chunks(1 << 16)
+            .enumerate()
+            .find_map_first(|(c, bytes)| {
+                bytes.chunks_exact(4).enumerate().find_map(|(i, b)| {
+                    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    (!v.is_finite()).then_some((c * (1 << 14) + i, v))
+                })
+            });
+        if let Some((index, value)) = bad {
+            return Err(CodecError::Malformed {
+                codec: "none",
+                reason: format!("value {value} at index {index} is not finite"),
+            });
+        }
         Ok(())
     }
 

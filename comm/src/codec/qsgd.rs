@@ -99,7 +99,8 @@ impl Codec for Qsgd8 {
             )));
         }
         let scale = read_scale(payload);
-        if !scale.is_finite() || scale < 0.0 {
+        // Levels go up to 255: the largest decoded value must be finite too.
+        if !(scale * 255.0).is_finite() || scale < 0.0 {
             return Err(malformed(format!(
                 "scale {scale} is not a finite non-negative number"
             )));

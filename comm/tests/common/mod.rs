@@ -359,19 +359,19 @@ pub async fn hostile_messages<T: Transport + 'static>(
     transports
 }
 
-/// A peer with another model, world size or codec is refused with both values named.
+/// Messages of another model, world size, gradient length or codec are dropped and
+/// counted, never fatal: the round goes on without their sender.
 pub async fn mismatches<T: Transport + 'static>(mut transports: Vec<T>, run_id: RunId) -> Vec<T> {
     let n = 100;
     let world = transports.len() as u32;
     let sender = transports.pop().unwrap();
     let receiver = transports.pop().unwrap();
     let receiver_rank = world - 2;
-    let mut averager = Averager::new(
-        config(run_id, receiver_rank, world, n),
-        CodecSpec::None.build(0),
-        receiver,
-    )
-    .unwrap();
+    let mut c = config(run_id, receiver_rank, world, n);
+    c.timeout = Duration::from_millis(300);
+    c.on_timeout = OnTimeout::AverageArrived;
+    c.evict_after = 0;
+    let mut averager = Averager::new(c, CodecSpec::None.build(0), receiver).unwrap();
     let cases: [(Header, &str); 4] = [
         (
             Header::gradient(
@@ -422,40 +422,23 @@ pub async fn mismatches<T: Transport + 'static>(mut transports: Vec<T>, run_id: 
             "codec qsgd8",
         ),
     ];
-    for (header, needle) in cases {
+    for (header, _what) in &cases {
         let payload = vec![0u8; 400];
-        let mut header = header;
+        let mut header = header.clone();
         header.total_payload_len = 400;
         sender
             .publish(&[wire::encode_message(&header, &payload)])
             .await
             .unwrap();
-        let mut out = vec![0.0; n];
-        let err = averager
-            .average(0, &vec![0.0; n], &mut out)
-            .await
-            .unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains(needle), "{msg}");
-        match &err {
-            RoundError::FingerprintMismatch { ours, theirs, .. } => {
-                assert_eq!(*ours, fingerprint(n));
-                assert_eq!(*theirs, 0xdead_beef);
-                assert!(msg.contains(&format!("{:#018x}", fingerprint(n))), "{msg}");
-            }
-            RoundError::WorldSizeMismatch { ours, theirs, .. } => {
-                assert_eq!((*ours, *theirs), (world, world + 5));
-                assert!(msg.contains(&world.to_string()) && msg.contains(&(world + 5).to_string()));
-            }
-            RoundError::ElementCountMismatch { ours, theirs, .. } => {
-                assert_eq!((*ours, *theirs), (100, 99))
-            }
-            RoundError::CodecMismatch { ours, theirs, .. } => {
-                assert_eq!((ours.as_str(), theirs.as_str()), ("none", "qsgd8"))
-            }
-            other => panic!("unexpected {other:?}"),
-        }
     }
+    let mut out = vec![0.0; n];
+    let stats = averager
+        .average(0, &vec![0.0; n], &mut out)
+        .await
+        .expect("mismatched messages are not fatal");
+    assert_eq!(stats.rejected.mismatched, cases.len() as u64);
+    let silent: Vec<u32> = (0..world).filter(|r| *r != receiver_rank).collect();
+    assert_eq!(stats.missing, silent);
     transports.push(averager.into_transport());
     transports.push(sender);
     transports

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{DatasetError, missing_error, read_maybe_gz};
+use super::{DatasetError, MAX_FILE_BYTES, missing_error, read_maybe_gz};
 use crate::dataset::{Dataset, DatasetKind, ImageShape, Split};
 
 /// Shape of a CIFAR-10 image.
@@ -40,7 +40,7 @@ pub fn read_files(paths: &[PathBuf]) -> Result<Dataset, DatasetError> {
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     for path in paths {
-        let bytes = read_maybe_gz(path)?;
+        let bytes = read_maybe_gz(path, MAX_FILE_BYTES)?;
         if bytes.len() % RECORD_LEN != 0 {
             return Err(DatasetError::CifarSize {
                 path: path.clone(),

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{DatasetError, missing_error, read_maybe_gz};
+use super::{
+    DatasetError, MAX_FILE_BYTES, gunzip, gunzip_prefix, is_gzip, missing_error, read_raw,
+};
 use crate::dataset::{Dataset, DatasetKind, ImageShape, Split};
 
 /// Magic number of an IDX file of unsigned bytes with three dimensions (images).
@@ -56,7 +58,7 @@ pub fn read_pair(
     images_path: &Path,
     labels_path: &Path,
 ) -> Result<Dataset, DatasetError> {
-    let images = read_maybe_gz(images_path)?;
+    let images = read_idx(images_path, "images", IMAGES_MAGIC, 3)?;
     let (dims, _) = parse(&images, images_path, "images", IMAGES_MAGIC, 3)?;
     let (count, rows, cols) = (dims[0], dims[1], dims[2]);
     if rows == 0 || cols == 0 {
@@ -66,7 +68,7 @@ pub fn read_pair(
             cols,
         });
     }
-    let labels = read_maybe_gz(labels_path)?;
+    let labels = read_idx(labels_path, "labels", LABELS_MAGIC, 1)?;
     let (label_dims, label_offset) = parse(&labels, labels_path, "labels", LABELS_MAGIC, 1)?;
     if label_dims[0] != count {
         return Err(DatasetError::CountMismatch {
@@ -99,6 +101,32 @@ pub fn read_pair(
     })
 }
 
+/// Extra decompressed bytes read beyond what a gzipped file's header announces, so a few
+/// trailing bytes are reported as such rather than as an oversized file.
+const TRAILING_SLACK: u64 = 1 << 20;
+
+/// Reads an IDX file, raw or gzipped. A gzipped file is decompressed only as far as its
+/// header announces (plus [`TRAILING_SLACK`]), so a gzip bomb costs neither memory nor
+/// time; dimensions describing more than [`MAX_FILE_BYTES`] are refused first.
+fn read_idx(
+    path: &Path,
+    what: &'static str,
+    magic: u32,
+    ndims: usize,
+) -> Result<Vec<u8>, DatasetError> {
+    let raw = read_raw(path)?;
+    if !is_gzip(&raw) {
+        return Ok(raw);
+    }
+    let header = gunzip_prefix(&raw, path, header_len(ndims) as u64)?;
+    let (_, expected) = parse_header(&header, path, what, magic, ndims)?;
+    gunzip(
+        &raw,
+        path,
+        expected.saturating_add(TRAILING_SLACK).min(MAX_FILE_BYTES),
+    )
+}
+
 /// Header length of an IDX file with `ndims` dimensions.
 const fn header_len(ndims: usize) -> usize {
     4 + 4 * ndims
@@ -113,6 +141,34 @@ fn parse(
     magic: u32,
     ndims: usize,
 ) -> Result<(Vec<u32>, usize), DatasetError> {
+    let (dims, expected) = parse_header(bytes, path, what, magic, ndims)?;
+    let found = bytes.len() as u64;
+    if found < expected {
+        return Err(DatasetError::Truncated {
+            path: path.to_path_buf(),
+            expected,
+            found,
+        });
+    }
+    if found > expected {
+        return Err(DatasetError::TrailingBytes {
+            path: path.to_path_buf(),
+            extra: found - expected,
+        });
+    }
+    Ok((dims, header_len(ndims)))
+}
+
+/// Validate the magic number and dimensions at the start of `bytes`; returns the
+/// dimensions and the length of the whole file they announce (header included), which
+/// is at most [`MAX_FILE_BYTES`].
+fn parse_header(
+    bytes: &[u8],
+    path: &Path,
+    what: &'static str,
+    magic: u32,
+    ndims: usize,
+) -> Result<(Vec<u32>, u64), DatasetError> {
     let header = header_len(ndims);
     let truncated = |expected: u64| DatasetError::Truncated {
         path: path.to_path_buf(),
@@ -138,17 +194,17 @@ fn parse(
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let body = dims.iter().map(|&d| u64::from(d)).product::<u64>();
-    let expected = header as u64 + body;
-    let found = bytes.len() as u64;
-    if found < expected {
-        return Err(truncated(expected));
-    }
-    if found > expected {
-        return Err(DatasetError::TrailingBytes {
+    let body = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
+    let expected = body.and_then(|b| b.checked_add(header as u64));
+    match expected {
+        Some(expected) if expected <= MAX_FILE_BYTES => Ok((dims, expected)),
+        _ => Err(DatasetError::DimensionsOverflow {
             path: path.to_path_buf(),
-            extra: found - expected,
-        });
+            dims,
+            bytes: body,
+            limit: MAX_FILE_BYTES,
+        }),
     }
-    Ok((dims, header))
 }

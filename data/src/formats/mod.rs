@@ -73,6 +73,29 @@ pub enum DatasetError {
         /// Surplus bytes.
         extra: u64,
     },
+    /// The IDX header's dimensions describe more data than any dataset file may hold.
+    #[error("{} declares dimensions {dims:?}: {bytes} bytes of data, over the limit of {limit} bytes", path.display(), bytes = bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()))]
+    DimensionsOverflow {
+        /// File being read.
+        path: PathBuf,
+        /// The dimensions declared.
+        dims: Vec<u32>,
+        /// Their product, when it fits in 64 bits.
+        bytes: Option<u64>,
+        /// [`MAX_FILE_BYTES`].
+        limit: u64,
+    },
+    /// The file (or what it decompresses to) is larger than its header announces or than
+    /// any dataset file may be: a gzip bomb is stopped here, before it fills the memory.
+    #[error("{} holds more than {limit} bytes{}", path.display(), if *gzip { " once decompressed" } else { "" })]
+    TooLarge {
+        /// File being read.
+        path: PathBuf,
+        /// The most bytes that were accepted.
+        limit: u64,
+        /// Whether the file is gzipped.
+        gzip: bool,
+    },
     /// An image dimension in an IDX header is zero.
     #[error("{} declares {rows}x{cols} images; both must be positive", path.display())]
     BadDimensions {
@@ -197,23 +220,113 @@ pub(crate) fn missing_error(
     }
 }
 
-/// Read a whole file, decompressing it when it starts with the gzip magic bytes.
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DatasetError> {
-    use std::io::Read;
-    let raw = std::fs::read(path).map_err(|source| DatasetError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|source| DatasetError::Gzip {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(out)
+/// The most bytes one dataset file may hold, decompressed: 20 times the largest file of
+/// the supported datasets (MNIST's 47 MB training images), far below what a gzip bomb
+/// would unpack to.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Read a whole file of at most `limit` bytes (decompressed, when it starts with the gzip
+/// magic bytes); larger files are refused without reading further.
+pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>, DatasetError> {
+    let raw = read_raw(path)?;
+    if is_gzip(&raw) {
+        gunzip(&raw, path, limit)
+    } else if raw.len() as u64 > limit {
+        Err(DatasetError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+            gzip: false,
+        })
     } else {
         Ok(raw)
+    }
+}
+
+/// The file's bytes as stored, refusing files over [`MAX_FILE_BYTES`] before reading them.
+pub(crate) fn read_raw(path: &Path) -> Result<Vec<u8>, DatasetError> {
+    let io = |source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(DatasetError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_FILE_BYTES,
+            gzip: false,
+        });
+    }
+    std::fs::read(path).map_err(io)
+}
+
+/// Whether `raw` starts with the gzip magic bytes.
+pub(crate) fn is_gzip(raw: &[u8]) -> bool {
+    raw.starts_with(&[0x1f, 0x8b])
+}
+
+/// Decompresses at most `limit` bytes of the gzip data `raw` (all its members); more is
+/// refused as [`DatasetError::TooLarge`] once the limit is crossed.
+pub(crate) fn gunzip(raw: &[u8], path: &Path, limit: u64) -> Result<Vec<u8>, DatasetError> {
+    let out = gunzip_prefix(raw, path, limit.saturating_add(1))?;
+    if out.len() as u64 > limit {
+        return Err(DatasetError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+            gzip: true,
+        });
+    }
+    Ok(out)
+}
+
+/// The first (at most) `n` decompressed bytes of the gzip data `raw`.
+pub(crate) fn gunzip_prefix(raw: &[u8], path: &Path, n: u64) -> Result<Vec<u8>, DatasetError> {
+    use std::io::Read;
+    // Grown as data arrives, never reserved from what a header claims.
+    let start = (raw.len() as u64).saturating_mul(4).min(n).min(64 << 20);
+    let mut out = Vec::with_capacity(start as usize);
+    flate2::read::MultiGzDecoder::new(raw)
+        .take(n)
+        .read_to_end(&mut out)
+        .map_err(|source| DatasetError::Gzip {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomb.gz");
+        // 16 MiB of zeros compress to about 16 KiB.
+        let bomb = gz(&vec![0u8; 16 << 20]);
+        assert!(bomb.len() < 1 << 20);
+        std::fs::write(&path, &bomb).unwrap();
+        let err = read_maybe_gz(&path, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, DatasetError::TooLarge { limit, gzip: true, .. } if limit == 1 << 20),
+            "{err}"
+        );
+        assert!(err.to_string().contains("once decompressed"), "{err}");
+        assert_eq!(read_maybe_gz(&path, 16 << 20).unwrap().len(), 16 << 20);
+
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, [1u8; 10]).unwrap();
+        assert!(matches!(
+            read_maybe_gz(&plain, 9),
+            Err(DatasetError::TooLarge { gzip: false, .. })
+        ));
+        assert_eq!(read_maybe_gz(&plain, 10).unwrap(), [1u8; 10]);
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use peerless_lambda::allowed::{ALLOWED_STORE_ENV, AllowedStore};
 use peerless_lambda::faults::FaultPlan;
 use peerless_lambda::{ComputeGradient, ComputeGradientError, ComputeGradientEvent};
 use tokio::sync::Mutex;
@@ -14,7 +15,19 @@ async fn main() -> Result<(), Error> {
     peerless_models::memory::retain_freed_memory();
     lambda_runtime::tracing::init_default_subscriber();
     let faults = FaultPlan::from_env()?;
-    let state = Arc::new(Mutex::new(ComputeGradient::new().with_faults(faults)));
+    let allowed = AllowedStore::from_env();
+    match &allowed {
+        Some(store) => tracing::info!(store = store.url(), "events may only name this store"),
+        None => tracing::warn!(
+            "{ALLOWED_STORE_ENV} is not set: events may name any store the function's role \
+             can reach; set it to the store this function serves"
+        ),
+    }
+    let state = Arc::new(Mutex::new(
+        ComputeGradient::new()
+            .with_faults(faults)
+            .with_allowed_store(allowed),
+    ));
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ComputeGradientEvent>| {
             let state = state.clone();

@@ -43,9 +43,10 @@ impl Attack {
 
     /// Corrupts `grad` in place for `round` of the peer `rank` of a run seeded `seed`.
     ///
-    /// The node calls this after every check of its own gradient (a future "is my
-    /// gradient finite?" check included) and right before sending: a `nan` attacker
-    /// must get its NaN gradient onto the wire so the other peers' defences are tested.
+    /// The node calls this right after computing the gradient and turns off the round's
+    /// check of its own gradient (`RoundConfig::check_own`) for an attacker: a `nan`
+    /// attacker must get its NaN gradient onto the wire so the other peers' defences are
+    /// tested.
     pub fn apply(self, grad: &mut [f32], seed: u64, rank: u32, round: u64) {
         match self {
             Attack::None => {}

@@ -319,6 +319,9 @@ pub struct ExchangeConfig {
     pub checkpoint_every: Option<u32>,
     /// Whether a starting peer continues from its checkpoints (`--resume`).
     pub resume: Resume,
+    /// Keys folder (`--keys`): messages are signed and checked. `None`: unauthenticated,
+    /// except that [`crate::local::run_local`] makes keys for its peers.
+    pub keys: Option<PathBuf>,
     /// With `--on-timeout partial`, rounds a peer may miss in a row before the others stop
     /// waiting for it (`--evict-after`; 0 always waits).
     pub evict_after: u32,
@@ -381,6 +384,7 @@ impl Default for ExchangeConfig {
             serverless: ServerlessConfig::default(),
             checkpoint_every: None,
             resume: Resume::Auto,
+            keys: None,
             evict_after: 2,
             reconnect_timeout: Duration::from_secs(120),
             aggregation: Aggregation::Mean,

@@ -23,7 +23,23 @@ pub async fn connect(url: &str, config: &NodeConfig) -> Result<AnyTransport> {
 /// Runs every peer of `run` to the end and returns their summaries by rank; fails naming
 /// every peer that failed (each peer's metrics so far stay in `run.metrics_dir`).
 pub fn run_local(run: &LocalRunConfig, device: &Device) -> Result<Vec<NodeSummary>> {
-    let configs = run.node_configs()?;
+    let mut configs = run.node_configs()?;
+    std::fs::create_dir_all(&run.metrics_dir)
+        .with_context(|| format!("creating {}", run.metrics_dir.display()))?;
+    if run.exchange.keys.is_none() && run.peers > 1 {
+        // Local peers sign their messages too: keys of their own, next to their metrics.
+        // Fresh ones each run: they only live as long as these threads.
+        let dir = run.metrics_dir.join("keys");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the old keys in {}", dir.display()))?;
+        }
+        peerless_comm::auth::generate(&dir, run.peers)
+            .with_context(|| format!("making keys in {}", dir.display()))?;
+        for config in &mut configs {
+            config.exchange.keys = Some(dir.clone());
+        }
+    }
     let n = run.peers;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(ensure_split(run))?;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod keys;
 pub mod models;
 pub mod peer;
 pub mod run;

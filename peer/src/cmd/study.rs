@@ -75,7 +75,7 @@ fn run_study(
     device: DeviceChoice,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("study.toml"), config.to_toml_string())?;
+    write_config_copy(config, out)?;
     let store = config
         .store
         .clone()
@@ -123,6 +123,21 @@ fn run_study(
         files.markdown.display(),
         files.html.display()
     );
+    Ok(())
+}
+
+/// Keeps a copy of the config (passwords masked) in `out/study.toml`, unless that file is
+/// the config itself: masking would overwrite the password the user's file holds.
+fn write_config_copy(config: &StudyConfig, out: &Path) -> Result<()> {
+    let copy = out.join("study.toml");
+    let same_file = match (&config.source, copy.canonicalize()) {
+        (Some(source), Ok(copy)) => source.canonicalize().is_ok_and(|s| s == copy),
+        _ => false,
+    };
+    if !same_file {
+        std::fs::write(&copy, config.to_toml_string())
+            .with_context(|| format!("writing {}", copy.display()))?;
+    }
     Ok(())
 }
 

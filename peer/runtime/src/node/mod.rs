@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use peerless_comm::membership::START_TIMEOUT;
-use peerless_comm::{Averager, Identity, RoundConfig, Start, Transport, model_fingerprint};
+use peerless_comm::{
+    Averager, Identity, Keyring, RoundConfig, Start, Transport, model_fingerprint,
+};
 use peerless_data::ObjectStore;
 use peerless_data::split::batch_ranges;
 use peerless_data::{Dataset, SplitReader};
@@ -195,6 +197,24 @@ impl Node {
         round_config.evict_after = x.evict_after;
         round_config.aggregation = x.aggregation;
         round_config.clip_norm = x.clip_norm;
+        // An attacker sends its corrupted gradient even when it is not finite (a `nan`
+        // attack), so the other peers' checks are what is tested.
+        round_config.check_own = !config.attack.is_active();
+        round_config.keyring = Arc::new(match &x.keys {
+            Some(dir) => Keyring::load(dir, config.rank, config.size)
+                .with_context(|| format!("loading the keys of rank {}", config.rank))?,
+            None => {
+                if config.size > 1 {
+                    tracing::warn!(
+                        rank = config.rank,
+                        "the exchange is unauthenticated: anyone who can publish to the broker \
+                         can send gradients (make keys with `peerless keys generate`, start \
+                         peers with --keys)"
+                    );
+                }
+                Keyring::none()
+            }
+        });
         let codec = x.codec.build(t.seed ^ u64::from(config.rank));
         let mut averager = Averager::new(round_config, codec, transport)?;
 
@@ -290,9 +310,8 @@ impl Node {
                 .compute(&work, &model, &weights, fastest, &mut grad)
                 .await
                 .with_context(|| format!("peer {}: computing round {round}", config.rank))?;
-            // Any check of the own gradient (e.g. that it is finite) belongs above this line:
-            // the attack corrupts what is sent after those checks, on purpose, so a `nan`
-            // attacker still sends its NaN gradient and the other peers' defences are tested.
+            // The attack corrupts what is sent; the round's own-gradient check is off for an
+            // attacker (`check_own` above), so a `nan` attacker still sends its NaN gradient.
             config.attack.apply(&mut grad, t.seed, config.rank, round);
             averager.set_compute_time(Duration::from_secs_f64(report.compute_time_s));
             m.record_compute(report);

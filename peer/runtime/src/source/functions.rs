@@ -99,6 +99,18 @@ impl AnyFunctions {
                 Self::Lambda(f) => f.run(&request, &events).await,
                 Self::StepFn(f) => f.run(&request, &events).await,
             };
+            // Step Functions answers for a whole round, out of reach of `call_each`'s
+            // check: a response for another batch is a failed batch whatever the backend.
+            for (outcome, event) in round.outcomes.iter_mut().zip(&events) {
+                if let Ok(invocation) = outcome
+                    && let Err(e) = check_response(event, &invocation.response)
+                {
+                    *outcome = Err(Failure {
+                        attempts: invocation.attempts,
+                        message: format!("{e:#}"),
+                    });
+                }
+            }
             round.elapsed = start.elapsed();
             round
         })
@@ -173,7 +185,15 @@ where
                 let attempts = &attempts;
                 async move {
                     let n = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    match tokio::time::timeout(policy.timeout, call(event.clone())).await {
+                    let answer = tokio::time::timeout(policy.timeout, call(event.clone()))
+                        .await
+                        .map(|r| {
+                            r.and_then(|done| {
+                                check_response(&event, &done.response)?;
+                                Ok(done)
+                            })
+                        });
+                    match answer {
                         Ok(Ok(done)) => Ok(done),
                         Ok(Err(e)) => {
                             tracing::warn!(
@@ -216,6 +236,63 @@ where
     done.into_iter().map(|(_, outcome)| outcome).collect()
 }
 
+/// Checks that a function answered the event it was given: same run, round, rank, batch
+/// and gradient key, and a finite loss over a plausible number of samples. A response that
+/// names another key would make the peer read (and average) an object it never asked for,
+/// so a mismatch is a failed call, retried and then handled by `--on-function-failure`.
+pub fn check_response(
+    event: &ComputeGradientEvent,
+    response: &ComputeGradientResponse,
+) -> anyhow::Result<()> {
+    let ctx = &event.context;
+    let mut wrong = Vec::new();
+    if response.gradient_key != event.gradient_key {
+        wrong.push(format!(
+            "gradient key {:?} (asked for {:?})",
+            response.gradient_key, event.gradient_key
+        ));
+    }
+    if response.batch != event.batch {
+        wrong.push(format!(
+            "batch {} (asked for {})",
+            response.batch, event.batch
+        ));
+    }
+    if response.run_id != ctx.run_id {
+        wrong.push(format!(
+            "run {} (asked for {})",
+            response.run_id, ctx.run_id
+        ));
+    }
+    if response.round != ctx.round {
+        wrong.push(format!(
+            "round {} (asked for {})",
+            response.round, ctx.round
+        ));
+    }
+    if response.rank != ctx.rank {
+        wrong.push(format!("rank {} (asked for {})", response.rank, ctx.rank));
+    }
+    if !response.loss.is_finite() {
+        wrong.push(format!("a loss of {}", response.loss));
+    }
+    if response.samples == 0 || response.correct > response.samples {
+        wrong.push(format!(
+            "{} correct of {} samples",
+            response.correct, response.samples
+        ));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the function's response does not match the call for batch {}: {}",
+            event.batch,
+            wrong.join(", ")
+        )
+    }
+}
+
 /// An [`Invocation`] from a successful attempt, with billing from the platform's report or
 /// estimated from the handler's own duration.
 pub fn invocation(done: Attempt, attempts: u32, start: Instant, memory_mb: u32) -> Invocation {
@@ -239,5 +316,114 @@ pub fn invocation(done: Attempt, attempts: u32, start: Instant, memory_mb: u32) 
             attempts,
             wall_ms,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerless_lambda::{RoundContext, StoreLocation};
+    use peerless_models::{Architecture, Loss, ModelSpec};
+
+    fn event(batch: u32) -> ComputeGradientEvent {
+        ComputeGradientEvent {
+            context: RoundContext {
+                run_id: "0123456789abcdef0123456789abcdef".into(),
+                round: 4,
+                rank: 1,
+                world_size: 2,
+                model: ModelSpec::new(Architecture::TinyCnn),
+                loss: Loss::CrossEntropy,
+                transform: peerless_data::TransformSpec::new(1, 28),
+                store: StoreLocation::new("/tmp/store"),
+                weights_key: "w.bin".into(),
+            },
+            batch,
+            augment_seed: 0,
+            batch_key: format!("b-{batch}"),
+            gradient_key: format!("g/batch-{batch}.grad"),
+        }
+    }
+
+    fn answer(event: &ComputeGradientEvent) -> ComputeGradientResponse {
+        ComputeGradientResponse {
+            gradient_key: event.gradient_key.clone(),
+            run_id: event.context.run_id.clone(),
+            round: event.context.round,
+            rank: event.context.rank,
+            batch: event.batch,
+            loss: 0.5,
+            samples: 8,
+            correct: 3,
+            element_count: 10,
+            gradient_bytes: 100,
+            weights_cached: false,
+            model_cached: false,
+            timings: Default::default(),
+            runtime: Default::default(),
+        }
+    }
+
+    #[test]
+    fn responses_must_answer_the_call() {
+        let e = event(2);
+        assert!(check_response(&e, &answer(&e)).is_ok());
+        let wrong: [fn(&mut ComputeGradientResponse); 7] = [
+            |r| r.gradient_key = "g/batch-0.grad".into(),
+            |r| r.batch = 0,
+            |r| r.run_id = "ffffffffffffffffffffffffffffffff".into(),
+            |r| r.round = 5,
+            |r| r.rank = 0,
+            |r| r.loss = f32::NAN,
+            |r| r.correct = 9,
+        ];
+        for change in wrong {
+            let mut r = answer(&e);
+            change(&mut r);
+            let err = check_response(&e, &r).unwrap_err().to_string();
+            assert!(err.contains("does not match the call for batch 2"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mismatched_response_is_a_failed_attempt_and_retried() {
+        let policy = CallPolicy {
+            concurrency: 2,
+            retries: 2,
+            timeout: Duration::from_secs(5),
+            first_backoff: Duration::from_millis(1),
+        };
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let events = [event(0), event(1)];
+        // Batch 0 answers for another key on its first attempt only; batch 1 always does.
+        let outcomes = call_each(&events, policy, 128, |e| {
+            let n = match e.batch {
+                0 => calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                _ => u32::MAX,
+            };
+            async move {
+                let mut response = answer(&e);
+                if e.batch == 1 || n == 0 {
+                    response.gradient_key = "someone/else.grad".into();
+                }
+                Ok(Attempt {
+                    response,
+                    report: None,
+                })
+            }
+        })
+        .await;
+        let first = outcomes[0].as_ref().expect("batch 0 succeeds when retried");
+        assert_eq!(first.attempts, 2);
+        assert_eq!(first.response.gradient_key, events[0].gradient_key);
+        let failed = outcomes[1]
+            .as_ref()
+            .expect_err("batch 1 never answers right");
+        assert_eq!(failed.attempts, 3);
+        assert!(
+            failed.message.contains("someone/else.grad"),
+            "{}",
+            failed.message
+        );
     }
 }

@@ -337,33 +337,43 @@ async fn gather(
         element_count: g.weights.len() as u64,
     };
     let store = o.store.clone();
-    let mut fetched = futures::stream::iter(g.round.outcomes.iter().map(|outcome| {
-        let store = store.clone();
-        let key = outcome
-            .as_ref()
-            .ok()
-            .map(|i| i.response.gradient_key.clone());
-        async move {
-            match key {
-                Some(key) => Some(store.get(&key).await.map(|b| (key, b))),
-                None => None,
+    // The key the peer chose, never one a response names (`check_response` also refuses
+    // responses naming another key).
+    let mut fetched = futures::stream::iter(g.round.outcomes.iter().zip(g.events).map(
+        |(outcome, event)| {
+            let store = store.clone();
+            let key = outcome.as_ref().ok().map(|_| event.gradient_key.clone());
+            async move {
+                match key {
+                    Some(key) => Some(store.get(&key).await.map(|b| (key, b))),
+                    None => None,
+                }
             }
-        }
-    }))
+        },
+    ))
     .buffered(4);
     let mut fallback_time = Duration::ZERO;
     for ((outcome, event), batch) in g.round.outcomes.iter().zip(g.events).zip(g.theirs) {
         let got = fetched.next().await.flatten();
         let why_local = match (outcome, got) {
             (Ok(inv), Some(Ok((key, bytes)))) => {
-                let gr = gradient::decode(&bytes, &expected)
-                    .with_context(|| format!("gradient object {key}"))?;
                 let r = &inv.response;
-                accumulate(grad, &gr, r.samples as usize);
-                totals.add(f64::from(r.loss), r.correct as usize, r.samples as usize);
-                report.failed_attempts += inv.attempts - 1;
-                report.invocations.push(InvocationRecord::from(inv));
-                continue;
+                let samples = batch.1.len();
+                match check_gradient(&bytes, &expected, r.samples, samples) {
+                    Ok(gr) => {
+                        accumulate(grad, &gr, samples);
+                        totals.add(f64::from(r.loss), r.correct as usize, samples);
+                        report.failed_attempts += inv.attempts - 1;
+                        report.invocations.push(InvocationRecord::from(inv));
+                        continue;
+                    }
+                    Err(e) => {
+                        // The function ran (and was billed) but its gradient is unusable.
+                        report.failed_attempts += inv.attempts;
+                        report.invocations.push(InvocationRecord::from(inv));
+                        format!("its gradient object {key} was refused: {e}")
+                    }
+                }
             }
             (Ok(inv), Some(Err(e))) => {
                 // The function ran (and was billed); its gradient is out of reach.
@@ -400,6 +410,20 @@ async fn gather(
         report.fallback_batches += 1;
     }
     Ok(fallback_time)
+}
+
+/// Decodes a function's gradient if it is one this peer can use: of this run, round and
+/// model, finite, and computed over the batch's `samples` images as the response says.
+fn check_gradient(
+    bytes: &[u8],
+    expected: &ExpectedGradient,
+    reported_samples: u64,
+    samples: usize,
+) -> Result<Vec<f32>> {
+    if reported_samples != samples as u64 {
+        bail!("the response counts {reported_samples} samples, the batch has {samples}");
+    }
+    Ok(gradient::decode(bytes, expected)?)
 }
 
 /// Key of the weights the functions load in `round`.
