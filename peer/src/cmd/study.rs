@@ -98,13 +98,24 @@ fn run_study(
                 let start = Instant::now();
                 let run = run_config(config, &study_run, &store, &dir);
                 let device = select_device(device)?;
-                run_local(&run, &device).with_context(|| {
-                    format!(
-                        "the {name} run of the study failed; the finished runs are kept in {}: \
-                         rerun the same command to resume",
-                        out.display()
-                    )
-                })?;
+                match run_local(&run, &device) {
+                    Ok(_) => {}
+                    // A run that collapses under attack (every honest gradient withheld as
+                    // non-finite, rounds timing out) is a result: its rounds so far are
+                    // reported.
+                    Err(e) if study_run.attacked && dir.join("peer-0.jsonl").exists() => {
+                        eprintln!("study: the {name} run collapsed under attack: {e:#}");
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "the {name} run of the study failed; the finished runs are kept \
+                                 in {}: rerun the same command to resume",
+                                out.display()
+                            )
+                        });
+                    }
+                }
                 let wall = start.elapsed().as_secs_f64();
                 let done = Done { wall_time_s: wall };
                 std::fs::write(dir.join(DONE), serde_json::to_string(&done)?)?;
@@ -216,6 +227,13 @@ fn run_config(
             serverless,
             aggregation: study_run.aggregation,
             clip_norm: config.clip_norm,
+            // Under attack a diverged model stalls its rounds (no finite gradient left to
+            // send): give up on them after a minute rather than ten.
+            round_timeout: if study_run.attacked {
+                std::time::Duration::from_secs(60)
+            } else {
+                ExchangeConfig::default().round_timeout
+            },
             ..ExchangeConfig::default()
         },
         capabilities: (0..config.peers.len())
