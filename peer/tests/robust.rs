@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{json_lines, training_run};
-use predicates::prelude::*;
 
 const PEERS: usize = 4;
 
