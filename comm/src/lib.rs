@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod auth;
 pub mod average;
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod transport;
 pub mod url;
 pub mod wire;
 
+pub use aggregate::{Aggregation, AggregationError, Aggregator};
 pub use auth::Keyring;
 pub use codec::{Codec, CodecError, CodecSpec};
 pub use membership::{Identity, JoinRequest, Start};

@@ -37,6 +37,7 @@ use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::aggregate::{Aggregation, Aggregator};
 use crate::auth::Keyring;
 use crate::average;
 use crate::codec::{Codec, CodecError};
@@ -108,6 +109,11 @@ pub struct RoundConfig {
     /// Refuse to send a local gradient holding NaN or infinity (on by default;
     /// only attack simulations turn it off).
     pub check_own: bool,
+    /// How the contributions are combined (`--aggregation`); peers must agree.
+    pub aggregation: Aggregation,
+    /// Each contribution is scaled to at most this L2 norm before aggregating
+    /// (`--clip-norm`); peers must agree.
+    pub clip_norm: Option<f32>,
 }
 
 impl RoundConfig {
@@ -134,6 +140,8 @@ impl RoundConfig {
             incarnation: rand::random(),
             keyring: Arc::new(Keyring::none()),
             check_own: true,
+            aggregation: Aggregation::Mean,
+            clip_norm: None,
         }
     }
 }
@@ -309,6 +317,7 @@ pub struct Averager<T> {
     outgoing: Vec<Bytes>,
     inbox: Inbox,
     compute_micros: u64,
+    aggregator: Aggregator,
 }
 
 impl<T> fmt::Debug for Averager<T> {
@@ -339,6 +348,9 @@ impl<T: Transport> Averager<T> {
                 config.max_chunk_bytes
             )));
         }
+        if let Some(c) = config.clip_norm {
+            crate::aggregate::check_clip_norm(c).map_err(|e| RoundError::Config(e.to_string()))?;
+        }
         let inbox = Inbox::new(config.world_size as usize, config.element_count);
         Ok(Averager {
             config,
@@ -348,6 +360,7 @@ impl<T: Transport> Averager<T> {
             outgoing: Vec::new(),
             inbox,
             compute_micros: 0,
+            aggregator: Aggregator::new(),
         })
     }
 
@@ -446,6 +459,7 @@ impl<T: Transport> Averager<T> {
             outgoing,
             inbox,
             compute_micros,
+            aggregator,
         } = self;
         let config: &RoundConfig = config;
 
@@ -587,15 +601,31 @@ impl<T: Transport> Averager<T> {
         if contributors.is_empty() {
             out.fill(0.0);
         }
-        average::mean_into(out, contributors.len(), |source, start, block, mode| {
+        let payload = |source: usize| {
             let rank = contributors[source];
-            let payload = if rank == own_rank {
+            if rank == own_rank {
                 own
             } else {
                 slots[rank as usize].payload()
-            };
-            codec.accumulate(payload, n, start, block, mode);
-        });
+            }
+        };
+        if config.aggregation.is_mean() && config.clip_norm.is_none() {
+            // The streaming mean: decoded straight into the accumulator.
+            average::mean_into(out, contributors.len(), |source, start, block, mode| {
+                codec.accumulate(payload(source), n, start, block, mode);
+            });
+        } else {
+            aggregator.aggregate(
+                config.aggregation,
+                config.clip_norm,
+                contributors.len(),
+                out,
+                |source, start, block| {
+                    let mode = crate::codec::Accumulate::Assign;
+                    codec.accumulate(payload(source), n, start, block, mode);
+                },
+            );
+        }
         stats.contributors = contributors.len() as u32;
         stats.participants = contributors.clone();
         stats.peer_compute = vec![None; slots.len()];

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use peerless_comm::OnTimeout;
+use peerless_comm::{Aggregation, OnTimeout};
 use peerless_data::{DatasetKind, Partition, S3Options, StoreOptions};
 use peerless_lambda::OnTaskFailure;
 use peerless_models::optim::OptimizerKind;
 use peerless_models::{Architecture, DeviceChoice, Loss};
 use peerless_runtime::config::duration_secs;
 use peerless_runtime::{
-    Capability, ExchangeConfig, LocalRunConfig, OffloadPolicy, OnFunctionFailure, Resume,
+    Attack, Capability, ExchangeConfig, LocalRunConfig, OffloadPolicy, OnFunctionFailure, Resume,
     ServerlessConfig, ServerlessMode, SplitSource, TrainingConfig,
 };
 
@@ -174,6 +174,20 @@ pub struct ExchangeArgs {
     #[arg(long, default_value = "none", env = "PEERLESS_COMPRESSION")]
     pub compression: peerless_comm::CodecSpec,
 
+    /// How each round combines the peers' gradients, coordinate by coordinate: mean,
+    /// median, or trimmed-mean:K (drop the K lowest and highest values). Every peer must
+    /// use the same.
+    #[arg(
+        long,
+        default_value = "mean",
+        value_name = "mean|median|trimmed-mean:K"
+    )]
+    pub aggregation: Aggregation,
+
+    /// Scale each gradient to an L2 norm of at most C before aggregating.
+    #[arg(long, value_name = "C", value_parser = positive_f32)]
+    pub clip_norm: Option<f32>,
+
     /// Evaluate every round (validation over all peers' validation shards, test accuracy);
     /// drives ReduceLROnPlateau and early stopping.
     #[arg(long)]
@@ -329,6 +343,15 @@ pub struct PeerArgs {
     #[arg(long, value_name = "N", value_parser = thread_count)]
     pub threads: Option<usize>,
 
+    /// Corrupt this peer's own gradient before sending it, to test robust aggregation:
+    /// none, sign-flip, scale:F, noise:SIGMA (seeded by --seed, rank and round) or nan.
+    #[arg(
+        long,
+        default_value = "none",
+        value_name = "none|sign-flip|scale:F|noise:SIGMA|nan"
+    )]
+    pub attack: Attack,
+
     #[command(flatten)]
     pub training: TrainingArgs,
 
@@ -362,6 +385,11 @@ pub struct RunArgs {
     /// Threads of each peer's own batches, by rank; 0 or unlisted: every core.
     #[arg(long, value_delimiter = ',', value_name = "N,N,...", value_parser = thread_count_or_all)]
     pub threads: Vec<usize>,
+
+    /// Each peer's attack, by rank (see `peer --attack`), e.g. none,none,sign-flip;
+    /// unlisted peers are honest.
+    #[arg(long, value_delimiter = ',', value_name = "A,A,...")]
+    pub attacks: Vec<Attack>,
 
     /// Use only the first N training images when `run` writes the split itself.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
@@ -707,6 +735,8 @@ impl ExchangeArgs {
             keys: self.keys.clone(),
             evict_after: self.evict_after,
             reconnect_timeout: duration_secs("--reconnect-timeout", self.reconnect_timeout)?,
+            aggregation: self.aggregation,
+            clip_norm: self.clip_norm,
         };
         config.validate()?;
         Ok(config)
@@ -737,6 +767,7 @@ impl RunArgs {
             training: self.training.to_config(),
             exchange: self.exchange.to_config()?,
             capabilities,
+            attacks: self.attacks.clone(),
         };
         config.node_configs()?;
         Ok(config)

@@ -163,6 +163,20 @@ fn numbers_that_are_not_finite_or_overflow_a_deadline_are_usage_errors() {
     );
     refused(&run_with(&["--evict-after=-1"]), "--evict-after");
     refused(&run_with(&["--resume", "sometimes"]), "--resume");
+    refused(&run_with(&["--clip-norm", "0"]), "--clip-norm");
+    refused(&peer_with(&["--clip-norm", "inf"]), "--clip-norm");
+    refused(&peer_with(&["--clip-norm=-3"]), "--clip-norm");
+    refused(
+        &run_with(&["--aggregation", "trimmed-mean:0"]),
+        "--aggregation",
+    );
+    refused(&peer_with(&["--aggregation", "average"]), "--aggregation");
+    refused(&peer_with(&["--attack", "scale:nan"]), "--attack");
+    refused(&run_with(&["--attacks", "none,noise:-1"]), "--attacks");
+    refused(
+        &run_with(&["--attacks", "none,none,sign-flip"]),
+        "--attacks lists 3 peers",
+    );
 }
 
 #[test]

@@ -25,8 +25,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use peerless_comm::Aggregation;
 pub use peerless_data::DatasetKind;
 pub use peerless_models::Architecture;
+pub use peerless_runtime::Attack;
 use peerless_runtime::OffloadPolicy;
 pub use peerless_runtime::ServerlessMode;
 
@@ -108,6 +110,27 @@ pub struct PeerSpec {
     /// EC2 type this peer is billed as (default: the top-level `instance_type`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
+    /// How this peer corrupts its gradient (`none`, `sign-flip`, `scale:F`,
+    /// `noise:SIGMA`, `nan`), to study robust aggregation.
+    #[serde(default, skip_serializing_if = "is_honest")]
+    pub attack: Attack,
+}
+
+fn is_honest(attack: &Attack) -> bool {
+    !attack.is_active()
+}
+
+/// One training run of a study: a deployment under one aggregation, with or without the
+/// configured attacks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StudyRun {
+    /// The run's name: the deployment's for its main run (so it is costed and
+    /// projected), `<deployment>-<aggregation>` or `<deployment>-clean` for the others.
+    pub name: String,
+    pub deployment: Deployment,
+    pub aggregation: Aggregation,
+    /// Whether the `[[peer]]` attacks apply (the clean baseline runs without them).
+    pub attacked: bool,
 }
 
 /// The grid the scale projection covers.
@@ -228,6 +251,17 @@ pub struct StudyConfig {
     /// State machine when `serverless = "stepfn"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_machine_arn: Option<String>,
+    /// How each round combines the peers' gradients: `mean`, `median` or
+    /// `trimmed-mean:K`.
+    #[serde(default)]
+    pub aggregation: Aggregation,
+    /// Further aggregations to compare: each deployment runs once more with each (runs
+    /// named `<deployment>-<aggregation>`, reported but not costed or projected).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare_aggregations: Vec<Aggregation>,
+    /// Each gradient is scaled to at most this L2 norm before aggregating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_norm: Option<f32>,
     /// One `[[peer]]` table per peer.
     #[serde(rename = "peer", default)]
     pub peers: Vec<PeerSpec>,
@@ -413,6 +447,19 @@ impl StudyConfig {
                 );
             }
         }
+        for (i, a) in self.compare_aggregations.iter().enumerate() {
+            if *a == self.aggregation || self.compare_aggregations[..i].contains(a) {
+                return bad(
+                    &format!("compare_aggregations[{i}]"),
+                    format!("lists {:?} twice (with `aggregation`)", a.to_string()),
+                );
+            }
+        }
+        if let Some(c) = self.clip_norm
+            && peerless_comm::aggregate::check_clip_norm(c).is_err()
+        {
+            return bad("clip_norm", format!("must be a finite number > 0, got {c}"));
+        }
         if self.offloads() {
             if self.serverless == ServerlessMode::None {
                 return bad(
@@ -519,6 +566,55 @@ impl StudyConfig {
                 .collect::<Vec<_>>()
                 .join(", "),
         }
+    }
+
+    /// Whether any peer attacks.
+    pub fn attacks(&self) -> bool {
+        self.peers.iter().any(|p| p.attack.is_active())
+    }
+
+    /// Every run of the study, in order: each deployment under `aggregation`, then under
+    /// each of `compare_aggregations`, then (when a peer attacks) the first deployment
+    /// without attacks and with the mean, the clean baseline.
+    pub fn runs(&self) -> Vec<StudyRun> {
+        let attacked = self.attacks();
+        let mut runs = Vec::new();
+        for &deployment in &self.deployments {
+            runs.push(StudyRun {
+                name: deployment.name().to_string(),
+                deployment,
+                aggregation: self.aggregation,
+                attacked,
+            });
+            for &aggregation in &self.compare_aggregations {
+                runs.push(StudyRun {
+                    name: format!("{}-{}", deployment.name(), aggregation).replace(':', "-"),
+                    deployment,
+                    aggregation,
+                    attacked,
+                });
+            }
+        }
+        if let (true, Some(&deployment)) = (attacked, self.deployments.first()) {
+            runs.push(StudyRun {
+                name: format!("{}-clean", deployment.name()),
+                deployment,
+                aggregation: Aggregation::Mean,
+                attacked: false,
+            });
+        }
+        runs
+    }
+
+    /// The attacks as text for the report (`peer 3: scale:-10`), empty without any.
+    pub fn attack_summary(&self) -> String {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.attack.is_active())
+            .map(|(i, p)| format!("peer {i}: {}", p.attack))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Whether any deployment calls functions.

@@ -19,8 +19,8 @@ pub mod runs;
 pub mod simulate;
 
 pub use config::{
-    Architecture, DatasetKind, Deployment, LambdaArch, PeerSpec, ProjectionConfig, ServerlessMode,
-    StudyConfig,
+    Aggregation, Architecture, Attack, DatasetKind, Deployment, LambdaArch, PeerSpec,
+    ProjectionConfig, ServerlessMode, StudyConfig, StudyRun,
 };
 pub use cost::{CostBreakdown, CostPoint, CostQuantities, cost_curve, run_cost};
 pub use error::StudyError;

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use peerless_bench::study::{
-    Architecture, DatasetKind, Deployment, Prices, ServerlessMode, StudyConfig, StudyError,
+    Aggregation, Architecture, Attack, DatasetKind, Deployment, Prices, ServerlessMode,
+    StudyConfig, StudyError,
 };
 
 use peerless_runtime::OffloadPolicy;
@@ -216,7 +217,11 @@ fn shipped(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn shipped_configs_parse_validate_and_are_covered_by_the_shipped_prices() {
-    for file in ["study/default.toml", "study/models.toml"] {
+    for file in [
+        "study/default.toml",
+        "study/models.toml",
+        "study/attack.toml",
+    ] {
         let config = StudyConfig::load(&shipped(file)).unwrap_or_else(|e| panic!("{e}"));
         config.validate().unwrap();
         let prices = Prices::load(&config.prices_path()).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -382,4 +387,58 @@ fn the_deployments_key_is_also_read_under_its_earlier_name() {
             .deployments,
         vec![Deployment::Instance]
     );
+}
+
+#[test]
+fn attacks_and_aggregations_are_typed_validated_and_planned_as_runs() {
+    let attacked = format!("{MINIMAL}attack = \"scale:-10\"\n");
+    let c = StudyConfig::from_toml_str(
+        &(format!(
+            "aggregation = \"median\"\ncompare_aggregations = [\"mean\", \"trimmed-mean:1\"]\n\
+         clip_norm = 5.0\ndeployments = [\"instance\"]\n{attacked}"
+        )),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.aggregation, Aggregation::Median);
+    assert_eq!(c.peers[1].attack, Attack::Scale(-10.0));
+    assert_eq!(c.clip_norm, Some(5.0));
+    assert_eq!(c.attack_summary(), "peer 1: scale:-10");
+    let runs: Vec<(String, Aggregation, bool)> = c
+        .runs()
+        .into_iter()
+        .map(|r| (r.name, r.aggregation, r.attacked))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            ("instance".into(), Aggregation::Median, true),
+            ("instance-mean".into(), Aggregation::Mean, true),
+            (
+                "instance-trimmed-mean-1".into(),
+                Aggregation::TrimmedMean(1),
+                true
+            ),
+            ("instance-clean".into(), Aggregation::Mean, false),
+        ]
+    );
+    // The written config reads back the same.
+    let again = StudyConfig::from_toml_str(&c.to_toml_string()).unwrap();
+    assert_eq!(again.runs(), c.runs());
+    // Without attacks: no clean run.
+    let plain = StudyConfig::from_toml_str(MINIMAL).unwrap();
+    assert!(!plain.attacks());
+    assert_eq!(plain.runs().len(), plain.deployments.len());
+
+    for (text, says) in [
+        (with("aggregation = \"avg\""), "trimmed-mean:K"),
+        (
+            with("compare_aggregations = [\"mean\"]"),
+            "compare_aggregations[0]",
+        ),
+        (with("clip_norm = -1.0"), "clip_norm"),
+        (format!("{MINIMAL}attack = \"scale:inf\"\n"), "sign-flip"),
+    ] {
+        let e = err(&text);
+        assert!(e.contains(says), "{text}: {e}");
+    }
 }

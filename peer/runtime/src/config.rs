@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use peerless_comm::{CodecSpec, OnTimeout, RunId};
+use peerless_comm::{Aggregation, CodecSpec, OnTimeout, RunId};
 use peerless_data::{DatasetKind, Partition, StoreOptions};
 use peerless_models::optim::{OptimizerConfig, OptimizerKind};
 use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
 use peerless_models::{Architecture, Loss, ModelError};
 use serde::{Deserialize, Serialize};
 
+use crate::attack::Attack;
 use crate::offload::OffloadPolicy;
 
 /// A configuration that cannot run, with a message naming the flag to change.
@@ -326,6 +327,12 @@ pub struct ExchangeConfig {
     pub evict_after: u32,
     /// How long a lost broker connection is retried before the peer fails.
     pub reconnect_timeout: Duration,
+    /// How each round combines the peers' gradients (`--aggregation`): the mean, or a
+    /// robust rule that bad gradients cannot drag far.
+    pub aggregation: Aggregation,
+    /// Each gradient is scaled to at most this L2 norm before aggregating
+    /// (`--clip-norm`), bounding what any one peer can contribute.
+    pub clip_norm: Option<f32>,
 }
 
 /// Whether a peer resumes from its checkpoints (`--resume auto|never`).
@@ -380,6 +387,8 @@ impl Default for ExchangeConfig {
             keys: None,
             evict_after: 2,
             reconnect_timeout: Duration::from_secs(120),
+            aggregation: Aggregation::Mean,
+            clip_norm: None,
         }
     }
 }
@@ -392,6 +401,10 @@ impl ExchangeConfig {
         }
         if self.max_chunk_bytes == 0 {
             return Err(ConfigError::new("the chunk size must be positive"));
+        }
+        if let Some(c) = self.clip_norm {
+            peerless_comm::aggregate::check_clip_norm(c)
+                .map_err(|e| ConfigError(format!("--clip-norm: {e}")))?;
         }
         self.serverless.validate(&self.store)
     }
@@ -434,7 +447,7 @@ impl Capability {
 }
 
 /// Everything one peer needs; identical on every peer of a run except `rank`,
-/// `metrics_out` and `capability`. Built by [`NodeConfig::new`], which validates it.
+/// `metrics_out`, `capability` and `attack`. Built by [`NodeConfig::new`], which validates it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeConfig {
     pub rank: u32,
@@ -447,6 +460,8 @@ pub struct NodeConfig {
     /// One JSON line of [`crate::metrics::RoundMetrics`] per round.
     pub metrics_out: Option<PathBuf>,
     pub capability: Capability,
+    /// How this peer corrupts its own gradient (`--attack`; tests and studies only).
+    pub attack: Attack,
 }
 
 impl NodeConfig {
@@ -467,6 +482,7 @@ impl NodeConfig {
             resize: None,
             metrics_out: None,
             capability: Capability::default(),
+            attack: Attack::None,
         };
         config.validate()?;
         Ok(config)
@@ -544,6 +560,8 @@ pub struct LocalRunConfig {
     pub exchange: ExchangeConfig,
     /// By rank; missing ranks get the default (full speed, every core).
     pub capabilities: Vec<Capability>,
+    /// Each peer's attack, by rank; missing ranks are honest.
+    pub attacks: Vec<Attack>,
 }
 
 impl LocalRunConfig {
@@ -553,6 +571,13 @@ impl LocalRunConfig {
             return Err(ConfigError(format!(
                 "--speeds or --threads lists {} peers but --peers is {}",
                 self.capabilities.len(),
+                self.peers
+            )));
+        }
+        if self.attacks.len() > self.peers as usize {
+            return Err(ConfigError(format!(
+                "--attacks lists {} peers but --peers is {}",
+                self.attacks.len(),
                 self.peers
             )));
         }
@@ -579,6 +604,7 @@ impl LocalRunConfig {
                     .get(rank as usize)
                     .copied()
                     .unwrap_or_default();
+                config.attack = self.attacks.get(rank as usize).copied().unwrap_or_default();
                 config.with_capability(capability)
             })
             .collect()
@@ -652,12 +678,15 @@ mod tests {
                 speed: 0.5,
                 threads: Some(1),
             }],
+            attacks: vec![Attack::None, Attack::SignFlip],
         };
         let nodes = run.node_configs().unwrap();
         assert_eq!(nodes.len(), 3);
         assert_eq!(nodes[2].metrics_out, Some(PathBuf::from("m/peer-2.jsonl")));
         assert_eq!(nodes[0].capability.speed, 0.5);
         assert_eq!(nodes[1].capability, Capability::default());
+        assert_eq!(nodes[1].attack, Attack::SignFlip);
+        assert_eq!(nodes[2].attack, Attack::None);
         assert!(nodes.iter().all(|n| n.run_id == RunId::from_name("r")));
     }
 }

@@ -4,6 +4,7 @@
 //! It takes a typed, validated [`config`] and knows nothing of command lines, so tests and
 //! `peerless study` drive it directly; the `peerless` binary is a thin layer over it.
 
+pub mod attack;
 pub mod checkpoint;
 pub mod config;
 pub mod eval;
@@ -15,6 +16,7 @@ pub mod pipeline;
 pub mod source;
 pub mod sys;
 
+pub use attack::Attack;
 pub use config::{
     Capability, ConfigError, ExchangeConfig, LocalRunConfig, NodeConfig, OnFunctionFailure, Resume,
     ServerlessConfig, ServerlessMode, SplitSource, TrainingConfig,

@@ -69,6 +69,8 @@ pub struct RoundMetrics {
     pub broker_outage_s: f64,
     /// Writing this round's checkpoint, when one was written.
     pub checkpoint_time_s: Option<f64>,
+    /// NaN once a model diverged (e.g. under attack): written as `null`, read back as NaN.
+    #[serde(deserialize_with = "nan_when_null")]
     pub train_loss: f64,
     pub train_accuracy: f64,
     pub val_loss: Option<f64>,
@@ -236,4 +238,9 @@ impl RoundMetrics {
         self.peak_rss_bytes = crate::sys::peak_rss_bytes();
         self.cpu_time_s = crate::sys::cpu_time_s();
     }
+}
+
+/// Reads `null` (how JSON writes a NaN) as NaN, so a diverged run's metrics still load.
+fn nan_when_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }

@@ -43,6 +43,7 @@ fn local_run(dir: &Path, name: &str) -> LocalRunConfig {
             ..ExchangeConfig::default()
         },
         capabilities: Vec::new(),
+        attacks: Vec::new(),
     }
 }
 

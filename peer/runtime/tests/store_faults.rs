@@ -85,6 +85,7 @@ fn run(dir: &Path, proxy: &FaultProxy, store: &str, name: &str, peers: u32) -> L
             speed: 1.0,
             threads: Some(1),
         }],
+        attacks: Vec::new(),
     }
 }
 

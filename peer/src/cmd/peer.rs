@@ -32,6 +32,7 @@ fn node_config(args: &PeerArgs) -> Result<NodeConfig> {
     })?;
     config.resize = args.resize.map(|r| r as usize);
     config.metrics_out = args.training.metrics_out.clone();
+    config.attack = args.attack;
     Ok(config)
 }
 

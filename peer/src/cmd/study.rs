@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use peerless_bench::study::{
-    Deployment, DeploymentRun, Prices, StudyConfig, project, write_report,
-};
+use peerless_bench::study::{DeploymentRun, Prices, StudyConfig, StudyRun, project, write_report};
 use peerless_data::StoreOptions;
 use peerless_models::{DeviceChoice, select_device};
 use peerless_runtime::{
@@ -83,8 +81,8 @@ fn run_study(
         .clone()
         .unwrap_or_else(|| out.join("store").display().to_string());
     let mut runs = Vec::new();
-    for &deployment in &config.deployments {
-        let name = deployment.name();
+    for study_run in config.runs() {
+        let name = study_run.name.as_str();
         let dir = out.join(name);
         let wall = match finished(&dir)? {
             Some(wall) => {
@@ -98,15 +96,26 @@ fn run_study(
                 }
                 eprintln!("study: running {name} ...");
                 let start = Instant::now();
-                let run = run_config(config, deployment, &store, &dir);
+                let run = run_config(config, &study_run, &store, &dir);
                 let device = select_device(device)?;
-                run_local(&run, &device).with_context(|| {
-                    format!(
-                        "the {name} run of the study failed; the finished runs are kept in {}: \
-                         rerun the same command to resume",
-                        out.display()
-                    )
-                })?;
+                match run_local(&run, &device) {
+                    Ok(_) => {}
+                    // A run that collapses under attack (every honest gradient withheld as
+                    // non-finite, rounds timing out) is a result: its rounds so far are
+                    // reported.
+                    Err(e) if study_run.attacked && dir.join("peer-0.jsonl").exists() => {
+                        eprintln!("study: the {name} run collapsed under attack: {e:#}");
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "the {name} run of the study failed; the finished runs are kept \
+                                 in {}: rerun the same command to resume",
+                                out.display()
+                            )
+                        });
+                    }
+                }
                 let wall = start.elapsed().as_secs_f64();
                 let done = Done { wall_time_s: wall };
                 std::fs::write(dir.join(DONE), serde_json::to_string(&done)?)?;
@@ -154,14 +163,15 @@ fn finished(dir: &Path) -> Result<Option<f64>> {
     Ok(Some(done.wall_time_s))
 }
 
-/// The local run of one deployment: the same job everywhere, only the serverless settings
-/// differ.
+/// The local run of one deployment: the same job everywhere, only the serverless settings,
+/// the aggregation and the attacks differ.
 fn run_config(
     config: &StudyConfig,
-    deployment: Deployment,
+    study_run: &StudyRun,
     store: &str,
     dir: &Path,
 ) -> LocalRunConfig {
+    let deployment = study_run.deployment;
     let model = config.model.expect("per_model() sets one model per study");
     let rpe = config.rounds_per_epoch as u32;
     let training = TrainingConfig {
@@ -194,7 +204,7 @@ fn run_config(
         run_id: Some(format!(
             "study-{}-{}-{}",
             config.name,
-            deployment.name(),
+            study_run.name,
             std::process::id()
         )),
         metrics_dir: dir.to_path_buf(),
@@ -215,12 +225,32 @@ fn run_config(
             eval_limit: config.eval_limit,
             rounds_per_epoch: rpe,
             serverless,
+            aggregation: study_run.aggregation,
+            clip_norm: config.clip_norm,
+            // Under attack a diverged model stalls its rounds (no finite gradient left to
+            // send): give up on them after a minute rather than ten.
+            round_timeout: if study_run.attacked {
+                std::time::Duration::from_secs(60)
+            } else {
+                ExchangeConfig::default().round_timeout
+            },
             ..ExchangeConfig::default()
         },
         capabilities: (0..config.peers.len())
             .map(|r| Capability {
                 speed: config.peer_speed(r),
                 threads: config.peers[r].threads,
+            })
+            .collect(),
+        attacks: config
+            .peers
+            .iter()
+            .map(|p| {
+                if study_run.attacked {
+                    p.attack
+                } else {
+                    Default::default()
+                }
             })
             .collect(),
     }

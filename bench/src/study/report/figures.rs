@@ -199,3 +199,46 @@ pub(super) fn projection_plot(config: &StudyConfig, projection: &Projection) -> 
         ],
     }
 }
+
+/// Test accuracy against round of every run (the attack section's plot).
+pub(super) fn attack_plot(runs: &[DeploymentRun], config: &StudyConfig) -> Panels {
+    let plan = config.runs();
+    let lines = runs
+        .iter()
+        .enumerate()
+        .map(|(i, run)| {
+            let label = match plan.iter().find(|p| p.name == run.name) {
+                Some(p) if !p.attacked => format!("{} (no attack)", run.name),
+                Some(p) => format!("{} ({})", run.name, p.aggregation),
+                None => run.name.clone(),
+            };
+            let points = (0..run.round_count())
+                .filter_map(|r| {
+                    run.peers
+                        .iter()
+                        .find_map(|p| p.rounds.get(r).and_then(|m| m.test_accuracy))
+                        .map(|a| (r as f64, a * 100.0))
+                })
+                .collect();
+            Line {
+                label,
+                color: series_color("", i),
+                points,
+            }
+        })
+        .collect();
+    Panels {
+        name: "attacks".into(),
+        title: format!("Under attack ({})", config.attack_summary()),
+        columns: 1,
+        panels: vec![XyPanel {
+            title: "Test accuracy against round".into(),
+            x_label: "round".into(),
+            y_label: "test accuracy %".into(),
+            log_x: false,
+            log_y: false,
+            legend_left: false,
+            lines,
+        }],
+    }
+}

@@ -17,11 +17,11 @@ mod sections;
 use std::path::{Path, PathBuf};
 
 use doc::Block;
-use figures::{cost_plot, projection_plot, time_split_plot, training_plot};
+use figures::{attack_plot, cost_plot, projection_plot, time_split_plot, training_plot};
 pub use sections::Headline;
 use sections::{
-    cost_section, deployments_section, files_section, headlines, projection_section, setup_section,
-    summary_section,
+    attack_section, cost_section, deployments_section, files_section, headlines,
+    projection_section, setup_section, summary_section,
 };
 
 use super::config::StudyConfig;
@@ -34,7 +34,8 @@ use peerless_runtime::metrics::RoundMetrics;
 
 pub use csv::{invocations_csv, metrics_csv};
 
-/// The report's section headings, in order (tests and readers can rely on them).
+/// The report's section headings, in order (tests and readers can rely on them); a study
+/// with an attacking peer also has an "Attacks" section after "Deployments".
 pub const SECTIONS: [&str; 6] = [
     "Summary",
     "Setup",
@@ -138,6 +139,14 @@ pub fn write_report(
         )?,
     );
     let cost_fig = figure("cost", plots::render(&cost_plot(runs, &costs), &plot_dir)?);
+    let attack_fig = if config.attacks() {
+        Some(figure(
+            "attacks",
+            plots::render(&attack_plot(runs, config), &plot_dir)?,
+        ))
+    } else {
+        None
+    };
     let projection_fig = if projection.points.is_empty() {
         None
     } else {
@@ -173,6 +182,9 @@ pub fn write_report(
         training_fig,
         has_accuracy,
     );
+    if let Some(fig) = attack_fig {
+        attack_section(&mut blocks, config, runs, fig);
+    }
     cost_section(&mut blocks, runs, &costs, prices, cost_fig);
     projection_section(&mut blocks, config, projection, projection_fig);
     files_section(&mut blocks, out_dir, &files);

@@ -591,3 +591,65 @@ pub(super) fn files_section(blocks: &mut Vec<Block>, out_dir: &Path, files: &Rep
     items.extend(files.plots.iter().map(|p| format!("`{}`", rel(p))));
     blocks.push(Block::List(items));
 }
+
+/// The runs under attack (only when a `[[peer]]` attacks): each run's aggregation and
+/// whether the attacks applied, its final test accuracy and how far that is from the
+/// clean baseline's.
+pub(super) fn attack_section(
+    blocks: &mut Vec<Block>,
+    config: &StudyConfig,
+    runs: &[DeploymentRun],
+    fig: Block,
+) {
+    blocks.push(Block::Heading(2, "Attacks".into()));
+    let clip = config.clip_norm.map_or("no clipping".to_string(), |c| {
+        format!("gradients clipped to norm {c}")
+    });
+    blocks.push(Block::Paragraph(format!(
+        "Attacking peers: {}; {clip}. Every run trains the same job; the clean run has no \
+         attacker and averages with the mean.",
+        config.attack_summary()
+    )));
+    let plan = config.runs();
+    let clean = plan
+        .iter()
+        .find(|r| !r.attacked)
+        .and_then(|c| runs.iter().find(|r| r.name == c.name))
+        .and_then(|r| final_round_values(r).1);
+    let mut table = vec![
+        [
+            "run",
+            "aggregation",
+            "attacked",
+            "final test accuracy %",
+            "vs clean (points)",
+            "final train loss",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for run in runs {
+        let Some(planned) = plan.iter().find(|p| p.name == run.name) else {
+            continue;
+        };
+        let (loss, acc) = final_round_values(run);
+        let pct = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.2}", 100.0 * a));
+        let delta = match (acc, clean) {
+            (Some(a), Some(c)) => format!("{:+.2}", 100.0 * (a - c)),
+            _ => "-".into(),
+        };
+        table.push(vec![
+            run.name.clone(),
+            planned.aggregation.to_string(),
+            if planned.attacked { "yes" } else { "no" }.into(),
+            pct(acc),
+            delta,
+            loss.map_or("-".to_string(), |l| sig(l, 3)),
+        ]);
+    }
+    blocks.push(Block::Table(table));
+    blocks.push(with_caption(
+        fig,
+        "Test accuracy against round for every run, named by deployment and aggregation.",
+    ));
+}

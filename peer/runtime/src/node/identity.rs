@@ -13,7 +13,7 @@ use crate::config::NodeConfig;
 pub fn run_identity(config: &NodeConfig, manifest: &Manifest) -> Identity {
     let t = &config.training;
     let x = &config.exchange;
-    let fields: [(&str, String); 21] = [
+    let fields: [(&str, String); 23] = [
         ("model", t.model.name().to_string()),
         ("seed", t.seed.to_string()),
         ("optimizer", t.optimizer.name().to_string()),
@@ -33,6 +33,8 @@ pub fn run_identity(config: &NodeConfig, manifest: &Manifest) -> Identity {
         ),
         ("rounds_per_epoch", x.rounds_per_epoch.to_string()),
         ("codec", x.codec.to_string()),
+        ("aggregation", x.aggregation.to_string()),
+        ("clip_norm", format!("{:?}", x.clip_norm)),
         ("world_size", config.size.to_string()),
         ("evaluation", x.evaluation.to_string()),
         ("eval_limit", format!("{:?}", x.eval_limit)),

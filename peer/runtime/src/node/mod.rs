@@ -195,6 +195,11 @@ impl Node {
         round_config.on_timeout = x.on_timeout;
         round_config.max_chunk_bytes = x.max_chunk_bytes;
         round_config.evict_after = x.evict_after;
+        round_config.aggregation = x.aggregation;
+        round_config.clip_norm = x.clip_norm;
+        // An attacker sends its corrupted gradient even when it is not finite (a `nan`
+        // attack), so the other peers' checks are what is tested.
+        round_config.check_own = !config.attack.is_active();
         round_config.keyring = Arc::new(match &x.keys {
             Some(dir) => Keyring::load(dir, config.rank, config.size)
                 .with_context(|| format!("loading the keys of rank {}", config.rank))?,
@@ -305,6 +310,9 @@ impl Node {
                 .compute(&work, &model, &weights, fastest, &mut grad)
                 .await
                 .with_context(|| format!("peer {}: computing round {round}", config.rank))?;
+            // The attack corrupts what is sent; the round's own-gradient check is off for an
+            // attacker (`check_own` above), so a `nan` attacker still sends its NaN gradient.
+            config.attack.apply(&mut grad, t.seed, config.rank, round);
             averager.set_compute_time(Duration::from_secs_f64(report.compute_time_s));
             m.record_compute(report);
             let stats = averager
