@@ -28,14 +28,7 @@ fn run_and_check(extra: &[&str], rounds: usize) -> Vec<Vec<RoundMetrics>> {
     let store = dir.path().join("store");
     let mdir = dir.path().join("metrics");
     training_run(3, &store, &mdir)
-        .args([
-            "--epochs",
-            "2",
-            "--rounds-per-epoch",
-            "29",
-            "--momentum",
-            "0.5",
-        ])
+        .args(TWO_EPOCHS)
         .args(extra)
         .assert()
         .success()

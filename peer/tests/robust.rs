@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{json_lines, training_run};
+use common::{TWO_EPOCHS, json_lines, training_run};
 
 const PEERS: usize = 4;
 
@@ -20,14 +20,7 @@ fn attacked_run(aggregation: &str) -> (bool, Vec<Vec<f64>>) {
     let store = dir.path().join("store");
     let mdir = dir.path().join("metrics");
     let out = training_run(PEERS, &store, &mdir)
-        .args([
-            "--epochs",
-            "2",
-            "--rounds-per-epoch",
-            "29",
-            "--momentum",
-            "0.5",
-        ])
+        .args(TWO_EPOCHS)
         .args(["--attacks", "none,none,none,scale:-10"])
         .args(["--aggregation", aggregation, "--round-timeout", "5"])
         .output()

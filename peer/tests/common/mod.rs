@@ -50,6 +50,16 @@ pub const SMALL_TRAINING: [&str; 6] = [
     "0.05",
 ];
 
+/// Two epochs of 29 rounds with momentum 0.5: the training runs' usual length.
+pub const TWO_EPOCHS: [&str; 6] = [
+    "--epochs",
+    "2",
+    "--rounds-per-epoch",
+    "29",
+    "--momentum",
+    "0.5",
+];
+
 /// `peerless run` of `peers` peers training the small CNN on synthetic data at learning
 /// rate 0.05, split into `store`, metrics into `metrics`: the command every training test
 /// starts from before adding its own flags.
