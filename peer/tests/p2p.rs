@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{
-    RoundMetrics, peer_metrics, peer_process, peerless, round_metrics as metrics, split_synthetic,
-    training_run, unique,
+    RoundMetrics, TWO_EPOCHS, peer_metrics, peer_process, peerless, round_metrics as metrics,
+    split_synthetic, training_run, unique,
 };
 use predicates::prelude::*;
 
