@@ -325,7 +325,6 @@ impl<T: Transport> Averager<T> {
                         let members = self.members_mut();
                         let mut active = head.active.clone();
                         active.push(rank);
-                        members.set_active(&active, head.from_round);
                         for (r, inc) in head.incarnations.iter().enumerate() {
                             if let Some(inc) = inc
                                 && r as u32 != rank
@@ -333,6 +332,7 @@ impl<T: Transport> Averager<T> {
                                 members.admit(r as u32, *inc, head.from_round);
                             }
                         }
+                        // After the incarnations: who takes part is the sender's view.
                         members.set_active(&active, head.from_round);
                         tracing::info!(
                             rank,

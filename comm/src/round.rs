@@ -464,9 +464,12 @@ impl<T: Transport> Averager<T> {
         let config: &RoundConfig = config;
 
         let started = Instant::now();
-        let withheld = config.check_own && crate::codec::first_non_finite(local).is_some();
-        if withheld {
-            let (index, value) = crate::codec::first_non_finite(local).unwrap_or((0, 0.0));
+        let non_finite = config
+            .check_own
+            .then(|| crate::codec::first_non_finite(local))
+            .flatten();
+        let withheld = non_finite.is_some();
+        if let Some((index, value)) = non_finite {
             tracing::error!(
                 round,
                 index,

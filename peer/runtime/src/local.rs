@@ -43,8 +43,6 @@ pub fn run_local(run: &LocalRunConfig, device: &Device) -> Result<Vec<NodeSummar
     let n = run.peers;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(ensure_split(run))?;
-    std::fs::create_dir_all(&run.metrics_dir)
-        .with_context(|| format!("creating {}", run.metrics_dir.display()))?;
     let broker = run.exchange.broker.as_deref();
     let mut transports: Vec<Option<AnyTransport>> = match broker {
         Some(_) => (0..n).map(|_| None).collect(),
