@@ -1,4 +1,4 @@
-//! `cargo bench -p peerless-bench --bench comm`: gradient codecs and averaging at VGG11's
+//! `cargo bench --bench comm`: gradient codecs and averaging at VGG11's
 //! gradient size (128.8 M `f32`, 515 MB), next to a plain copy of the same buffer, in GB/s of
 //! `f32` gradient processed.
 //!
