@@ -1,9 +1,10 @@
 //! Gradient exchange between peers of a data-parallel training run.
 //!
 //! Each round a peer encodes its gradient with a [`codec`], splits it into
-//! [`wire`] messages, publishes them over a [`transport`], collects one
-//! gradient from every other rank and averages them all ([`round`],
-//! [`average`]), so every peer ends the round with bit-identical weights.
+//! [`wire`] messages, sends them over a [`transport`] as the run's [`exchange`]
+//! says (whole gradients to everyone, or shards to their owners), and aggregates
+//! what arrives ([`round`], [`average`], [`aggregate`]), so every peer ends the
+//! round with bit-identical weights.
 
 #![warn(missing_docs)]
 
@@ -11,6 +12,7 @@ pub mod aggregate;
 pub mod auth;
 pub mod average;
 pub mod codec;
+pub mod exchange;
 pub mod membership;
 pub mod round;
 pub mod transport;
@@ -20,6 +22,7 @@ pub mod wire;
 pub use aggregate::{Aggregation, AggregationError, Aggregator};
 pub use auth::Keyring;
 pub use codec::{Codec, CodecError, CodecSpec};
+pub use exchange::Exchange;
 pub use membership::{Identity, JoinRequest, Start};
 pub use round::{Averager, OnTimeout, Rejections, RoundConfig, RoundError, RoundStats};
 pub use transport::{

@@ -1,5 +1,6 @@
-//! One averaging round: publish the local gradient, collect exactly one
-//! gradient per other rank, and average them all in rank order.
+//! One averaging round: send the local gradient as the run's [`Exchange`]
+//! says, collect the other ranks' contributions, and aggregate them in rank
+//! order (see [`crate::exchange`] for the all-to-all and sharded rounds).
 //!
 //! Validation of every incoming message, in this order. No message can end a
 //! round or a run: each one that fails a check is acknowledged, dropped,
@@ -18,7 +19,9 @@
 //! 6. a message of an earlier process of its rank (`old_incarnation`); an
 //!    older round (`stale_round`); a round beyond the small window of rounds
 //!    kept ahead (`far_future`); a later round within it is kept
-//!    (`buffered_future`); a rank not taking part (`not_member`);
+//!    (`buffered_future`); a rank not taking part (`not_member`); a shard
+//!    sent to a peer that does not own it, or a result from a peer that does
+//!    not own its shard (`misrouted`);
 //! 7. sizes and chunk layout are checked against the expected gradient size
 //!    before anything is allocated (`malformed`); a chunk seen twice
 //!    (`duplicate`);
@@ -28,7 +31,7 @@
 //! The event loop only waits on the transport and on the round's deadline:
 //! no sleeping, no polling.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -41,6 +44,7 @@ use crate::aggregate::{Aggregation, Aggregator};
 use crate::auth::Keyring;
 use crate::average;
 use crate::codec::{Codec, CodecError};
+use crate::exchange::Exchange;
 use crate::transport::{Transport, TransportError};
 use crate::wire::{self, HEADER_LEN, Header, MessageKind, RunId, WireError};
 
@@ -114,10 +118,12 @@ pub struct RoundConfig {
     /// Each contribution is scaled to at most this L2 norm before aggregating
     /// (`--clip-norm`); peers must agree.
     pub clip_norm: Option<f32>,
+    /// How gradients travel (`--exchange`); peers must agree.
+    pub exchange: Exchange,
 }
 
 impl RoundConfig {
-    /// A configuration with defaults: 8 MiB chunks, 10 minute timeout, fail on
+    /// A configuration with defaults: 448 KiB chunks, 10 minute timeout, fail on
     /// timeout (evicting after 2 missed rounds once switched to partial), a
     /// random incarnation.
     pub fn new(
@@ -142,13 +148,16 @@ impl RoundConfig {
             check_own: true,
             aggregation: Aggregation::Mean,
             clip_norm: None,
+            exchange: Exchange::AllToAll,
         }
     }
 }
 
 /// Counts of incoming messages that were not used, by reason; non-zero
-/// values point at misconfigured or misbehaving peers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// values point at misconfigured or misbehaving peers. Serialised as the
+/// round metrics' `rejections` object (field names are the keys).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Rejections {
     /// Not a valid message, or a payload its codec rejects.
     pub malformed: u64,
@@ -174,6 +183,9 @@ pub struct Rejections {
     pub mismatched: u64,
     /// A round too far ahead to be a real peer's.
     pub far_future: u64,
+    /// A shard sent to a peer that does not own it, or a shard's result from a
+    /// peer that does not own it (sharded exchange).
+    pub misrouted: u64,
 }
 
 impl Rejections {
@@ -191,6 +203,7 @@ impl Rejections {
             + self.unauthenticated
             + self.mismatched
             + self.far_future
+            + self.misrouted
     }
 }
 
@@ -231,6 +244,9 @@ pub struct RoundStats {
     pub receive_time: Duration,
     /// Time to decode and average all contributions.
     pub decode_time: Duration,
+    /// Time spent signing this peer's messages and verifying the others'
+    /// signatures (zero in an unauthenticated run); part of the times above.
+    pub auth_time: Duration,
     /// Messages not used, by reason.
     pub rejected: Rejections,
     /// Time each rank spent computing its gradient, indexed by rank (length
@@ -318,6 +334,17 @@ pub struct Averager<T> {
     inbox: Inbox,
     compute_micros: u64,
     aggregator: Aggregator,
+    /// Sharded exchange only: per shard, the codec of this peer's part and of the
+    /// owner's result (so error feedback stays per shard), and their encoded bytes.
+    shards: Vec<ShardCodecs>,
+}
+
+/// The codecs and buffers of one shard in a sharded exchange.
+struct ShardCodecs {
+    part: Box<dyn Codec>,
+    result: Box<dyn Codec>,
+    part_bytes: Vec<u8>,
+    result_bytes: Vec<u8>,
 }
 
 impl<T> fmt::Debug for Averager<T> {
@@ -328,6 +355,19 @@ impl<T> fmt::Debug for Averager<T> {
             .finish_non_exhaustive()
     }
 }
+
+/// A seed for one shard codec of one peer, the same in every process of that peer.
+fn shard_seed(config: &RoundConfig, shard: u32, purpose: u8) -> u64 {
+    let mut bytes = config.run_id.0.to_vec();
+    bytes.extend_from_slice(&config.rank.to_le_bytes());
+    bytes.extend_from_slice(&shard.to_le_bytes());
+    bytes.push(purpose);
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// First bytes of the codec state of a sharded averager (see [`Averager::codec_state`]).
+const SHARDED_STATE_TAG: &[u8; 8] = b"PLSSHRD1";
 
 impl<T: Transport> Averager<T> {
     /// An averager for the peer described by `config`, encoding with `codec`.
@@ -350,8 +390,26 @@ impl<T: Transport> Averager<T> {
         }
         if let Some(c) = config.clip_norm {
             crate::aggregate::check_clip_norm(c).map_err(|e| RoundError::Config(e.to_string()))?;
+            if config.exchange == Exchange::Sharded {
+                return Err(RoundError::Config(
+                    "--clip-norm needs each peer's whole gradient, which a sharded exchange \
+                     never gathers in one place: use --exchange all-to-all"
+                        .into(),
+                ));
+            }
         }
-        let inbox = Inbox::new(config.world_size as usize, config.element_count);
+        let shards = match config.exchange {
+            Exchange::AllToAll => Vec::new(),
+            Exchange::Sharded => (0..config.world_size)
+                .map(|s| ShardCodecs {
+                    part: codec.spec().build(shard_seed(&config, s, 0)),
+                    result: codec.spec().build(shard_seed(&config, s, 1)),
+                    part_bytes: Vec::new(),
+                    result_bytes: Vec::new(),
+                })
+                .collect(),
+        };
+        let inbox = Inbox::new(config.world_size, config.element_count);
         Ok(Averager {
             config,
             codec,
@@ -361,6 +419,7 @@ impl<T: Transport> Averager<T> {
             inbox,
             compute_micros: 0,
             aggregator: Aggregator::new(),
+            shards,
         })
     }
 
@@ -381,9 +440,79 @@ impl<T: Transport> Averager<T> {
         self.codec.as_ref()
     }
 
-    /// The codec, to restore its state from a checkpoint.
-    pub fn codec_mut(&mut self) -> &mut dyn Codec {
-        self.codec.as_mut()
+    /// The state of every codec this peer encodes with (error feedback, random
+    /// streams), for checkpoints: resuming from it encodes the next rounds
+    /// bit-identically.
+    pub fn codec_state(&self) -> Vec<u8> {
+        if self.shards.is_empty() {
+            return self.codec.state();
+        }
+        let mut out = SHARDED_STATE_TAG.to_vec();
+        for state in self
+            .shards
+            .iter()
+            .flat_map(|s| [s.part.state(), s.result.state()])
+        {
+            out.extend_from_slice(&(state.len() as u64).to_le_bytes());
+            out.extend_from_slice(&state);
+        }
+        out
+    }
+
+    /// Restores what [`Averager::codec_state`] saved; refuses a state of another
+    /// codec, exchange or world size without changing anything.
+    pub fn restore_codec_state(&mut self, state: &[u8]) -> Result<(), CodecError> {
+        if self.shards.is_empty() {
+            return self.codec.restore(state);
+        }
+        let invalid = |reason: &str| CodecError::InvalidState {
+            codec: "sharded exchange",
+            reason: reason.to_owned(),
+        };
+        let mut rest = state
+            .strip_prefix(SHARDED_STATE_TAG.as_slice())
+            .ok_or_else(|| invalid("not the state of a sharded exchange"))?;
+        let mut parts = Vec::with_capacity(2 * self.shards.len());
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<8>()
+                .ok_or_else(|| invalid("truncated"))?;
+            let len = usize::try_from(u64::from_le_bytes(*len))
+                .ok()
+                .filter(|&l| l <= tail.len())
+                .ok_or_else(|| invalid("truncated"))?;
+            parts.push(&tail[..len]);
+            rest = &tail[len..];
+        }
+        if parts.len() != 2 * self.shards.len() {
+            return Err(invalid("saved with another number of shards"));
+        }
+        // Check every part on scratch codecs before changing the real ones.
+        for (i, part) in parts.iter().enumerate() {
+            let shard = &self.shards[i / 2];
+            let mut scratch = if i % 2 == 0 {
+                shard
+                    .part
+                    .spec()
+                    .build(shard_seed(&self.config, (i / 2) as u32, 0))
+            } else {
+                shard
+                    .result
+                    .spec()
+                    .build(shard_seed(&self.config, (i / 2) as u32, 1))
+            };
+            scratch.restore(part)?;
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let shard = &mut self.shards[i / 2];
+            let codec = if i % 2 == 0 {
+                &mut shard.part
+            } else {
+                &mut shard.result
+            };
+            codec.restore(part)?;
+        }
+        Ok(())
     }
 
     /// The transport.
@@ -420,11 +549,11 @@ impl<T: Transport> Averager<T> {
         self.transport
     }
 
-    /// Runs round `round`: publishes `local` (encoded), waits for one gradient
-    /// from every other rank of this round, and writes the average of all of
-    /// them (decoded, this peer's own encoded gradient included, summed in
-    /// rank order) into `out`. Every peer that received the same set of
-    /// gradients gets a bit-identical `out`.
+    /// Runs round `round`: sends `local` (encoded) as the run's
+    /// [`Exchange`] says, waits for the other ranks' contributions, and writes
+    /// their aggregate (decoded, this peer's own encoded gradient included,
+    /// combined in rank order) into `out`. Every peer that received the same
+    /// messages gets a bit-identical `out`.
     pub async fn average(
         &mut self,
         round: u64,
@@ -450,25 +579,12 @@ impl<T: Transport> Averager<T> {
             round,
             ..RoundStats::default()
         };
-
-        let Averager {
-            config,
-            codec,
-            transport,
-            encoded,
-            outgoing,
-            inbox,
-            compute_micros,
-            aggregator,
-        } = self;
-        let config: &RoundConfig = config;
-
         let started = Instant::now();
-        let non_finite = config
+        let non_finite = self
+            .config
             .check_own
             .then(|| crate::codec::first_non_finite(local))
             .flatten();
-        let withheld = non_finite.is_some();
         if let Some((index, value)) = non_finite {
             tracing::error!(
                 round,
@@ -477,12 +593,20 @@ impl<T: Transport> Averager<T> {
                 "this peer's gradient is not finite: not sending it, averaging the others'"
             );
             stats.withheld = true;
-            encoded.clear();
-        } else {
-            codec.encode(local, encoded).map_err(RoundError::Encode)?;
         }
-        let header = Header {
-            compute_micros: *compute_micros,
+        match self.config.exchange {
+            Exchange::AllToAll => self.all_to_all(round, local, out, stats, started).await,
+            Exchange::Sharded => self.sharded(round, local, out, stats, started).await,
+        }
+    }
+
+    /// A header for this peer's messages of `round`.
+    fn header(&self, kind: MessageKind, round: u64, shard: u32) -> Header {
+        let config = &self.config;
+        Header {
+            kind,
+            shard,
+            compute_micros: self.compute_micros,
             incarnation: config.incarnation,
             ..Header::gradient(
                 config.run_id,
@@ -490,62 +614,90 @@ impl<T: Transport> Averager<T> {
                 config.rank,
                 config.world_size,
                 config.model_fingerprint,
-                codec.spec(),
-                n as u64,
+                self.codec.spec(),
+                config.element_count as u64,
             )
-        };
-        outgoing.clear();
-        if !withheld {
-            wire::chunk_messages_signed(
-                &header,
-                encoded,
-                config.max_chunk_bytes,
-                outgoing,
-                config.keyring.signer(),
-            );
         }
-        stats.messages_sent = outgoing.len() as u64;
-        stats.bytes_sent = outgoing.iter().map(|m| m.len() as u64).sum();
-        stats.encode_time = started.elapsed();
+    }
 
-        inbox.start_round(round, &mut stats);
-        for bytes in inbox.take_pending(round) {
-            inbox.handle(&bytes, round, config, codec.as_ref(), &mut stats)?;
+    /// Frames (and signs) `payload` into messages appended to `out`; returns the
+    /// time spent signing.
+    fn frame(&self, header: &Header, payload: &[u8], out: &mut Vec<Bytes>) -> Duration {
+        let signing = Instant::now();
+        let signer = self.config.keyring.signer();
+        wire::chunk_messages_signed(header, payload, self.config.max_chunk_bytes, out, signer);
+        if signer.is_some() {
+            // Framing is a copy; nearly all of this is hashing and signing.
+            signing.elapsed()
+        } else {
+            Duration::ZERO
         }
+    }
 
-        let receive_start = Instant::now();
+    /// Counts and sends `sends` (to one rank, or to every peer for `None`) while
+    /// filing incoming messages, until the inbox's phase is complete or the
+    /// deadline passes; adds the send and receive times to `stats`.
+    async fn phase(
+        &mut self,
+        round: u64,
+        sends: &[(Option<u32>, Vec<Bytes>)],
+        stats: &mut RoundStats,
+    ) -> Result<(), RoundError> {
+        for (_, messages) in sends {
+            stats.messages_sent += messages.len() as u64;
+            stats.bytes_sent += messages.iter().map(|m| m.len() as u64).sum::<u64>();
+        }
+        let Averager {
+            config,
+            codec,
+            transport,
+            inbox,
+            ..
+        } = self;
+        let config: &RoundConfig = config;
+        let transport = &*transport;
+        let codec = codec.as_ref();
+        let phase_start = Instant::now();
         let outage_start = transport.outage();
-        // The deadline moves by the time the broker was away during the round.
+        // The deadline moves by the time the broker was away during the phase.
         let deadline_now = || {
             let away = transport.outage().saturating_sub(outage_start);
-            tokio::time::Instant::from_std(receive_start + config.timeout + away)
+            tokio::time::Instant::from_std(phase_start + config.timeout + away)
         };
-        let outgoing = &*outgoing;
-        let transport = &*transport;
         let publish = async {
-            if outgoing.is_empty() {
-                return Ok(Duration::ZERO);
-            }
-            loop {
-                let deadline = deadline_now();
-                match tokio::time::timeout_at(deadline, transport.publish(outgoing)).await {
-                    Ok(Ok(())) => return Ok(receive_start.elapsed()),
-                    Ok(Err(e)) => return Err(RoundError::from(e)),
-                    Err(_) if deadline_now() > deadline => continue,
-                    Err(_) => {
-                        return Err(RoundError::PublishTimeout {
-                            round,
-                            timeout: config.timeout,
-                        });
+            for (to, messages) in sends {
+                if messages.is_empty() {
+                    continue;
+                }
+                loop {
+                    let deadline = deadline_now();
+                    let sent = match to {
+                        None => {
+                            tokio::time::timeout_at(deadline, transport.publish(messages)).await
+                        }
+                        Some(rank) => {
+                            tokio::time::timeout_at(deadline, transport.send_to(*rank, messages))
+                                .await
+                        }
+                    };
+                    match sent {
+                        Ok(Ok(())) => break,
+                        Ok(Err(e)) => return Err(RoundError::from(e)),
+                        Err(_) if deadline_now() > deadline => continue,
+                        Err(_) => {
+                            return Err(RoundError::PublishTimeout {
+                                round,
+                                timeout: config.timeout,
+                            });
+                        }
                     }
                 }
             }
+            Ok(phase_start.elapsed())
         };
-        let stats_ref = &mut stats;
-        let inbox_ref = &mut *inbox;
-        let codec_ref = codec.as_ref();
+        let stats_ref = &mut *stats;
         let receive = async move {
-            while !inbox_ref.all_arrived(config.rank, round) {
+            while !inbox.phase_done() {
                 let deadline = deadline_now();
                 let delivery = match tokio::time::timeout_at(deadline, transport.recv()).await {
                     Err(_) if deadline_now() > deadline => continue,
@@ -554,21 +706,42 @@ impl<T: Transport> Averager<T> {
                 };
                 stats_ref.messages_received += 1;
                 stats_ref.bytes_received += delivery.data().len() as u64;
-                inbox_ref.handle(delivery.data(), round, config, codec_ref, stats_ref)?;
+                inbox.handle(delivery.data(), round, config, codec, stats_ref)?;
                 // Best effort: a lost acknowledgement (the connection dropped) only means a
                 // redelivery, which is dropped as a duplicate.
                 if let Err(error) = delivery.ack().await {
                     tracing::debug!(%error, "acknowledgement lost");
                 }
             }
-            Ok::<_, RoundError>(receive_start.elapsed())
+            Ok::<_, RoundError>(phase_start.elapsed())
         };
         let (send_time, receive_time) = tokio::try_join!(publish, receive)?;
-        stats.send_time = send_time;
-        stats.receive_time = receive_time;
-        stats.outage = transport.outage().saturating_sub(outage_start);
+        stats.send_time += send_time;
+        stats.receive_time += receive_time;
+        stats.outage += transport.outage().saturating_sub(outage_start);
+        Ok(())
+    }
 
-        let missing = inbox.missing(config.rank, round);
+    /// Files the messages kept for `round` and starts it, accepting `accepted`.
+    fn open_round(
+        &mut self,
+        round: u64,
+        accepted: Vec<SlotKey>,
+        stats: &mut RoundStats,
+    ) -> Result<(), RoundError> {
+        self.inbox.start_round(round, accepted, stats);
+        for bytes in self.inbox.take_pending(round) {
+            self.inbox
+                .handle(&bytes, round, &self.config, self.codec.as_ref(), stats)?;
+        }
+        Ok(())
+    }
+
+    /// Fails for missing ranks unless partial rounds are allowed, then records
+    /// who delivered and evicts as configured.
+    fn close_round(&mut self, round: u64, stats: &mut RoundStats) -> Result<(), RoundError> {
+        let config = &self.config;
+        let missing = self.inbox.missing_ranks();
         if !missing.is_empty() {
             match config.on_timeout {
                 OnTimeout::Fail => {
@@ -584,7 +757,7 @@ impl<T: Transport> Averager<T> {
                 }
             }
         }
-        stats.evicted = inbox.close_round(round, config);
+        stats.evicted = self.inbox.close_round(round, config, &stats.missing);
         if !stats.evicted.is_empty() {
             tracing::warn!(
                 round,
@@ -593,55 +766,327 @@ impl<T: Transport> Averager<T> {
                 config.evict_after
             );
         }
+        Ok(())
+    }
 
-        let decode_start = Instant::now();
-        inbox.collect_contributors(config.rank, !withheld);
-        let contributors = &inbox.contributors;
-        let slots = &inbox.slots;
-        let own_rank = config.rank;
-        let own = encoded.as_slice();
-        let codec = codec.as_ref();
-        if contributors.is_empty() {
-            out.fill(0.0);
-        }
-        let payload = |source: usize| {
-            let rank = contributors[source];
-            if rank == own_rank {
-                own
+    /// Fills in who took part and how long each rank computed.
+    fn record_participants(&self, participants: Vec<u32>, stats: &mut RoundStats) {
+        stats.contributors = participants.len() as u32;
+        stats.peer_compute = vec![None; self.config.world_size as usize];
+        for &rank in &participants {
+            let micros = if rank == self.config.rank {
+                self.compute_micros
             } else {
-                slots[rank as usize].payload()
-            }
-        };
-        if config.aggregation.is_mean() && config.clip_norm.is_none() {
-            // The streaming mean: decoded straight into the accumulator.
-            average::mean_into(out, contributors.len(), |source, start, block, mode| {
-                codec.accumulate(payload(source), n, start, block, mode);
-            });
-        } else {
-            aggregator.aggregate(
-                config.aggregation,
-                config.clip_norm,
-                contributors.len(),
-                out,
-                |source, start, block| {
-                    let mode = crate::codec::Accumulate::Assign;
-                    codec.accumulate(payload(source), n, start, block, mode);
-                },
-            );
-        }
-        stats.contributors = contributors.len() as u32;
-        stats.participants = contributors.clone();
-        stats.peer_compute = vec![None; slots.len()];
-        for &rank in contributors {
-            let micros = if rank == own_rank {
-                *compute_micros
-            } else {
-                slots[rank as usize].compute_micros
+                self.inbox.compute_micros(rank)
             };
             stats.peer_compute[rank as usize] = (micros > 0).then(|| Duration::from_micros(micros));
         }
+        stats.participants = participants;
+    }
+
+    /// The all-to-all round: broadcast the whole gradient, aggregate everyone's.
+    async fn all_to_all(
+        &mut self,
+        round: u64,
+        local: &[f32],
+        out: &mut [f32],
+        mut stats: RoundStats,
+        started: Instant,
+    ) -> Result<RoundStats, RoundError> {
+        let n = self.config.element_count;
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        outgoing.clear();
+        if stats.withheld {
+            self.encoded.clear();
+        } else {
+            self.codec
+                .encode(local, &mut self.encoded)
+                .map_err(RoundError::Encode)?;
+            let header = self.header(MessageKind::Gradient, round, 0);
+            stats.auth_time += self.frame(&header, &self.encoded, &mut outgoing);
+        }
+        stats.encode_time = started.elapsed();
+
+        let me = self.config.rank;
+        let accepted: Vec<SlotKey> = (0..self.config.world_size)
+            .filter(|&r| r != me && self.inbox.members.expects(r, round))
+            .map(SlotKey::gradient)
+            .collect();
+        self.inbox.expected = accepted.clone();
+        self.open_round(round, accepted, &mut stats)?;
+        let sends = [(None, outgoing)];
+        let result = self.phase(round, &sends, &mut stats).await;
+        let [(_, outgoing)] = sends;
+        self.outgoing = outgoing;
+        result?;
+        self.close_round(round, &mut stats)?;
+
+        let decode_start = Instant::now();
+        let mut contributors: Vec<u32> = (0..self.config.world_size)
+            .filter(|&r| self.inbox.complete(SlotKey::gradient(r)))
+            .collect();
+        if !stats.withheld {
+            contributors.push(me);
+            contributors.sort_unstable();
+        }
+        let inbox = &self.inbox;
+        let own = self.encoded.as_slice();
+        let payload = |source: usize| {
+            let rank = contributors[source];
+            if rank == me {
+                own
+            } else {
+                inbox.payload(SlotKey::gradient(rank))
+            }
+        };
+        aggregate_into(
+            &self.config,
+            self.codec.as_ref(),
+            &mut self.aggregator,
+            out,
+            n,
+            contributors.len(),
+            payload,
+        );
+        self.record_participants(contributors, &mut stats);
         stats.decode_time = decode_start.elapsed();
         Ok(stats)
+    }
+
+    /// The sharded round: send each owner its shard, aggregate the shards this
+    /// peer owns and broadcast them, then assemble every owner's result.
+    async fn sharded(
+        &mut self,
+        round: u64,
+        local: &[f32],
+        out: &mut [f32],
+        mut stats: RoundStats,
+        started: Instant,
+    ) -> Result<RoundStats, RoundError> {
+        let n = self.config.element_count;
+        let world = self.config.world_size;
+        let me = self.config.rank;
+        let members = &self.inbox.members;
+        let owners: Vec<u32> = crate::exchange::owners(world, |r| members.expects(r, round))
+            .into_iter()
+            .map(|o| o.unwrap_or(me))
+            .collect();
+        let takes_part: Vec<u32> = (0..world)
+            .filter(|&r| r != me && members.expects(r, round))
+            .collect();
+        let owned: Vec<u32> = (0..world).filter(|&s| owners[s as usize] == me).collect();
+
+        // This peer's part of every shard, encoded with that shard's codec.
+        let mut to_owners: Vec<(Option<u32>, Vec<Bytes>)> = Vec::new();
+        if !stats.withheld {
+            for s in 0..world {
+                let range = crate::exchange::shard_range(s, world, n);
+                let shard = &mut self.shards[s as usize];
+                shard
+                    .part
+                    .encode(&local[range], &mut shard.part_bytes)
+                    .map_err(RoundError::Encode)?;
+            }
+            for s in 0..world {
+                let owner = owners[s as usize];
+                if owner == me {
+                    continue;
+                }
+                let header = self.header(MessageKind::Shard, round, s);
+                let mut messages = Vec::new();
+                stats.auth_time +=
+                    self.frame(&header, &self.shards[s as usize].part_bytes, &mut messages);
+                match to_owners.iter_mut().find(|(to, _)| *to == Some(owner)) {
+                    Some((_, batch)) => batch.extend(messages),
+                    None => to_owners.push((Some(owner), messages)),
+                }
+            }
+        }
+        stats.encode_time = started.elapsed();
+
+        let parts: Vec<SlotKey> = owned
+            .iter()
+            .flat_map(|&s| takes_part.iter().map(move |&r| SlotKey::shard(s, r)))
+            .collect();
+        let results: Vec<SlotKey> = (0..world)
+            .filter(|&s| owners[s as usize] != me)
+            .map(|s| SlotKey::reduced(s, owners[s as usize]))
+            .collect();
+        let accepted = parts.iter().chain(&results).copied().collect();
+        self.inbox.expected = parts;
+        self.open_round(round, accepted, &mut stats)?;
+        self.phase(round, &to_owners, &mut stats).await?;
+
+        // Aggregate the owned shards and send them to everyone.
+        let aggregate_start = Instant::now();
+        let mut broadcast = Vec::new();
+        for &s in &owned {
+            let range = crate::exchange::shard_range(s, world, n);
+            let len = range.len();
+            let mut contributors: Vec<u32> = takes_part
+                .iter()
+                .copied()
+                .filter(|&r| self.inbox.complete(SlotKey::shard(s, r)))
+                .collect();
+            if !stats.withheld {
+                contributors.push(me);
+                contributors.sort_unstable();
+            }
+            let inbox = &self.inbox;
+            let own = self.shards[s as usize].part_bytes.as_slice();
+            let payload = |source: usize| {
+                let rank = contributors[source];
+                if rank == me {
+                    own
+                } else {
+                    inbox.payload(SlotKey::shard(s, rank))
+                }
+            };
+            let block = &mut out[range.clone()];
+            aggregate_into(
+                &self.config,
+                self.codec.as_ref(),
+                &mut self.aggregator,
+                block,
+                len,
+                contributors.len(),
+                payload,
+            );
+            // Everyone applies the decoded result: the owner too.
+            let shard = &mut self.shards[s as usize];
+            shard
+                .result
+                .encode(block, &mut shard.result_bytes)
+                .map_err(RoundError::Encode)?;
+            decode_into(self.codec.as_ref(), &shard.result_bytes, block);
+            let header = self.header(MessageKind::Reduced, round, s);
+            stats.auth_time += self.frame(
+                &header,
+                &self.shards[s as usize].result_bytes,
+                &mut broadcast,
+            );
+        }
+        stats.decode_time += aggregate_start.elapsed();
+
+        self.inbox.expected = results.clone();
+        self.phase(round, &[(None, broadcast)], &mut stats).await?;
+        self.close_round(round, &mut stats)?;
+
+        let assemble_start = Instant::now();
+        for key in &results {
+            let range = crate::exchange::shard_range(key.shard, world, n);
+            if self.inbox.complete(*key) {
+                decode_into(
+                    self.codec.as_ref(),
+                    self.inbox.payload(*key),
+                    &mut out[range],
+                );
+            } else {
+                // The owner's result is the only copy: no update for this shard.
+                out[range].fill(0.0);
+            }
+        }
+        let mut participants: Vec<u32> = takes_part
+            .iter()
+            .copied()
+            .filter(|r| !stats.missing.contains(r))
+            .collect();
+        if !stats.withheld {
+            participants.push(me);
+            participants.sort_unstable();
+        }
+        self.record_participants(participants, &mut stats);
+        stats.decode_time += assemble_start.elapsed();
+        Ok(stats)
+    }
+}
+
+/// Aggregates `sources` encoded payloads of `len` elements (given by
+/// `payload(source)`, in rank order) into `out` with the configured rule.
+fn aggregate_into<'a>(
+    config: &RoundConfig,
+    codec: &dyn Codec,
+    aggregator: &mut Aggregator,
+    out: &mut [f32],
+    len: usize,
+    sources: usize,
+    payload: impl Fn(usize) -> &'a [u8] + Sync,
+) {
+    if sources == 0 {
+        out.fill(0.0);
+        return;
+    }
+    if config.aggregation.is_mean() && config.clip_norm.is_none() {
+        // The streaming mean: decoded straight into the accumulator.
+        average::mean_into(out, sources, |source, start, block, mode| {
+            codec.accumulate(payload(source), len, start, block, mode);
+        });
+    } else {
+        aggregator.aggregate(
+            config.aggregation,
+            config.clip_norm,
+            sources,
+            out,
+            |source, start, block| {
+                let mode = crate::codec::Accumulate::Assign;
+                codec.accumulate(payload(source), len, start, block, mode);
+            },
+        );
+    }
+}
+
+/// Decodes a whole payload of `out.len()` elements into `out`, in parallel.
+fn decode_into(codec: &dyn Codec, payload: &[u8], out: &mut [f32]) {
+    let len = out.len();
+    average::for_each_block(out, |start, block| {
+        codec.accumulate(payload, len, start, block, crate::codec::Accumulate::Assign);
+    });
+}
+
+/// Which message a reassembly slot collects: its kind, shard and sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SlotKey {
+    kind: MessageKind,
+    shard: u32,
+    sender: u32,
+}
+
+impl SlotKey {
+    /// A whole gradient from `sender` (all-to-all).
+    fn gradient(sender: u32) -> Self {
+        SlotKey {
+            kind: MessageKind::Gradient,
+            shard: 0,
+            sender,
+        }
+    }
+
+    /// `sender`'s part of shard `shard`, sent to its owner.
+    fn shard(shard: u32, sender: u32) -> Self {
+        SlotKey {
+            kind: MessageKind::Shard,
+            shard,
+            sender,
+        }
+    }
+
+    /// The aggregate of shard `shard` from its owner.
+    fn reduced(shard: u32, owner: u32) -> Self {
+        SlotKey {
+            kind: MessageKind::Reduced,
+            shard,
+            sender: owner,
+        }
+    }
+
+    /// Elements of the gradient this slot's payload decodes to.
+    fn element_count(&self, world_size: u32, gradient_len: usize) -> usize {
+        match self.kind {
+            MessageKind::Shard | MessageKind::Reduced => {
+                crate::exchange::shard_range(self.shard, world_size, gradient_len).len()
+            }
+            _ => gradient_len,
+        }
     }
 }
 
@@ -691,9 +1136,14 @@ enum ChunkOutcome {
 /// Everything received for the current round, plus messages kept for later
 /// rounds and the membership messages seen during rounds.
 pub(crate) struct Inbox {
-    slots: Vec<Slot>,
+    /// Reassembly slots, kept (with their buffers) across rounds.
+    slots: HashMap<SlotKey, Slot>,
+    /// The messages the current round uses.
+    accepted: HashSet<SlotKey>,
+    /// The ones the current phase of the round waits for.
+    expected: Vec<SlotKey>,
+    world_size: u32,
     pending: BTreeMap<u64, Vec<Bytes>>,
-    contributors: Vec<u32>,
     /// Who takes part, and from which round.
     pub(crate) members: Members,
     /// Membership messages (hellos, joins) kept for [`crate::membership`].
@@ -710,20 +1160,25 @@ pub(crate) struct Inbox {
 const MAX_PENDING_ROUNDS: usize = 8;
 
 impl Inbox {
-    fn new(world_size: usize, element_count: usize) -> Self {
+    fn new(world_size: u32, element_count: usize) -> Self {
+        let peers = world_size as usize;
         Inbox {
-            slots: (0..world_size).map(|_| Slot::default()).collect(),
+            slots: HashMap::new(),
+            accepted: HashSet::new(),
+            expected: Vec::new(),
+            world_size,
             pending: BTreeMap::new(),
-            contributors: Vec::with_capacity(world_size),
-            members: Members::new(world_size),
+            members: Members::new(peers),
             control: Vec::new(),
             logged: HashSet::new(),
             pending_bytes: 0,
-            // Every other peer's gradient for each round of the window, with room
-            // for chunk headers.
+            // Every other peer's gradient (or shards and results: twice a gradient) for
+            // each round of the window, with room for the headers of chunks as small as
+            // 64 KiB.
             max_pending_bytes: (FUTURE_WINDOW as usize + 1)
-                * world_size
-                * (8 * element_count + 8 + (1 << 20)),
+                * peers
+                * 2
+                * (8 * element_count + 8 + element_count / 32 + (1 << 20)),
         }
     }
 
@@ -745,8 +1200,10 @@ impl Inbox {
         dropped
     }
 
-    fn start_round(&mut self, round: u64, stats: &mut RoundStats) {
-        self.slots.iter_mut().for_each(Slot::reset);
+    /// Starts `round`, in which the messages of `accepted` are used.
+    fn start_round(&mut self, round: u64, accepted: Vec<SlotKey>, stats: &mut RoundStats) {
+        self.slots.values_mut().for_each(Slot::reset);
+        self.accepted = accepted.into_iter().collect();
         let later = self.pending.split_off(&round);
         let stale: usize = self.pending.values().map(Vec::len).sum();
         stats.rejected.stale_round += stale as u64;
@@ -760,41 +1217,63 @@ impl Inbox {
         taken
     }
 
-    fn all_arrived(&self, own_rank: u32, round: u64) -> bool {
-        self.slots.iter().enumerate().all(|(rank, slot)| {
-            rank == own_rank as usize || slot.complete || !self.members.expects(rank as u32, round)
-        })
+    fn complete(&self, key: SlotKey) -> bool {
+        self.slots.get(&key).is_some_and(|slot| slot.complete)
     }
 
-    fn missing(&self, own_rank: u32, round: u64) -> Vec<u32> {
-        (0..self.slots.len() as u32)
-            .filter(|rank| {
-                *rank != own_rank
-                    && !self.slots[*rank as usize].complete
-                    && self.members.expects(*rank, round)
-            })
-            .collect()
+    /// The payload of a complete slot.
+    fn payload(&self, key: SlotKey) -> &[u8] {
+        self.slots.get(&key).map_or(&[], Slot::payload)
+    }
+
+    /// The compute time `rank` reported this round (0: unknown).
+    fn compute_micros(&self, rank: u32) -> u64 {
+        self.slots
+            .iter()
+            .filter(|(key, slot)| key.sender == rank && slot.complete)
+            .map(|(_, slot)| slot.compute_micros)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// All-to-all: accepts and waits for the gradient of every rank taking part
+    /// in `round` (membership can change during a round, when a join arrives).
+    fn expect_members(&mut self, round: u64, own_rank: u32) {
+        for rank in 0..self.world_size {
+            let key = SlotKey::gradient(rank);
+            if rank != own_rank && self.members.expects(rank, round) && self.accepted.insert(key) {
+                self.expected.push(key);
+            }
+        }
+    }
+
+    /// Whether everything the current phase waits for has arrived.
+    fn phase_done(&self) -> bool {
+        self.expected.iter().all(|key| self.complete(*key))
+    }
+
+    /// Ranks that did not deliver everything this round uses from them, ascending.
+    fn missing_ranks(&self) -> Vec<u32> {
+        let mut missing: Vec<u32> = self
+            .accepted
+            .iter()
+            .filter(|key| !self.complete(**key))
+            .map(|key| key.sender)
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing
     }
 
     /// Counts which expected ranks missed the round and evicts those that
     /// missed too many in a row; returns the ranks evicted now.
-    fn close_round(&mut self, round: u64, config: &RoundConfig) -> Vec<u32> {
-        for rank in 0..self.slots.len() as u32 {
+    fn close_round(&mut self, round: u64, config: &RoundConfig, missing: &[u32]) -> Vec<u32> {
+        for rank in 0..self.world_size {
             if rank != config.rank && self.members.expects(rank, round) {
-                let delivered = self.slots[rank as usize].complete;
-                self.members.record(rank, delivered);
+                self.members.record(rank, !missing.contains(&rank));
             }
         }
         self.members.after_round(config)
-    }
-
-    fn collect_contributors(&mut self, own_rank: u32, include_own: bool) {
-        self.contributors.clear();
-        for rank in 0..self.slots.len() as u32 {
-            if (rank == own_rank && include_own) || self.slots[rank as usize].complete {
-                self.contributors.push(rank);
-            }
-        }
     }
 
     /// Logs a dropped message once per sender and reason.
@@ -847,16 +1326,25 @@ impl Inbox {
             );
             return Ok(());
         }
-        if let Err(reason) = config.keyring.verify(&message) {
+        let verifying = Instant::now();
+        let verified = config.keyring.verify(&message);
+        stats.auth_time += verifying.elapsed();
+        if let Err(reason) = verified {
             stats.rejected.unauthenticated += 1;
             self.note(h.sender, "unauthenticated", reason);
             return Ok(());
         }
+        let sharded = config.exchange == Exchange::Sharded;
         match h.kind {
-            MessageKind::Gradient => {}
+            MessageKind::Gradient if !sharded => {}
+            MessageKind::Shard | MessageKind::Reduced if sharded => {}
             MessageKind::Hello | MessageKind::Join => {
                 if h.kind == MessageKind::Join {
                     crate::membership::apply_join(&mut self.members, message.payload);
+                    if !sharded {
+                        // A rank admitted from this round on is waited for now.
+                        self.expect_members(round, config.rank);
+                    }
                 }
                 self.control.push(bytes.clone());
                 return Ok(());
@@ -908,9 +1396,20 @@ impl Inbox {
             );
             return Ok(());
         }
+        let key = SlotKey {
+            kind: h.kind,
+            shard: h.shard,
+            sender: h.sender,
+        };
+        if h.shard >= config.world_size || (!sharded && h.shard != 0) {
+            stats.rejected.malformed += 1;
+            self.note(h.sender, "bad shard", format_args!("shard {}", h.shard));
+            return Ok(());
+        }
+        let len = key.element_count(config.world_size, config.element_count);
         // Sizes before any allocation: no codec produces more than 8 bytes per
         // element (top-k at ratio 1), and chunks are at least MIN_CHUNK bytes but the last.
-        let max_payload = 8 * config.element_count as u64 + 8;
+        let max_payload = 8 * len as u64 + 8;
         if h.total_payload_len > max_payload
             || u64::from(h.chunk_count) > h.total_payload_len.div_ceil(MIN_CHUNK).max(1)
         {
@@ -931,8 +1430,17 @@ impl Inbox {
             stats.rejected.not_member += 1;
             return Ok(());
         }
-        let sender = h.sender as usize;
-        match file_chunk(&mut self.slots[sender], h, message.payload, bytes) {
+        if !self.accepted.contains(&key) {
+            stats.rejected.misrouted += 1;
+            self.note(
+                h.sender,
+                "misrouted",
+                format_args!("{:?} of shard {} not for this peer", h.kind, h.shard),
+            );
+            return Ok(());
+        }
+        let slot = self.slots.entry(key).or_default();
+        match file_chunk(slot, h, message.payload, bytes) {
             ChunkOutcome::Incomplete => {}
             ChunkOutcome::Duplicate => stats.rejected.duplicate += 1,
             ChunkOutcome::Inconsistent(reason) => {
@@ -940,8 +1448,7 @@ impl Inbox {
                 self.note(h.sender, "inconsistent chunk", reason);
             }
             ChunkOutcome::Complete => {
-                let slot = &mut self.slots[sender];
-                if let Err(error) = codec.validate(slot.payload(), config.element_count) {
+                if let Err(error) = codec.validate(slot.payload(), len) {
                     slot.reset();
                     stats.rejected.malformed += 1;
                     self.note(h.sender, "undecodable gradient", &error);

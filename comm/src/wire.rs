@@ -1,12 +1,12 @@
-//! The binary wire format of every message between peers (version 3).
+//! The binary wire format of every message between peers (version 4).
 //!
-//! A message is a fixed 116-byte header followed by a payload. All integers are
+//! A message is a fixed 120-byte header followed by a payload. All integers are
 //! little-endian. Header layout:
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `PLSG` |
-//! | 4 | 2 | format version (2) |
+//! | 4 | 2 | format version (4) |
 //! | 6 | 1 | message kind ([`MessageKind`]) |
 //! | 7 | 1 | codec id ([`CodecSpec::id`]) |
 //! | 8 | 4 | codec parameter ([`CodecSpec::wire_param`]) |
@@ -25,14 +25,16 @@
 //! | 92 | 8 | sender's compute time for this gradient, in microseconds |
 //! | 100 | 8 | sender's incarnation (random per process start) |
 //! | 108 | 4 | flags: bit 0 = signed (a 64-byte signature follows the payload) |
-//! | 112 | 4 | CRC-32 of header bytes 0..112 |
+//! | 112 | 4 | shard index (sharded exchange; 0 otherwise) |
+//! | 116 | 4 | CRC-32 of header bytes 0..116 |
 //!
 //! A signed message ends with an Ed25519 signature of the BLAKE3 digest of
 //! everything before it (header and payload; see [`crate::auth`]).
 //!
 //! Version 2 added the compute time, version 3 the incarnation, the flags (so messages a
 //! crashed process left in a queue are told from its successor's) and the
-//! membership kinds; older messages are refused as
+//! membership kinds, version 4 the shard index and the sharded exchange's kinds; older
+//! messages are refused as
 //! [`WireError::UnsupportedVersion`].
 //!
 //! A gradient is encoded by its codec into one payload, which is split into
@@ -50,17 +52,19 @@ use crate::codec::{CodecError, CodecSpec};
 /// First four bytes of every message.
 pub const MAGIC: [u8; 4] = *b"PLSG";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// Size of the fixed header in bytes.
-pub const HEADER_LEN: usize = 116;
+pub const HEADER_LEN: usize = 120;
 /// Length of the signature trailer of a signed message.
 pub const SIGNATURE_LEN: usize = 64;
 /// Header flag: the message is signed.
 const FLAG_SIGNED: u32 = 1;
 /// Offset of the header CRC, which covers every header byte before it.
 const HEADER_CRC_AT: usize = HEADER_LEN - 4;
-/// Default largest payload per message: well under RabbitMQ 4's 16 MiB limit.
-pub const DEFAULT_MAX_CHUNK_BYTES: usize = 8 << 20;
+/// Default largest payload per message: 448 KiB, so a message with its header and
+/// signature stays under the 512 KiB `max_message_size` of Amazon MQ's current
+/// RabbitMQ brokers (upstream RabbitMQ 4 allows 16 MiB).
+pub const DEFAULT_MAX_CHUNK_BYTES: usize = 448 << 10;
 
 /// Identifies one training run, so peers of different runs sharing a broker
 /// never mix gradients; all peers of a run derive the same id from its name.
@@ -139,6 +143,11 @@ pub enum MessageKind {
     Join = 4,
     /// A running peer's state, sent to a restarted rank so it can catch up.
     State = 5,
+    /// One chunk of a peer's part of one shard of its gradient, sent to the shard's
+    /// owner (sharded exchange, [`crate::exchange`]).
+    Shard = 6,
+    /// One chunk of an aggregated shard, sent by its owner to every peer.
+    Reduced = 7,
 }
 
 impl MessageKind {
@@ -149,6 +158,8 @@ impl MessageKind {
             3 => Ok(MessageKind::Barrier),
             4 => Ok(MessageKind::Join),
             5 => Ok(MessageKind::State),
+            6 => Ok(MessageKind::Shard),
+            7 => Ok(MessageKind::Reduced),
             other => Err(WireError::UnknownKind(other)),
         }
     }
@@ -194,6 +205,9 @@ pub struct Header {
     pub incarnation: u64,
     /// Whether a signature follows the payload (set by [`chunk_messages_signed`]).
     pub signed: bool,
+    /// Which shard of the gradient a [`MessageKind::Shard`] or
+    /// [`MessageKind::Reduced`] message carries (0 for other kinds).
+    pub shard: u32,
 }
 
 impl Header {
@@ -227,6 +241,7 @@ impl Header {
             compute_micros: 0,
             incarnation: 0,
             signed: false,
+            shard: 0,
         }
     }
 
@@ -252,6 +267,7 @@ impl Header {
         out.put_u64_le(self.compute_micros);
         out.put_u64_le(self.incarnation);
         out.put_u32_le(if self.signed { FLAG_SIGNED } else { 0 });
+        out.put_u32_le(self.shard);
         let crc = crc32fast::hash(&out[start..]);
         out.put_u32_le(crc);
         debug_assert_eq!(out.len() - start, HEADER_LEN);
@@ -474,6 +490,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
         compute_micros: u64_at(bytes, 92),
         incarnation: u64_at(bytes, 100),
         signed: u32_at(bytes, 108) & FLAG_SIGNED != 0,
+        shard: u32_at(bytes, 112),
     };
     if u32_at(bytes, 108) & !FLAG_SIGNED != 0 {
         return Err(WireError::Inconsistent("unknown header flags"));
@@ -616,12 +633,12 @@ mod tests {
         assert!(matches!(decode(&bad), Err(WireError::BadMagic { .. })));
 
         let mut bad = bytes.clone();
-        bad[4] = 4;
+        bad[4] = 5;
         assert_eq!(
             decode(&bad),
             Err(WireError::UnsupportedVersion {
-                found: 4,
-                supported: 3
+                found: 5,
+                supported: FORMAT_VERSION
             })
         );
 
@@ -664,24 +681,24 @@ mod tests {
     #[test]
     fn older_versions_are_refused() {
         let payload = [5u8; 8];
-        let v3 = encode_message(
+        let v4 = encode_message(
             &Header {
                 total_payload_len: 8,
                 ..header()
             },
             &payload,
         );
-        // Version 1 ended the header after 92 bytes, version 2 after 100; each then had
-        // the CRC of the bytes before it.
-        for (version, fields) in [(1u16, 92usize), (2, 100)] {
-            let mut old = v3[..fields].to_vec();
+        // Version 1 ended the header after 92 bytes, version 2 after 100, version 3
+        // after 112; each then had the CRC of the bytes before it.
+        for (version, fields) in [(1u16, 92usize), (2, 100), (3, 112)] {
+            let mut old = v4[..fields].to_vec();
             old[4..6].copy_from_slice(&version.to_le_bytes());
             let crc = crc32fast::hash(&old);
             old.extend_from_slice(&crc.to_le_bytes());
             old.extend_from_slice(&payload);
             let expected = Err(WireError::UnsupportedVersion {
                 found: version,
-                supported: 3,
+                supported: FORMAT_VERSION,
             });
             assert_eq!(decode(&old), expected);
             assert_eq!(decode(&old[..fields + 4]), expected);

@@ -210,9 +210,11 @@ pub struct ExchangeArgs {
     #[arg(long, default_value = "fail", value_name = "fail|partial")]
     pub on_timeout: OnTimeout,
 
-    /// Largest message payload in MiB; bigger gradients are sent in chunks.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=128))]
-    pub chunk_mib: u32,
+    /// Largest message payload in KiB (64 to 131072); bigger gradients are sent in chunks.
+    /// The default fits brokers that refuse messages above 512 KiB (Amazon MQ's current
+    /// brokers).
+    #[arg(long, default_value_t = 448, value_name = "KIB", value_parser = clap::value_parser!(u32).range(64..=131_072))]
+    pub chunk_kib: u32,
 
     /// With --on-timeout partial: rounds a peer may miss in a row before the others stop
     /// waiting for it (it takes part again when restarted). 0 always waits.
@@ -728,7 +730,7 @@ impl ExchangeArgs {
             rounds_per_epoch: self.rounds_per_epoch,
             round_timeout: duration_secs("--round-timeout", self.round_timeout)?,
             on_timeout: self.on_timeout,
-            max_chunk_bytes: self.chunk_mib as usize * (1 << 20),
+            max_chunk_bytes: self.chunk_kib as usize * 1024,
             serverless: self.serverless.to_config()?,
             checkpoint_every: self.checkpoint_every,
             resume: self.resume,

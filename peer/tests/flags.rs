@@ -91,7 +91,8 @@ fn sizes_and_counts_beyond_their_range_are_usage_errors() {
     );
     refused(&run_with(&["--peers", "4000000000"]), "--peers");
     refused(&run_with(&["--threads", "100000000000"]), "--threads");
-    refused(&run_with(&["--chunk-mib", "0"]), "--chunk-mib");
+    refused(&run_with(&["--chunk-kib", "63"]), "--chunk-kib");
+    refused(&run_with(&["--chunk-kib", "131073"]), "--chunk-kib");
     refused(
         &run_with(&["--rounds-per-epoch", "0"]),
         "--rounds-per-epoch",

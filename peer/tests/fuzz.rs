@@ -112,10 +112,13 @@ fn hostile(rng: &mut ChaCha8Rng, run_id: RunId, keys: &[Keyring], round: u64) ->
         CodecSpec::None,
         PARAMS,
     );
-    header.kind = match rng.random_range(0..10) {
+    header.shard = rng.random_range(0..4);
+    header.kind = match rng.random_range(0..12) {
         0 => MessageKind::Hello,
         1 => MessageKind::Join,
         2 => MessageKind::State,
+        3 => MessageKind::Shard,
+        4 => MessageKind::Reduced,
         _ => MessageKind::Gradient,
     };
     // A compromised peer signs with its own key while claiming another rank.
@@ -136,7 +139,7 @@ fn hostile(rng: &mut ChaCha8Rng, run_id: RunId, keys: &[Keyring], round: u64) ->
         1 => bytes.truncate(rng.random_range(0..bytes.len())),
         2 => {
             // Every header field to an extreme value, checksums made valid.
-            let fields: [(usize, usize); 15] = [
+            let fields: [(usize, usize); 16] = [
                 (6, 1),
                 (7, 1),
                 (8, 4),
@@ -152,6 +155,7 @@ fn hostile(rng: &mut ChaCha8Rng, run_id: RunId, keys: &[Keyring], round: u64) ->
                 (84, 4),
                 (92, 8),
                 (100, 8),
+                (112, 4),
             ];
             let (at, len) = fields[rng.random_range(0..fields.len())];
             let value: u64 = match rng.random_range(0..3) {
@@ -265,6 +269,25 @@ fn ten_thousand_hostile_messages_change_nothing() {
     assert!(
         rejected > 1000,
         "only {rejected} messages were rejected: did the fuzzer reach the peers?"
+    );
+    // Every line's per-reason counts add up to its total, and the forgeries and corruptions
+    // are told apart.
+    for m in fuzzed.iter().flatten() {
+        assert_eq!(
+            m.rejections.total(),
+            m.rejected_messages,
+            "round {}",
+            m.round
+        );
+    }
+    let by_reason = |f: fn(&peerless_comm::Rejections) -> u64| -> u64 {
+        fuzzed.iter().flatten().map(|m| f(&m.rejections)).sum()
+    };
+    let unauthenticated = by_reason(|r| r.unauthenticated);
+    let corrupted = by_reason(|r| r.malformed + r.bad_checksum);
+    assert!(
+        unauthenticated > 0 && corrupted > 0,
+        "unauthenticated {unauthenticated}, malformed or corrupted {corrupted}"
     );
     let (clean_rss, fuzzed_rss) = (peak_rss(&clean), peak_rss(&fuzzed));
     assert!(

@@ -13,6 +13,7 @@ use common::{
     RoundMetrics, TWO_EPOCHS, peer_metrics, peer_process, peerless, round_metrics as metrics,
     split_synthetic, training_run, unique,
 };
+use peerless_testkit::rabbit::{RabbitNode, RabbitOptions};
 use predicates::prelude::*;
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -108,11 +109,8 @@ fn topk_compression_over_rabbitmq() {
     assert!(peers[0][0].bytes_sent < raw / 2);
 }
 
-#[test]
-fn gradients_larger_than_a_chunk_cross_the_broker_in_pieces() {
-    // squeezenet1_1: 2.9 MB gradients in 1 MiB chunks.
-    let dir = tempfile::tempdir().unwrap();
-    let mdir = dir.path().join("m");
+/// `peerless run` of squeezenet1_1 (2.9 MB gradients) over `url`, with `extra` flags.
+fn squeezenet_run(url: &str, dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
     peerless()
         .args([
             "run",
@@ -128,24 +126,52 @@ fn gradients_larger_than_a_chunk_cross_the_broker_in_pieces() {
             "1",
             "--rounds-per-epoch",
             "2",
-            "--chunk-mib",
-            "1",
+            "--round-timeout",
+            "60",
             "--broker",
-            &broker(),
+            url,
             "--store",
         ])
-        .arg(dir.path().join("store"))
+        .arg(dir.join("store"))
         .arg("--metrics-dir")
-        .arg(&mdir)
+        .arg(dir.join("m"))
+        .args(extra)
         .assert()
+}
+
+#[test]
+fn gradients_cross_a_broker_limited_to_512_kib_in_chunks() {
+    // A private node refusing messages above 512 KiB, as Amazon MQ's current brokers do.
+    let node = RabbitNode::start_with(RabbitOptions {
+        max_message_size: Some(512 << 10),
+    })
+    .expect("a private RabbitMQ node");
+    let dir = tempfile::tempdir().unwrap();
+    squeezenet_run(&node.url(), dir.path(), &[])
         .success()
         .stdout(predicate::str::contains("identical"));
-    let m = metrics(&mdir.join("peer-0.jsonl"));
-    assert!(m[0].messages_sent >= 3, "{:?}", m[0]);
+    let m = metrics(&dir.path().join("m/peer-0.jsonl"));
+    // 2.9 MB of gradient in chunks of at most 448 KiB, each message under the limit.
+    assert!(m[0].messages_sent >= 7, "{:?}", m[0]);
+    assert!(
+        m[0].bytes_sent <= m[0].messages_sent * (512 << 10),
+        "{:?}",
+        m[0]
+    );
     assert_eq!(
         m[0].weights_hash,
-        metrics(&mdir.join("peer-1.jsonl"))[0].weights_hash
+        metrics(&dir.path().join("m/peer-1.jsonl"))[0].weights_hash
     );
+
+    // Chunks above the limit: an error that names the cause and the flag, no hang.
+    let dir = tempfile::tempdir().unwrap();
+    squeezenet_run(&node.url(), dir.path(), &["--chunk-kib", "1024"])
+        .failure()
+        .stderr(
+            predicate::str::contains("too large")
+                .and(predicate::str::contains("--chunk-kib"))
+                .and(predicate::str::contains("panicked").not()),
+        );
 }
 
 fn split(store: &Path, peers: &str) {

@@ -419,21 +419,40 @@ async fn publish_batch(
         mandatory: true,
         immediate: false,
     };
+    let largest = messages.iter().map(Bytes::len).max().unwrap_or(0);
+    let failure = |error: lapin::Error| match too_large(&error) {
+        Some(reason) => PublishFailure::Refused(TransportError::MessageTooLarge {
+            bytes: largest,
+            reason,
+        }),
+        None => PublishFailure::Link(error),
+    };
     let mut confirms = Vec::with_capacity(messages.len());
     for message in messages {
         let properties = BasicProperties::default()
             .with_delivery_mode(1)
             .with_content_type("application/x-peerless".into());
-        let confirm = link
+        let published = link
             .publisher
             .basic_publish(exchange.into(), key.into(), options, message, properties)
-            .await
-            .map_err(PublishFailure::Link)?;
-        confirms.push(confirm);
+            .await;
+        match published {
+            Ok(confirm) => confirms.push(confirm),
+            Err(error) => {
+                // A refusal closes the channel: the earlier confirms carry the broker's
+                // reason, the later publishes only "channel closed".
+                for confirm in confirms {
+                    if let Err(first) = confirm.await {
+                        return Err(failure(first));
+                    }
+                }
+                return Err(failure(error));
+            }
+        }
     }
     let mut nacked = 0;
     for confirm in confirms {
-        let confirmation = confirm.await.map_err(PublishFailure::Link)?;
+        let confirmation = confirm.await.map_err(failure)?;
         if confirmation.is_nack() {
             nacked += 1;
         }
@@ -575,6 +594,17 @@ async fn open_link(
         admin,
         consumer: Mutex::new(consumer),
     })
+}
+
+/// The broker's reason when it closed the channel because a message exceeded its
+/// `max_message_size` (RabbitMQ: "PRECONDITION_FAILED - message size N is larger than
+/// configured max size M").
+fn too_large(error: &lapin::Error) -> Option<String> {
+    let ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return None;
+    };
+    let text = amqp.to_string();
+    (text.contains("larger than") && text.contains("max size")).then_some(text)
 }
 
 /// Retries only failures that may go away (network errors), not refusals.

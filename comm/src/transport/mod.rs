@@ -128,6 +128,18 @@ pub enum TransportError {
         /// How many.
         count: usize,
     },
+    /// The broker refused a message above its size limit (RabbitMQ's
+    /// `max_message_size`; 512 KiB on Amazon MQ's current brokers).
+    #[error(
+        "the broker refused a message of {bytes} bytes as too large ({reason}); \
+         send smaller chunks with --chunk-kib (the default, 448, fits a 512 KiB limit)"
+    )]
+    MessageTooLarge {
+        /// Size of the largest message of the refused batch, header included.
+        bytes: usize,
+        /// The broker's reply text.
+        reason: String,
+    },
     /// The broker had no queue for a message (the run's queues were deleted?).
     #[error("message with routing key {routing_key} was unroutable: {reason}")]
     Unroutable {

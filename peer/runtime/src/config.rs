@@ -380,7 +380,7 @@ impl Default for ExchangeConfig {
             rounds_per_epoch: 1,
             round_timeout: Duration::from_secs(600),
             on_timeout: OnTimeout::Fail,
-            max_chunk_bytes: 8 << 20,
+            max_chunk_bytes: peerless_comm::wire::DEFAULT_MAX_CHUNK_BYTES,
             serverless: ServerlessConfig::default(),
             checkpoint_every: None,
             resume: Resume::Auto,

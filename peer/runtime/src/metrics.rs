@@ -49,6 +49,9 @@ pub struct RoundMetrics {
     /// slower peers.
     pub receive_time_s: f64,
     pub decode_time_s: f64,
+    /// Signing this peer's messages and verifying the others' (part of the encode, receive
+    /// and decode times; 0 in an unauthenticated run).
+    pub auth_time_s: f64,
     /// Applying the averaged gradient with the optimizer.
     pub update_time_s: f64,
     pub eval_time_s: f64,
@@ -58,6 +61,8 @@ pub struct RoundMetrics {
     pub messages_sent: u64,
     pub messages_received: u64,
     pub rejected_messages: u64,
+    /// `rejected_messages` by reason (see `peerless_comm::Rejections`).
+    pub rejections: peerless_comm::Rejections,
     pub contributors: u32,
     /// Ranks averaged this round (this one included).
     pub participants: Vec<u32>,
@@ -212,11 +217,13 @@ impl RoundMetrics {
         self.send_time_s = stats.send_time.as_secs_f64();
         self.receive_time_s = stats.receive_time.as_secs_f64();
         self.decode_time_s = stats.decode_time.as_secs_f64();
+        self.auth_time_s = stats.auth_time.as_secs_f64();
         self.bytes_sent = stats.bytes_sent;
         self.bytes_received = stats.bytes_received;
         self.messages_sent = stats.messages_sent;
         self.messages_received = stats.messages_received;
         self.rejected_messages = stats.rejected.total();
+        self.rejections = stats.rejected;
         self.contributors = stats.contributors;
         self.missing_ranks = stats.missing.clone();
         self.participants = stats.participants.clone();
