@@ -61,6 +61,19 @@ impl FromStr for Exchange {
     }
 }
 
+impl serde::Serialize for Exchange {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Exchange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The elements of shard `shard` of a gradient of `len` elements cut into `shards`
 /// contiguous shards whose sizes differ by at most one.
 ///

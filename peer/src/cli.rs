@@ -184,6 +184,13 @@ pub struct ExchangeArgs {
     )]
     pub aggregation: Aggregation,
 
+    /// How gradients travel: all-to-all (every peer sends its whole gradient to every
+    /// other) or sharded (each peer aggregates 1/N of the gradient and sends the result to
+    /// all: per-peer traffic stays about 2x the gradient whatever the number of peers).
+    /// Every peer must use the same.
+    #[arg(long, default_value = "all-to-all", value_name = "all-to-all|sharded")]
+    pub exchange: peerless_comm::Exchange,
+
     /// Scale each gradient to an L2 norm of at most C before aggregating.
     #[arg(long, value_name = "C", value_parser = positive_f32)]
     pub clip_norm: Option<f32>,
@@ -739,6 +746,7 @@ impl ExchangeArgs {
             reconnect_timeout: duration_secs("--reconnect-timeout", self.reconnect_timeout)?,
             aggregation: self.aggregation,
             clip_norm: self.clip_norm,
+            exchange: self.exchange,
         };
         config.validate()?;
         Ok(config)

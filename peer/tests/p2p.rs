@@ -95,6 +95,32 @@ fn three_peers_over_rabbitmq_keep_identical_weights_and_learn() {
 }
 
 #[test]
+fn sharded_exchange_over_rabbitmq_trains_to_the_all_to_all_weights() {
+    // Without compression both exchanges sum the same values in the same order: the
+    // runs end with the same bits, while a sharded peer sends and receives about
+    // 2G(N-1)/N a round instead of G and (N-1)G.
+    let all = run_and_check(&["--broker", &broker()], 58);
+    let sharded = run_and_check(&["--broker", &broker(), "--exchange", "sharded"], 58);
+    for round in [0, 57] {
+        assert_eq!(
+            sharded[0][round].weights_hash, all[0][round].weights_hash,
+            "round {round}"
+        );
+    }
+    let gradient = 4.0 * 38_282.0;
+    for peer in &sharded {
+        let m = &peer[0];
+        let ring = 2.0 * gradient * 2.0 / 3.0;
+        assert!(
+            (m.bytes_received as f64 / ring - 1.0).abs() < 0.1,
+            "received {} vs {ring}",
+            m.bytes_received
+        );
+        assert!(m.bytes_sent as f64 <= 1.1 * ring, "sent {}", m.bytes_sent);
+    }
+}
+
+#[test]
 fn qsgd8_compression_over_rabbitmq() {
     let peers = run_and_check(&["--broker", &broker(), "--compression", "qsgd8"], 58);
     // 8-bit levels plus a sign bitmap: well under half the raw f32 size.

@@ -262,6 +262,9 @@ pub struct StudyConfig {
     /// Each gradient is scaled to at most this L2 norm before aggregating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_norm: Option<f32>,
+    /// How gradients travel between peers: `all-to-all` or `sharded`.
+    #[serde(default)]
+    pub exchange: peerless_comm::Exchange,
     /// One `[[peer]]` table per peer.
     #[serde(rename = "peer", default)]
     pub peers: Vec<PeerSpec>,
@@ -459,6 +462,12 @@ impl StudyConfig {
             && peerless_comm::aggregate::check_clip_norm(c).is_err()
         {
             return bad("clip_norm", format!("must be a finite number > 0, got {c}"));
+        }
+        if self.clip_norm.is_some() && self.exchange == peerless_comm::Exchange::Sharded {
+            return bad(
+                "clip_norm",
+                "needs each peer's whole gradient in one place: use exchange = \"all-to-all\"",
+            );
         }
         if self.offloads() {
             if self.serverless == ServerlessMode::None {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use peerless_comm::{Aggregation, CodecSpec, OnTimeout, RunId};
+use peerless_comm::{Aggregation, CodecSpec, Exchange, OnTimeout, RunId};
 use peerless_data::{DatasetKind, Partition, StoreOptions};
 use peerless_models::optim::{OptimizerConfig, OptimizerKind};
 use peerless_models::schedule::{EarlyStopping, ReduceLrOnPlateau};
@@ -333,6 +333,9 @@ pub struct ExchangeConfig {
     /// Each gradient is scaled to at most this L2 norm before aggregating
     /// (`--clip-norm`), bounding what any one peer can contribute.
     pub clip_norm: Option<f32>,
+    /// How gradients travel between peers (`--exchange`): whole gradients to every peer,
+    /// or shards to their owners (traffic per peer independent of the number of peers).
+    pub exchange: Exchange,
 }
 
 /// Whether a peer resumes from its checkpoints (`--resume auto|never`).
@@ -389,6 +392,7 @@ impl Default for ExchangeConfig {
             reconnect_timeout: Duration::from_secs(120),
             aggregation: Aggregation::Mean,
             clip_norm: None,
+            exchange: Exchange::AllToAll,
         }
     }
 }
@@ -405,6 +409,12 @@ impl ExchangeConfig {
         if let Some(c) = self.clip_norm {
             peerless_comm::aggregate::check_clip_norm(c)
                 .map_err(|e| ConfigError(format!("--clip-norm: {e}")))?;
+            if self.exchange == Exchange::Sharded {
+                return Err(ConfigError::new(
+                    "--clip-norm needs each peer's whole gradient in one place: use it with \
+                     --exchange all-to-all",
+                ));
+            }
         }
         self.serverless.validate(&self.store)
     }

@@ -35,6 +35,7 @@ pub fn run_identity(config: &NodeConfig, manifest: &Manifest) -> Identity {
         ("codec", x.codec.to_string()),
         ("aggregation", x.aggregation.to_string()),
         ("clip_norm", format!("{:?}", x.clip_norm)),
+        ("exchange", x.exchange.to_string()),
         ("world_size", config.size.to_string()),
         ("evaluation", x.evaluation.to_string()),
         ("eval_limit", format!("{:?}", x.eval_limit)),

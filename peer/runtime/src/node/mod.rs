@@ -197,6 +197,7 @@ impl Node {
         round_config.evict_after = x.evict_after;
         round_config.aggregation = x.aggregation;
         round_config.clip_norm = x.clip_norm;
+        round_config.exchange = x.exchange;
         // An attacker sends its corrupted gradient even when it is not finite (a `nan`
         // attack), so the other peers' checks are what is tested.
         round_config.check_own = !config.attack.is_active();
@@ -275,7 +276,7 @@ impl Node {
             stopper = c.early_stopping;
             // The codec's state is per rank: only a peer's own checkpoint carries it.
             if own {
-                averager.codec_mut().restore(&c.codec_state)?;
+                averager.restore_codec_state(&c.codec_state)?;
             }
         }
 
@@ -372,7 +373,7 @@ impl Node {
             };
             if interval > 0 && next % interval == 0 && next < total_rounds && !stop {
                 let saved = Instant::now();
-                let checkpoint = snapshot(&model, optimizer.as_ref(), averager.codec().state())?;
+                let checkpoint = snapshot(&model, optimizer.as_ref(), averager.codec_state())?;
                 let key = checkpoints
                     .save(&checkpoint)
                     .await
