@@ -11,6 +11,9 @@
 //! `PEERLESS_BENCH_MAX_GB` (10: configurations whose buffers would need more memory are
 //! skipped and listed), `PEERLESS_BENCH_CHUNKS_KIB` (`448,8192`; empty skips the table),
 //! `PEERLESS_BENCH_CHUNK_MB` (515).
+//!
+//! The claim-check exchange (`s3`) needs an object store, which this crate does not
+//! link: it is measured with `peerless run` on moto's S3 (bench/README.md).
 
 use std::time::{Duration, Instant};
 
@@ -161,7 +164,7 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
 fn footprint(peers: u32, bytes: f64, exchange: Exchange) -> f64 {
     let n = f64::from(peers);
     match exchange {
-        Exchange::AllToAll => bytes * n * (3.0 + 2.0 * (n - 1.0)),
+        Exchange::AllToAll | Exchange::S3 => bytes * n * (3.0 + 2.0 * (n - 1.0)),
         Exchange::Sharded => bytes * n * 7.0,
     }
 }

@@ -11,6 +11,10 @@
 //!   the parts (with the run's aggregation and codec) and broadcasts the result
 //!   ([`crate::wire::MessageKind::Reduced`]). A peer sends about `G` and receives
 //!   `2·G·(N-1)/N` bytes a round, whatever `N`; the broker delivers `2·G·(N-1)`.
+//! - [`Exchange::S3`]: all-to-all, but each gradient goes to the run's object store once
+//!   and only a signed claim of a few dozen bytes goes through the broker
+//!   ([`crate::claim`]); every peer reads the `N-1` others' objects. For gradients the
+//!   broker should not carry (hundreds of MB; brokers with small message limits).
 //!
 //! Both end every round with bit-identical averages on every peer that received the
 //! same messages. In a sharded round the owner's result is the only copy of its shard's
@@ -31,6 +35,9 @@ pub enum Exchange {
     AllToAll,
     /// Reduce-scatter to shard owners, then all-gather of the owners' results.
     Sharded,
+    /// All-to-all with the gradients parked in the object store and only their
+    /// claims (key, length, digest) over the broker ([`crate::claim`]).
+    S3,
 }
 
 impl Exchange {
@@ -39,6 +46,7 @@ impl Exchange {
         match self {
             Exchange::AllToAll => "all-to-all",
             Exchange::Sharded => "sharded",
+            Exchange::S3 => "s3",
         }
     }
 }
@@ -56,7 +64,10 @@ impl FromStr for Exchange {
         match s {
             "all-to-all" => Ok(Exchange::AllToAll),
             "sharded" => Ok(Exchange::Sharded),
-            _ => Err(format!("expected `all-to-all` or `sharded`, got {s:?}")),
+            "s3" => Ok(Exchange::S3),
+            _ => Err(format!(
+                "expected `all-to-all`, `sharded` or `s3`, got {s:?}"
+            )),
         }
     }
 }
@@ -139,7 +150,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_names_are_refused() {
-        for e in [Exchange::AllToAll, Exchange::Sharded] {
+        for e in [Exchange::AllToAll, Exchange::Sharded, Exchange::S3] {
             assert_eq!(e.name().parse::<Exchange>(), Ok(e));
         }
         assert!("ring".parse::<Exchange>().unwrap_err().contains("sharded"));

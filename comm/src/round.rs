@@ -31,7 +31,7 @@
 //! The event loop only waits on the transport and on the round's deadline:
 //! no sleeping, no polling.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,7 @@ use std::sync::Arc;
 use crate::aggregate::{Aggregation, Aggregator};
 use crate::auth::Keyring;
 use crate::average;
+use crate::claim::{Claim, ClaimStore};
 use crate::codec::{Codec, CodecError};
 use crate::exchange::Exchange;
 use crate::transport::{Transport, TransportError};
@@ -186,6 +187,9 @@ pub struct Rejections {
     /// A shard sent to a peer that does not own it, or a shard's result from a
     /// peer that does not own it (sharded exchange).
     pub misrouted: u64,
+    /// A claimed gradient object that could not be read from the store, or that
+    /// differs from its claim (claim-check exchange).
+    pub bad_claim: u64,
 }
 
 impl Rejections {
@@ -204,6 +208,7 @@ impl Rejections {
             + self.mismatched
             + self.far_future
             + self.misrouted
+            + self.bad_claim
     }
 }
 
@@ -307,6 +312,14 @@ pub enum RoundError {
     /// The round configuration is unusable.
     #[error("invalid round configuration: {0}")]
     Config(String),
+    /// This peer's gradient could not be put into the claim store.
+    #[error("cannot store this peer's gradient at {key}: {cause}")]
+    Store {
+        /// The object's key.
+        key: String,
+        /// What went wrong.
+        cause: String,
+    },
 }
 
 struct RankList<'a>(&'a [u32]);
@@ -337,6 +350,10 @@ pub struct Averager<T> {
     /// Sharded exchange only: per shard, the codec of this peer's part and of the
     /// owner's result (so error feedback stays per shard), and their encoded bytes.
     shards: Vec<ShardCodecs>,
+    /// Claim-check exchange only: the store, and this peer's objects not yet deleted
+    /// (round, key).
+    claim_store: Option<Arc<dyn ClaimStore>>,
+    own_claims: VecDeque<(u64, String)>,
 }
 
 /// The codecs and buffers of one shard in a sharded exchange.
@@ -399,7 +416,7 @@ impl<T: Transport> Averager<T> {
             }
         }
         let shards = match config.exchange {
-            Exchange::AllToAll => Vec::new(),
+            Exchange::AllToAll | Exchange::S3 => Vec::new(),
             Exchange::Sharded => (0..config.world_size)
                 .map(|s| ShardCodecs {
                     part: codec.spec().build(shard_seed(&config, s, 0)),
@@ -420,6 +437,8 @@ impl<T: Transport> Averager<T> {
             compute_micros: 0,
             aggregator: Aggregator::new(),
             shards,
+            claim_store: None,
+            own_claims: VecDeque::new(),
         })
     }
 
@@ -515,6 +534,29 @@ impl<T: Transport> Averager<T> {
         Ok(())
     }
 
+    /// Gives a claim-check exchange ([`Exchange::S3`]) its object store.
+    pub fn set_claim_store(&mut self, store: Arc<dyn ClaimStore>) {
+        self.claim_store = Some(store);
+    }
+
+    /// Deletes this peer's claim-check objects still in the store (call when the run
+    /// is over); failures are logged, not returned.
+    pub async fn delete_claims(&mut self) {
+        self.delete_claims_before(u64::MAX).await;
+    }
+
+    async fn delete_claims_before(&mut self, round: u64) {
+        let Some(store) = &self.claim_store else {
+            return;
+        };
+        while let Some((_, key)) = self.own_claims.front().filter(|(r, _)| *r < round) {
+            if let Err(error) = store.delete(key).await {
+                tracing::warn!(key, %error, "could not delete a gradient object");
+            }
+            self.own_claims.pop_front();
+        }
+    }
+
     /// The transport.
     pub fn transport(&self) -> &T {
         &self.transport
@@ -595,7 +637,9 @@ impl<T: Transport> Averager<T> {
             stats.withheld = true;
         }
         match self.config.exchange {
-            Exchange::AllToAll => self.all_to_all(round, local, out, stats, started).await,
+            Exchange::AllToAll | Exchange::S3 => {
+                self.all_to_all(round, local, out, stats, started).await
+            }
             Exchange::Sharded => self.sharded(round, local, out, stats, started).await,
         }
     }
@@ -652,6 +696,7 @@ impl<T: Transport> Averager<T> {
             codec,
             transport,
             inbox,
+            claim_store,
             ..
         } = self;
         let config: &RoundConfig = config;
@@ -696,21 +741,43 @@ impl<T: Transport> Averager<T> {
             Ok(phase_start.elapsed())
         };
         let stats_ref = &mut *stats;
+        let claim_store = claim_store.clone();
         let receive = async move {
-            while !inbox.phase_done() {
+            // Claimed objects being read from the store.
+            let mut fetches = tokio::task::JoinSet::new();
+            loop {
+                for (key, claim) in inbox.take_fetches() {
+                    if let Some(store) = claim_store.clone() {
+                        fetches.spawn(async move {
+                            let data = store.get(&claim.key).await;
+                            (key, claim, data)
+                        });
+                    }
+                }
+                if inbox.phase_done() {
+                    break;
+                }
                 let deadline = deadline_now();
-                let delivery = match tokio::time::timeout_at(deadline, transport.recv()).await {
-                    Err(_) if deadline_now() > deadline => continue,
-                    Err(_) => break,
-                    Ok(delivery) => delivery?,
-                };
-                stats_ref.messages_received += 1;
-                stats_ref.bytes_received += delivery.data().len() as u64;
-                inbox.handle(delivery.data(), round, config, codec, stats_ref)?;
-                // Best effort: a lost acknowledgement (the connection dropped) only means a
-                // redelivery, which is dropped as a duplicate.
-                if let Err(error) = delivery.ack().await {
-                    tracing::debug!(%error, "acknowledgement lost");
+                tokio::select! {
+                    delivery = tokio::time::timeout_at(deadline, transport.recv()) => {
+                        let delivery = match delivery {
+                            Err(_) if deadline_now() > deadline => continue,
+                            Err(_) => break,
+                            Ok(delivery) => delivery?,
+                        };
+                        stats_ref.messages_received += 1;
+                        stats_ref.bytes_received += delivery.data().len() as u64;
+                        inbox.handle(delivery.data(), round, config, codec, stats_ref)?;
+                        // Best effort: a lost acknowledgement (the connection dropped) only
+                        // means a redelivery, which is dropped as a duplicate.
+                        if let Err(error) = delivery.ack().await {
+                            tracing::debug!(%error, "acknowledgement lost");
+                        }
+                    }
+                    Some(fetched) = fetches.join_next(), if !fetches.is_empty() => {
+                        let (key, claim, data) = fetched.expect("a fetch task panicked");
+                        inbox.file_fetched(key, &claim, data, config, codec, stats_ref);
+                    }
                 }
             }
             Ok::<_, RoundError>(phase_start.elapsed())
@@ -802,10 +869,20 @@ impl<T: Transport> Averager<T> {
             self.codec
                 .encode(local, &mut self.encoded)
                 .map_err(RoundError::Encode)?;
-            let header = self.header(MessageKind::Gradient, round, 0);
-            stats.auth_time += self.frame(&header, &self.encoded, &mut outgoing);
+            if self.config.exchange == Exchange::S3 {
+                stats.encode_time = started.elapsed();
+                let claim = self.park(round, &mut stats).await?;
+                let header = self.header(MessageKind::Claim, round, 0);
+                stats.auth_time += self.frame(&header, &claim.encode(), &mut outgoing);
+            } else {
+                let header = self.header(MessageKind::Gradient, round, 0);
+                stats.auth_time += self.frame(&header, &self.encoded, &mut outgoing);
+                stats.encode_time = started.elapsed();
+            }
         }
-        stats.encode_time = started.elapsed();
+        if stats.withheld {
+            stats.encode_time = started.elapsed();
+        }
 
         let me = self.config.rank;
         let accepted: Vec<SlotKey> = (0..self.config.world_size)
@@ -851,6 +928,34 @@ impl<T: Transport> Averager<T> {
         self.record_participants(contributors, &mut stats);
         stats.decode_time = decode_start.elapsed();
         Ok(stats)
+    }
+
+    /// Puts this peer's encoded gradient into the claim store; returns its claim.
+    async fn park(&mut self, round: u64, stats: &mut RoundStats) -> Result<Claim, RoundError> {
+        let store = self.claim_store.clone().ok_or_else(|| {
+            RoundError::Config("--exchange s3 needs an object store for the gradients".into())
+        })?;
+        // Peers are at most a round or two apart: older objects are no longer read.
+        self.delete_claims_before(round.saturating_sub(FUTURE_WINDOW + 1))
+            .await;
+        let key = format!(
+            "claims/{}/{round}/{}-{:016x}",
+            self.config.run_id, self.config.rank, self.config.incarnation
+        );
+        let data = Bytes::copy_from_slice(&self.encoded);
+        let claim = Claim::of(key.clone(), &data);
+        let put_start = Instant::now();
+        store
+            .put(&key, data)
+            .await
+            .map_err(|cause| RoundError::Store {
+                key: key.clone(),
+                cause,
+            })?;
+        stats.send_time += put_start.elapsed();
+        stats.bytes_sent += claim.len;
+        self.own_claims.push_back((round, key));
+        Ok(claim)
     }
 
     /// The sharded round: send each owner its shard, aggregate the shards this
@@ -1142,6 +1247,8 @@ pub(crate) struct Inbox {
     accepted: HashSet<SlotKey>,
     /// The ones the current phase of the round waits for.
     expected: Vec<SlotKey>,
+    /// Claims accepted and not yet being fetched (claim-check exchange).
+    fetches: Vec<(SlotKey, Claim)>,
     world_size: u32,
     pending: BTreeMap<u64, Vec<Bytes>>,
     /// Who takes part, and from which round.
@@ -1166,6 +1273,7 @@ impl Inbox {
             slots: HashMap::new(),
             accepted: HashSet::new(),
             expected: Vec::new(),
+            fetches: Vec::new(),
             world_size,
             pending: BTreeMap::new(),
             members: Members::new(peers),
@@ -1215,6 +1323,52 @@ impl Inbox {
         let taken = self.pending.remove(&round).unwrap_or_default();
         self.pending_bytes -= taken.iter().map(Bytes::len).sum::<usize>();
         taken
+    }
+
+    /// The claims to fetch, once each.
+    fn take_fetches(&mut self) -> Vec<(SlotKey, Claim)> {
+        std::mem::take(&mut self.fetches)
+    }
+
+    /// Files a claimed object read from the store: it must be what the claim says
+    /// and decode like a gradient.
+    fn file_fetched(
+        &mut self,
+        key: SlotKey,
+        claim: &Claim,
+        data: Result<Bytes, String>,
+        config: &RoundConfig,
+        codec: &dyn Codec,
+        stats: &mut RoundStats,
+    ) {
+        let len = key.element_count(config.world_size, config.element_count);
+        let problem = match data {
+            Err(error) => Some(("unreadable claim", error)),
+            Ok(data) => {
+                stats.bytes_received += data.len() as u64;
+                if !claim.matches(&data) {
+                    Some((
+                        "claim mismatch",
+                        format!("{} differs from its claim", claim.key),
+                    ))
+                } else if let Err(error) = codec.validate(&data, len) {
+                    stats.rejected.malformed += 1;
+                    self.note(key.sender, "undecodable gradient", &error);
+                    self.slots.entry(key).or_default().reset();
+                    return;
+                } else {
+                    let slot = self.slots.entry(key).or_default();
+                    slot.single = Some(data);
+                    slot.complete = true;
+                    None
+                }
+            }
+        };
+        if let Some((reason, detail)) = problem {
+            stats.rejected.bad_claim += 1;
+            self.note(key.sender, reason, detail);
+            self.slots.entry(key).or_default().reset();
+        }
     }
 
     fn complete(&self, key: SlotKey) -> bool {
@@ -1276,6 +1430,37 @@ impl Inbox {
         self.members.after_round(config)
     }
 
+    /// Queues an accepted claim for fetching: it must name an object of its
+    /// sender's in this run and round, no bigger than a gradient can be.
+    fn accept_claim(
+        &mut self,
+        key: SlotKey,
+        h: &Header,
+        payload: &[u8],
+        config: &RoundConfig,
+        len: usize,
+        stats: &mut RoundStats,
+    ) -> Result<(), RoundError> {
+        let slot = self.slots.entry(key).or_default();
+        if slot.complete || slot.started {
+            stats.rejected.duplicate += 1;
+            return Ok(());
+        }
+        let prefix = format!("claims/{}/{}/{}-", config.run_id, h.round, h.sender);
+        match Claim::decode(payload) {
+            Some(claim) if claim.key.starts_with(&prefix) && claim.len <= 8 * len as u64 + 8 => {
+                slot.started = true;
+                slot.compute_micros = h.compute_micros;
+                self.fetches.push((key, claim));
+            }
+            _ => {
+                stats.rejected.malformed += 1;
+                self.note(h.sender, "bad claim", "not a claim of this sender's object");
+            }
+        }
+        Ok(())
+    }
+
     /// Logs a dropped message once per sender and reason.
     fn note(&mut self, sender: u32, reason: &'static str, detail: impl fmt::Display) {
         if self.logged.insert((sender, reason)) {
@@ -1335,9 +1520,14 @@ impl Inbox {
             return Ok(());
         }
         let sharded = config.exchange == Exchange::Sharded;
+        let carries = matches!(
+            (h.kind, config.exchange),
+            (MessageKind::Gradient, Exchange::AllToAll)
+                | (MessageKind::Shard | MessageKind::Reduced, Exchange::Sharded)
+                | (MessageKind::Claim, Exchange::S3)
+        );
         match h.kind {
-            MessageKind::Gradient if !sharded => {}
-            MessageKind::Shard | MessageKind::Reduced if sharded => {}
+            _ if carries => {}
             MessageKind::Hello | MessageKind::Join => {
                 if h.kind == MessageKind::Join {
                     crate::membership::apply_join(&mut self.members, message.payload);
@@ -1397,7 +1587,12 @@ impl Inbox {
             return Ok(());
         }
         let key = SlotKey {
-            kind: h.kind,
+            // A claim stands for the gradient it names.
+            kind: if h.kind == MessageKind::Claim {
+                MessageKind::Gradient
+            } else {
+                h.kind
+            },
             shard: h.shard,
             sender: h.sender,
         };
@@ -1409,7 +1604,11 @@ impl Inbox {
         let len = key.element_count(config.world_size, config.element_count);
         // Sizes before any allocation: no codec produces more than 8 bytes per
         // element (top-k at ratio 1), and chunks are at least MIN_CHUNK bytes but the last.
-        let max_payload = 8 * len as u64 + 8;
+        let max_payload = if h.kind == MessageKind::Claim {
+            crate::claim::MAX_CLAIM_LEN as u64
+        } else {
+            8 * len as u64 + 8
+        };
         if h.total_payload_len > max_payload
             || u64::from(h.chunk_count) > h.total_payload_len.div_ceil(MIN_CHUNK).max(1)
         {
@@ -1438,6 +1637,9 @@ impl Inbox {
                 format_args!("{:?} of shard {} not for this peer", h.kind, h.shard),
             );
             return Ok(());
+        }
+        if h.kind == MessageKind::Claim {
+            return self.accept_claim(key, h, message.payload, config, len, stats);
         }
         let slot = self.slots.entry(key).or_default();
         match file_chunk(slot, h, message.payload, bytes) {

@@ -148,6 +148,8 @@ pub enum MessageKind {
     Shard = 6,
     /// One chunk of an aggregated shard, sent by its owner to every peer.
     Reduced = 7,
+    /// Where to fetch a gradient parked in the object store ([`crate::claim`]).
+    Claim = 8,
 }
 
 impl MessageKind {
@@ -160,6 +162,7 @@ impl MessageKind {
             5 => Ok(MessageKind::State),
             6 => Ok(MessageKind::Shard),
             7 => Ok(MessageKind::Reduced),
+            8 => Ok(MessageKind::Claim),
             other => Err(WireError::UnknownKind(other)),
         }
     }

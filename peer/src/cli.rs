@@ -185,10 +185,15 @@ pub struct ExchangeArgs {
     pub aggregation: Aggregation,
 
     /// How gradients travel: all-to-all (every peer sends its whole gradient to every
-    /// other) or sharded (each peer aggregates 1/N of the gradient and sends the result to
-    /// all: per-peer traffic stays about 2x the gradient whatever the number of peers).
-    /// Every peer must use the same.
-    #[arg(long, default_value = "all-to-all", value_name = "all-to-all|sharded")]
+    /// other), sharded (each peer aggregates 1/N of the gradient and sends the result to
+    /// all: per-peer traffic stays about 2x the gradient whatever the number of peers), or
+    /// s3 (all-to-all through the --store: only a signed claim of each gradient crosses
+    /// the broker). Every peer must use the same.
+    #[arg(
+        long,
+        default_value = "all-to-all",
+        value_name = "all-to-all|sharded|s3"
+    )]
     pub exchange: peerless_comm::Exchange,
 
     /// Scale each gradient to an L2 norm of at most C before aggregating.

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+mod claims;
 mod identity;
 
 use std::sync::Arc;
@@ -218,6 +219,9 @@ impl Node {
         });
         let codec = x.codec.build(t.seed ^ u64::from(config.rank));
         let mut averager = Averager::new(round_config, codec, transport)?;
+        if x.exchange == peerless_comm::Exchange::S3 {
+            averager.set_claim_store(Arc::new(claims::StoreClaims(store.clone())));
+        }
 
         let fingerprint = identity::fingerprint(&identity);
         let checkpoints =
@@ -412,6 +416,7 @@ impl Node {
                 break;
             }
         }
+        averager.delete_claims().await;
         Ok(NodeSummary {
             rank: config.rank,
             rounds,
