@@ -280,6 +280,9 @@ impl ObjectStore for FailingStore {
         }
         self.inner.put(key, data).await
     }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        self.inner.put_if_absent(key, data).await
+    }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.inner.list(prefix).await
     }

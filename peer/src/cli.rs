@@ -336,9 +336,10 @@ pub struct PeerArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_PEERS as i64), env = "PEERLESS_SIZE")]
     pub size: u32,
 
-    /// This peer's rank, 0 .. size-1.
-    #[arg(long, env = "PEERLESS_RANK")]
-    pub rank: u32,
+    /// This peer's rank, 0 .. size-1, or `auto`: the lowest rank no other peer of the run
+    /// has claimed (a conditional write of `ranks/<run id>/<rank>` in --store).
+    #[arg(long, env = "PEERLESS_RANK", value_name = "R|auto")]
+    pub rank: peerless_runtime::rank::RankChoice,
 
     /// Dataset the split must hold (checked against its manifest).
     #[arg(long)]

@@ -205,16 +205,13 @@ fn split(store: &Path, peers: &str) {
 }
 
 fn spawn_peer(store: &Path, size: &str, rank: u32, run_id: &str, extra: &[&str]) -> Child {
+    spawn_peer_as(store, size, &rank.to_string(), run_id, extra)
+}
+
+/// A `peerless peer` process with `--rank rank` (a number or `auto`).
+fn spawn_peer_as(store: &Path, size: &str, rank: &str, run_id: &str, extra: &[&str]) -> Child {
     peer_process()
-        .args([
-            "peer",
-            "--size",
-            size,
-            "--rank",
-            &rank.to_string(),
-            "--run-id",
-            run_id,
-        ])
+        .args(["peer", "--size", size, "--rank", rank, "--run-id", run_id])
         .args([
             "--broker",
             &broker(),
@@ -256,6 +253,56 @@ fn separate_peer_processes_over_rabbitmq_end_with_identical_weights() {
         finals.insert(hash);
     }
     assert_eq!(finals.len(), 1, "{finals:?}");
+}
+
+#[test]
+fn peers_started_with_rank_auto_claim_distinct_ranks_and_train_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    split(&store, "3");
+    let run_id = unique("auto");
+    let metrics_files: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("m{i}.jsonl")))
+        .collect();
+    let children: Vec<Child> = metrics_files
+        .iter()
+        .map(|m| {
+            spawn_peer_as(
+                &store,
+                "3",
+                "auto",
+                &run_id,
+                &["--metrics-out", m.to_str().unwrap()],
+            )
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let runs: Vec<Vec<RoundMetrics>> = metrics_files.iter().map(|m| metrics(m)).collect();
+    let ranks: BTreeSet<u32> = runs.iter().map(|r| r[0].rank).collect();
+    assert_eq!(ranks, BTreeSet::from([0, 1, 2]));
+    let last: BTreeSet<_> = runs
+        .iter()
+        .map(|r| r.last().unwrap().weights_hash.clone())
+        .collect();
+    assert_eq!(last.len(), 1, "{last:?}");
+
+    // A fourth peer finds every rank taken, and says how to go on.
+    let out = spawn_peer_as(&store, "3", "auto", &run_id, &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("all 3 ranks") && err.contains("--rank"),
+        "{err}"
+    );
 }
 
 #[test]

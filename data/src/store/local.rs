@@ -172,6 +172,29 @@ impl ObjectStore for LocalStore {
             .await
     }
 
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        tracing::debug!(url = %self.url, key, bytes = data.len(), "put if absent");
+        self.blocking("put_if_absent", key, move || {
+            let parent = path
+                .parent()
+                .ok_or_else(|| io::Error::other("object path has no parent directory"))?;
+            std::fs::create_dir_all(parent)?;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .tempfile_in(parent)?;
+            tmp.write_all(&data)?;
+            tmp.as_file().sync_data()?;
+            // A hard link fails if the name exists: the object appears whole, once.
+            match tmp.persist_noclobber(&path) {
+                Ok(_) => Ok(true),
+                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e.error),
+            }
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         validate_prefix(prefix)?;
         let root = self.root.clone();

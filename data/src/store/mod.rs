@@ -99,6 +99,11 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// object, never a partial one.
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
 
+    /// Stores `data` at `key` only if no object is there, atomically: of writers racing
+    /// for one key exactly one succeeds. Returns whether this call created the object.
+    /// Used to hand out ranks (`peerless peer --rank auto`).
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError>;
+
     /// Every key starting with `prefix` (which may be empty), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 

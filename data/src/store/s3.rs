@@ -343,6 +343,28 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        let full = self.full_key(key)?;
+        tracing::debug!(url = %self.url, key, bytes = data.len(), "put if absent");
+        let put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .if_none_match("*")
+            .body(ByteStream::from(data))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            // 412: the object exists; 409: a concurrent conditional write won.
+            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 409 | 412) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.remote("put_if_absent", key, e)),
+        }
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         validate_prefix(prefix)?;
         let strip = if self.prefix.is_empty() {

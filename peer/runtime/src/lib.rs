@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod node;
 pub mod offload;
 pub mod pipeline;
+pub mod rank;
 pub mod source;
 pub mod sys;
 

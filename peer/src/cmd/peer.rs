@@ -1,16 +1,16 @@
 //! `peerless peer`: one peer of a run, exchanging over RabbitMQ (or alone, in-process).
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use peerless_comm::{AnyTransport, InProcessHub, RunId};
 use peerless_models::{DeviceChoice, select_device};
+use peerless_runtime::rank::{RankChoice, claim_rank, claimant};
 use peerless_runtime::{Capability, Node, NodeConfig, connect};
 
 use crate::cli::PeerArgs;
 
-/// The peer's configuration from its flags.
-fn node_config(args: &PeerArgs) -> Result<NodeConfig> {
-    let x = &args.exchange;
-    let run_id = match (&x.run_id, args.size) {
+/// The run's id from the flags.
+fn run_id(args: &PeerArgs) -> Result<RunId> {
+    Ok(match (&args.exchange.run_id, args.size) {
         (Some(name), _) => RunId::from_name(name),
         (None, 1) => RunId::random(),
         (None, _) => bail!(
@@ -18,9 +18,28 @@ fn node_config(args: &PeerArgs) -> Result<NodeConfig> {
              (for example --run-id \"$(date +%s)\")",
             args.size
         ),
-    };
+    })
+}
+
+/// This peer's rank: given, or claimed in the store (`--rank auto`).
+async fn rank(args: &PeerArgs, run_id: RunId) -> Result<u32> {
+    match args.rank {
+        RankChoice::Fixed(rank) => Ok(rank),
+        RankChoice::Auto => {
+            let x = &args.exchange;
+            let store = peerless_data::open_store(&x.store, &x.s3.store_options())
+                .await
+                .with_context(|| format!("opening {} to claim a rank", x.store))?;
+            Ok(claim_rank(store.as_ref(), run_id, args.size, &claimant()).await?)
+        }
+    }
+}
+
+/// The peer's configuration from its flags.
+fn node_config(args: &PeerArgs, run_id: RunId, rank: u32) -> Result<NodeConfig> {
+    let x = &args.exchange;
     let mut config = NodeConfig::new(
-        args.rank,
+        rank,
         args.size,
         run_id,
         args.training.to_config(),
@@ -37,13 +56,21 @@ fn node_config(args: &PeerArgs) -> Result<NodeConfig> {
 }
 
 pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
-    let config = node_config(&args)?;
+    let run_id = run_id(&args)?;
+    // Validated before a rank is claimed, so a bad flag claims nothing.
+    let rank_checked = match args.rank {
+        RankChoice::Fixed(rank) => rank,
+        RankChoice::Auto => 0,
+    };
+    node_config(&args, run_id, rank_checked)?;
     let device = select_device(device)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let rank = rank(&args, run_id).await?;
+        let config = node_config(&args, run_id, rank)?;
         if let Some(expected) = args.dataset {
             check_dataset(&config, expected).await?;
         }
