@@ -281,7 +281,11 @@ impl<T: Transport> Averager<T> {
                 continue;
             }
             match h.kind {
-                MessageKind::Gradient => {
+                // A faster peer's first round, whatever the exchange.
+                MessageKind::Gradient
+                | MessageKind::Shard
+                | MessageKind::Reduced
+                | MessageKind::Claim => {
                     self.keep_early(h.round, bytes.clone());
                 }
                 MessageKind::Hello => {
