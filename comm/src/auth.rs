@@ -236,14 +236,12 @@ impl Keyring {
     }
 }
 
-/// BLAKE3 of a message, over every core for a big one (a gradient chunk is up to
-/// 8 MiB: one core would spend a noticeable part of a VGG11 round hashing).
+/// BLAKE3 of a message, on the calling thread: a message is at most a chunk (448 KiB
+/// by default, a few GB/s on one core), and handing each one to the rayon pool made
+/// verification wait behind gradient computation on a busy machine (many signed
+/// messages are hashed in parallel by [`crate::wire::chunk_messages_signed`] instead).
 fn digest(bytes: &[u8]) -> blake3::Hash {
-    if bytes.len() > 1 << 17 {
-        blake3::Hasher::new().update_rayon(bytes).finalize()
-    } else {
-        blake3::hash(bytes)
-    }
+    blake3::hash(bytes)
 }
 
 impl Signer for Keyring {

@@ -422,12 +422,21 @@ pub fn chunk_messages_signed(
     let mut header = header.clone();
     header.total_payload_len = payload.len() as u64;
     header.chunk_count = u32::try_from(count).expect("too many chunks");
-    for index in 0..count {
+    let chunk = |index: usize| {
         let start = index * max_chunk_bytes;
         let end = (start + max_chunk_bytes).min(payload.len());
+        let mut header = header.clone();
         header.chunk_index = index as u32;
         header.chunk_offset = start as u64;
-        out.push(encode_with(&header, &payload[start.min(end)..end], signer));
+        encode_with(&header, &payload[start.min(end)..end], signer)
+    };
+    if signer.is_some() && count > 1 {
+        // Hashing and signing dominate: one message per task, in order.
+        use rayon::prelude::*;
+        let signed: Vec<Bytes> = (0..count).into_par_iter().map(chunk).collect();
+        out.extend(signed);
+    } else {
+        out.extend((0..count).map(chunk));
     }
 }
 
