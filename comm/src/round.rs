@@ -252,6 +252,8 @@ pub struct RoundStats {
     /// Time spent signing this peer's messages and verifying the others'
     /// signatures (zero in an unauthenticated run); part of the times above.
     pub auth_time: Duration,
+    /// The verifying part of `auth_time`.
+    pub verify_time: Duration,
     /// Messages not used, by reason.
     pub rejected: Rejections,
     /// Time each rank spent computing its gradient, indexed by rank (length
@@ -1514,6 +1516,7 @@ impl Inbox {
         let verifying = Instant::now();
         let verified = config.keyring.verify(&message);
         stats.auth_time += verifying.elapsed();
+        stats.verify_time += verifying.elapsed();
         if let Err(reason) = verified {
             stats.rejected.unauthenticated += 1;
             self.note(h.sender, "unauthenticated", reason);

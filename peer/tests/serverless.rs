@@ -53,7 +53,7 @@ fn compare(dir: &Path, extra: &[&str]) -> (Vec<Vec<RoundMetrics>>, Vec<Vec<Round
 const ROUND_KEYS: &str = "rank round epoch lr samples serverless local_batches \
     offloaded_batches fallback_batches compute_time_s local_time_s functions_time_s \
     weights_upload_time_s gradient_fetch_time_s failed_attempts state_transitions \
-    peer_compute_s encode_time_s send_time_s receive_time_s decode_time_s auth_time_s update_time_s \
+    peer_compute_s encode_time_s send_time_s receive_time_s decode_time_s auth_time_s verify_time_s update_time_s \
     eval_time_s round_time_s bytes_sent bytes_received messages_sent messages_received \
     rejected_messages rejections contributors participants missing_ranks evicted_ranks broker_outage_s \
     checkpoint_time_s train_loss train_accuracy val_loss \

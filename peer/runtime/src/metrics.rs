@@ -52,6 +52,8 @@ pub struct RoundMetrics {
     /// Signing this peer's messages and verifying the others' (part of the encode, receive
     /// and decode times; 0 in an unauthenticated run).
     pub auth_time_s: f64,
+    /// The part of `auth_time_s` spent verifying the other peers' messages.
+    pub verify_time_s: f64,
     /// Applying the averaged gradient with the optimizer.
     pub update_time_s: f64,
     pub eval_time_s: f64,
@@ -218,6 +220,7 @@ impl RoundMetrics {
         self.receive_time_s = stats.receive_time.as_secs_f64();
         self.decode_time_s = stats.decode_time.as_secs_f64();
         self.auth_time_s = stats.auth_time.as_secs_f64();
+        self.verify_time_s = stats.verify_time.as_secs_f64();
         self.bytes_sent = stats.bytes_sent;
         self.bytes_received = stats.bytes_received;
         self.messages_sent = stats.messages_sent;
