@@ -377,7 +377,7 @@ impl ExchangeConfig {
     /// accuracy is always measured. Never without `evaluation`.
     pub fn evaluates_after(&self, round: u64, rounds_per_epoch: u64, total_rounds: u64) -> bool {
         self.evaluation
-            && ((round + 1) % self.eval_interval(rounds_per_epoch) == 0
+            && ((round + 1).is_multiple_of(self.eval_interval(rounds_per_epoch))
                 || round + 1 >= total_rounds)
     }
 
