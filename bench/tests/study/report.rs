@@ -262,7 +262,9 @@ fn summary_states_wall_training_and_compute_time_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let config = config();
     let prices = test_prices();
-    let runs = scheduled_runs();
+    let mut runs = scheduled_runs();
+    // A wall clock shorter than the per-round maxima add up to is said so.
+    runs[2].wall_time_s = 2.5;
     let projection = project(&config, &runs, &prices).unwrap();
     let files = write_report(dir.path(), &config, &runs, &prices, &projection).unwrap();
     let md = std::fs::read_to_string(&files.markdown).unwrap();
@@ -303,6 +305,10 @@ fn summary_states_wall_training_and_compute_time_side_by_side() {
              training and 7.9 s start-up and the rest; of the training, 3.2 s (93%) computing \
              gradients on the slowest peer"
         ),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("2.2 s training and the per-round maxima exceed the wall time by 0.4 s"),
         "{summary}"
     );
     // The headline keeps the gradient computation and puts the wall and training time

@@ -257,8 +257,13 @@ fn time_story(run: &DeploymentRun) -> String {
     let rest = if rest >= 0.0 {
         format!("{} s start-up and the rest", secs1(rest))
     } else {
-        // Measured rounds can add up to a little more than the wall clock saw.
-        "no time left for start-up".to_string()
+        // Each round's slowest work and longest evaluation need not be one peer's, so
+        // their sums can exceed the wall clock by a little.
+        format!(
+            "the per-round maxima exceed the wall time by {} s (a round's slowest work and \
+             longest evaluation may be different peers')",
+            secs1(-rest)
+        )
     };
     format!(
         "{}: of {} s wall time, {} s evaluating ({} of {} rounds evaluated), {} s training \
