@@ -200,10 +200,16 @@ pub struct ExchangeArgs {
     #[arg(long, value_name = "C", value_parser = positive_f32)]
     pub clip_norm: Option<f32>,
 
-    /// Evaluate every round (validation over all peers' validation shards, test accuracy);
-    /// drives ReduceLROnPlateau and early stopping.
+    /// Evaluate (validation over all peers' validation shards, test accuracy) once per
+    /// epoch, or every --eval-every rounds, and after the last round; drives
+    /// ReduceLROnPlateau and early stopping.
     #[arg(long)]
     pub evaluation: bool,
+
+    /// With --evaluation: evaluate after every K-th round (and after the last one).
+    /// Default: once per epoch (K = --rounds-per-epoch). Every peer must use the same.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub eval_every: Option<u32>,
 
     /// Evaluate on at most N images of each set.
     #[arg(long, value_name = "N")]
@@ -491,11 +497,13 @@ pub struct TrainingArgs {
     #[arg(long, default_value_t = 1234, env = "PEERLESS_SEED")]
     pub seed: u64,
 
-    /// Early stopping: epochs without a better validation loss before stopping.
+    /// Early stopping: evaluations (epochs, for `train` and by default for `peer` and `run`)
+    /// without a better validation loss before stopping.
     #[arg(long, default_value_t = 10)]
     pub patience: u32,
 
-    /// ReduceLROnPlateau: epochs without improvement before cutting the learning rate.
+    /// ReduceLROnPlateau: evaluations (epochs by default) without improvement before
+    /// cutting the learning rate.
     #[arg(long, default_value_t = 5)]
     pub plateau_patience: u32,
 
@@ -739,6 +747,7 @@ impl ExchangeArgs {
             broker: self.broker.clone(),
             codec: self.compression,
             evaluation: self.evaluation,
+            eval_every: self.eval_every,
             eval_limit: self.eval_limit,
             rounds_per_epoch: self.rounds_per_epoch,
             round_timeout: duration_secs("--round-timeout", self.round_timeout)?,

@@ -98,6 +98,12 @@ fn sizes_and_counts_beyond_their_range_are_usage_errors() {
         "--rounds-per-epoch",
     );
     refused(
+        &run_with(&["--evaluation", "--eval-every", "0"]),
+        "--eval-every",
+    );
+    refused(&peer_with(&["--eval-every", "0"]), "--eval-every");
+    refused(&run_with(&["--eval-every=-1"]), "--eval-every");
+    refused(
         &run_with(&[
             "--serverless",
             "local",

@@ -76,22 +76,58 @@ fn three_peers_in_process_keep_identical_weights_and_learn() {
 #[test]
 fn three_peers_over_rabbitmq_keep_identical_weights_and_learn() {
     let peers = run_and_check(
+        &["--broker", &broker(), "--evaluation", "--eval-limit", "200"],
+        58,
+    );
+    let acc = peers[0].last().unwrap().test_accuracy.unwrap();
+    assert!(acc > 0.2, "test accuracy {acc}");
+    for p in &peers {
+        assert_eq!(evaluated(p), vec![28, 57], "once per epoch");
+    }
+}
+
+/// The rounds after which a peer evaluated.
+fn evaluated(rounds: &[RoundMetrics]) -> Vec<u64> {
+    rounds
+        .iter()
+        .filter(|m| m.test_accuracy.is_some())
+        .map(|m| m.round)
+        .collect()
+}
+
+#[test]
+fn evaluation_runs_once_per_epoch_by_default_or_after_every_eval_every_rounds() {
+    // 2 epochs of 29 rounds: evaluated after rounds 28 and 57 by default; `run_and_check`
+    // checks the weights are identical on every peer after every round.
+    let eval = ["--evaluation", "--eval-limit", "100"];
+    for p in &run_and_check(&eval, 58) {
+        assert_eq!(evaluated(p), vec![28, 57]);
+        assert!(
+            p.iter()
+                .all(|m| (m.eval_time_s > 0.0) == m.val_loss.is_some())
+        );
+    }
+    // Every round: the schedule steps every round, so keep it from stopping the run.
+    let every = [
+        &eval[..],
         &[
-            "--broker",
-            &broker(),
-            "--evaluation",
-            "--eval-limit",
-            "200",
-            // Every round is evaluated: keep the schedule from stopping this short run.
+            "--eval-every",
+            "1",
             "--patience",
             "1000",
             "--plateau-patience",
             "1000",
         ],
-        58,
-    );
-    let acc = peers[0].last().unwrap().test_accuracy.unwrap();
-    assert!(acc > 0.2, "test accuracy {acc}");
+    ]
+    .concat();
+    for p in &run_and_check(&every, 58) {
+        assert_eq!(evaluated(p), (0..58).collect::<Vec<_>>());
+    }
+    // Every 20 rounds, and after the last.
+    let twenty = [&eval[..], &["--eval-every", "20"]].concat();
+    for p in &run_and_check(&twenty, 58) {
+        assert_eq!(evaluated(p), vec![19, 39, 57]);
+    }
 }
 
 #[test]

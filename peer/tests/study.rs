@@ -76,6 +76,18 @@ fn a_tiny_study_writes_every_section_and_valid_images() {
     }
     let serverless = common::round_metrics(&out.join("serverless/peer-1.jsonl"));
     assert!(serverless.iter().all(|m| m.offloaded_batches == 2));
+    // Evaluated once per epoch (2 rounds each): after rounds 1 and 3 only.
+    let evaluated: Vec<u64> = serverless
+        .iter()
+        .filter(|m| m.test_accuracy.is_some())
+        .map(|m| m.round)
+        .collect();
+    assert_eq!(evaluated, vec![1, 3]);
+    assert!(
+        serverless
+            .iter()
+            .all(|m| (m.eval_time_s > 0.0) == m.val_loss.is_some())
+    );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     for section in peerless_bench::study::SECTIONS {
@@ -86,6 +98,15 @@ fn a_tiny_study_writes_every_section_and_valid_images() {
         md.contains("gradient computation time"),
         "no headline:\n{md}"
     );
+    for time in [
+        "wall time s",
+        "training time s (without evaluation)",
+        "gradient compute s (slowest peer)",
+        "instance: of ",
+        "(2 of 4 rounds evaluated)",
+    ] {
+        assert!(md.contains(time), "the summary lacks {time:?}:\n{md}");
+    }
     let mut pngs = 0;
     for entry in std::fs::read_dir(out.join("plots")).unwrap() {
         let path = entry.unwrap().path();
@@ -122,6 +143,7 @@ fn bad_study_configs_fail_before_training_naming_the_key() {
         ("colour = \"blue\"", "colour"),
         ("instance_type = \"t3.huge\"", "t3.huge"),
         ("lambda_memory_mb = 64", "lambda_memory_mb"),
+        ("eval_every = 0", "eval_every"),
     ] {
         let config = tiny_config(dir.path(), extra);
         let out = dir.path().join("out");

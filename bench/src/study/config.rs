@@ -206,10 +206,15 @@ pub struct StudyConfig {
     /// the same start.
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// Evaluate (validation and test accuracy) after every round; off makes rounds
-    /// faster and the report shows loss only.
+    /// Evaluate (validation and test accuracy) once per epoch, or every `eval_every`
+    /// rounds, and after the last round; off makes runs faster and the report shows loss
+    /// only.
     #[serde(default = "yes")]
     pub evaluation: bool,
+    /// Rounds between evaluations (default: once per epoch, `rounds_per_epoch`); the
+    /// last round is always evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
     /// Evaluate on at most this many images of each validation shard and of the test set.
     #[serde(default)]
     pub eval_limit: Option<usize>,
@@ -424,6 +429,15 @@ impl StudyConfig {
         if self.peers.is_empty() {
             return bad("peer", "needs at least one [[peer]] table".into());
         }
+        if self.eval_every == Some(0) {
+            return bad(
+                "eval_every",
+                "must be at least 1 (rounds between evaluations) when given, got 0".into(),
+            );
+        }
+        if self.eval_every.is_some_and(|k| k > u32::MAX as usize) {
+            return bad("eval_every", format!("must be at most {}", u32::MAX));
+        }
         if self.eval_limit == Some(0) {
             return bad("eval_limit", "must be at least 1 when given, got 0".into());
         }
@@ -637,6 +651,13 @@ impl StudyConfig {
     pub fn batches_per_round(&self) -> usize {
         self.batches_per_peer
             .div_ceil(self.rounds_per_epoch.clamp(1, self.batches_per_peer.max(1)))
+    }
+
+    /// Rounds between evaluations: `eval_every`, else once per epoch (the rounds an epoch
+    /// actually takes: at most one per batch object).
+    pub fn eval_interval(&self) -> usize {
+        self.eval_every
+            .unwrap_or_else(|| self.rounds_per_epoch.clamp(1, self.batches_per_peer.max(1)))
     }
 
     /// Rounds the runs are planned to take (early stopping may end them sooner).

@@ -136,6 +136,74 @@ impl DeploymentRun {
             .fold(0.0, f64::max)
     }
 
+    /// The slowest peer's gradient-computation time over the whole run: its
+    /// `compute_time_s` summed over its rounds (the headline's per-round mean × rounds).
+    pub fn slowest_compute_s(&self) -> f64 {
+        self.peers
+            .iter()
+            .map(|p| p.rounds.iter().map(|m| m.compute_time_s).sum::<f64>())
+            .fold(0.0, f64::max)
+    }
+
+    /// Training time without evaluation: the sum of [`DeploymentRun::round_times`] (each
+    /// round's group duration without evaluation; the x axis of the report's training
+    /// curves).
+    pub fn training_time_s(&self) -> f64 {
+        self.round_times().iter().sum()
+    }
+
+    /// Time spent evaluating: per round the longest `eval_time_s` of any peer (the group
+    /// goes on at the pace of the last peer to finish evaluating), summed over rounds.
+    pub fn evaluation_time_s(&self) -> f64 {
+        (0..self.round_count())
+            .map(|r| {
+                self.peers
+                    .iter()
+                    .filter_map(|p| p.rounds.get(r))
+                    .map(|m| m.eval_time_s)
+                    .fold(0.0, f64::max)
+            })
+            .sum()
+    }
+
+    /// Rounds after which any peer evaluated (recorded a validation or test value).
+    pub fn evaluated_rounds(&self) -> usize {
+        (0..self.round_count())
+            .filter(|&r| {
+                self.peers.iter().any(|p| {
+                    p.rounds
+                        .get(r)
+                        .is_some_and(|m| m.val_loss.is_some() || m.test_accuracy.is_some())
+                })
+            })
+            .count()
+    }
+
+    /// Peer `peer`'s wait for the others in round `round`, without the part evaluation
+    /// caused: `receive_time_s` less the previous round's evaluation skew. After an
+    /// evaluated round, a peer that finished evaluating sooner than the last peer to
+    /// deliver this round (the one with the shortest `receive_time_s`) started this round
+    /// earlier by the difference of their `eval_time_s`, and waited that much longer.
+    /// Never below 0 or above `receive_time_s`; 0 for a round the peer did not run.
+    pub fn waiting_s(&self, peer: usize, round: usize) -> f64 {
+        let Some(m) = self.peers.get(peer).and_then(|p| p.rounds.get(round)) else {
+            return 0.0;
+        };
+        let skew = round
+            .checked_sub(1)
+            .and_then(|prev| {
+                let own = self.peers[peer].rounds.get(prev)?.eval_time_s;
+                let last = self
+                    .peers
+                    .iter()
+                    .filter_map(|p| Some((p.rounds.get(round)?, p.rounds.get(prev)?)))
+                    .min_by(|a, b| a.0.receive_time_s.total_cmp(&b.0.receive_time_s))?;
+                Some(last.1.eval_time_s - own)
+            })
+            .unwrap_or(0.0);
+        (m.receive_time_s - skew.max(0.0)).max(0.0)
+    }
+
     /// Every round of every peer.
     pub fn all_rounds(&self) -> impl Iterator<Item = &RoundMetrics> {
         self.peers.iter().flat_map(|p| p.rounds.iter())

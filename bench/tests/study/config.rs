@@ -57,6 +57,14 @@ fn minimal_config_takes_the_documented_defaults() {
     assert_eq!(c.broker_type, "mq.m5.large");
     assert_eq!(c.seed, 1234);
     assert!(c.evaluation);
+    assert_eq!(c.eval_every, None);
+    assert_eq!(
+        c.eval_interval(),
+        2,
+        "once per epoch: 3 rounds of 2 batches are 2"
+    );
+    let c = StudyConfig::from_toml_str(&with("eval_every = 5")).unwrap();
+    assert_eq!((c.eval_every, c.eval_interval()), (Some(5), 5));
     assert_eq!(c.peers.len(), 2);
     assert_eq!(c.peer_speed(1), 0.5);
     assert_eq!(c.peer_instance_type(1), "t3.medium");
@@ -152,6 +160,9 @@ fn out_of_range_values_fail_naming_the_key() {
         "function_concurrency"
     );
     assert_eq!(invalid_key(&with("limit = 0")), "limit");
+    assert_eq!(invalid_key(&with("eval_every = 0")), "eval_every");
+    let e = err(&with("eval_every = 0"));
+    assert!(e.contains("eval_every") && e.contains("at least 1"), "{e}");
     assert_eq!(
         invalid_key(&format!("{MINIMAL}\n[projection]\npeers = [4, 0]\n")),
         "projection.peers[1]"

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use peerless_bench::study::{DeploymentRun, PeerRun, SECTIONS, StudyConfig, project, write_report};
+use peerless_bench::study::{
+    DeploymentRun, PeerRun, SECTIONS, StudyConfig, TimeSplit, project, write_report,
+};
 
 use super::common::{config_with_speeds, invocation, round, test_prices};
 
@@ -222,4 +224,129 @@ fn report_has_every_section_plot_and_csv() {
 fn report_without_evaluation_says_so_and_still_plots_loss() {
     let md = check_report(false);
     assert!(md.contains("Accuracy was not measured (evaluation was off)"));
+}
+
+/// [`runs`] evaluated after rounds 1 and 3 only (nulls and no evaluation time in rounds 0
+/// and 2), with peer 1 evaluating 0.3 s longer after round 1, so peer 0 starts round 2
+/// that much earlier and waits 0.3 s longer for peer 1.
+fn scheduled_runs() -> Vec<DeploymentRun> {
+    let mut runs = runs(true);
+    for run in &mut runs {
+        for peer in &mut run.peers {
+            let rank = peer.rank;
+            for m in &mut peer.rounds {
+                if m.round % 2 == 0 {
+                    m.val_loss = None;
+                    m.val_accuracy = None;
+                    m.test_loss = None;
+                    m.test_accuracy = None;
+                    m.round_time_s -= m.eval_time_s;
+                    m.eval_time_s = 0.0;
+                }
+                if m.round == 1 && rank == 1 {
+                    m.eval_time_s += 0.3;
+                    m.round_time_s += 0.3;
+                }
+                if m.round == 2 && rank == 0 {
+                    m.receive_time_s += 0.3;
+                    m.round_time_s += 0.3;
+                }
+            }
+        }
+    }
+    runs
+}
+
+#[test]
+fn summary_states_wall_training_and_compute_time_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let prices = test_prices();
+    let mut runs = scheduled_runs();
+    // A wall clock shorter than the per-round maxima add up to is said so.
+    runs[2].wall_time_s = 2.5;
+    let projection = project(&config, &runs, &prices).unwrap();
+    let files = write_report(dir.path(), &config, &runs, &prices, &projection).unwrap();
+    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    let summary = &md[..md.find("\n## Setup\n").unwrap()];
+
+    // Instance: training = 4 rounds × (peer 1's own work 0.81 s + the shortest wait
+    // 0.05 s) = 3.44 s; evaluation = 0.5 s (round 1, peer 1) + 0.2 s (round 3) = 0.7 s;
+    // gradient compute = peer 1's 4 × 0.8 s = 3.2 s. Serverless: 4 × 0.56 s = 2.24 s of
+    // training, 4 × 0.5 s of compute.
+    let instance = &runs[0];
+    assert!((instance.training_time_s() - 3.44).abs() < 1e-9);
+    assert!((instance.evaluation_time_s() - 0.7).abs() < 1e-9);
+    assert!((instance.slowest_compute_s() - 3.2).abs() < 1e-9);
+    assert_eq!(instance.evaluated_rounds(), 2);
+    let header = "| deployment | wall time s | evaluation s | training time s (without \
+                  evaluation) | gradient compute s (slowest peer) |";
+    assert!(summary.contains(header), "{summary}");
+    assert!(
+        summary.contains("| instance | 12.0 | 0.7 | 3.4 | 3.2 | 0.800 |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("| serverless | 15.0 | 0.7 | 2.2 | 2.0 | 0.500 |"),
+        "{summary}"
+    );
+    // How each is measured, and why they differ.
+    for definition in [
+        "**Wall time**",
+        "**Training time** (without evaluation)",
+        "**Gradient compute**",
+    ] {
+        assert!(summary.contains(definition), "{definition}: {summary}");
+    }
+    assert!(summary.contains("They differ because wall time adds start-up and evaluation"));
+    assert!(
+        summary.contains(
+            "instance: of 12.0 s wall time, 0.7 s evaluating (2 of 4 rounds evaluated), 3.4 s \
+             training and 7.9 s start-up and the rest; of the training, 3.2 s (93%) computing \
+             gradients on the slowest peer"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("2.2 s training and the per-round maxima exceed the wall time by 0.4 s"),
+        "{summary}"
+    );
+    // The headline keeps the gradient computation and puts the wall and training time
+    // beside it.
+    assert!(
+        summary.contains(
+            "**Serverless vs instance**: 37.50% less gradient computation time (slowest \
+             peer's mean compute_time_s per round: 0.800 s → 0.500 s)"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary
+            .contains("wall time 12.0 s → 15.0 s, training time without evaluation 3.4 s → 2.2 s"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("evaluated once per epoch (every 2 rounds)"),
+        "{summary}"
+    );
+    // The final accuracy is the last (evaluated) round's.
+    assert!(summary.contains("80.00%"), "{summary}");
+
+    // Waiting leaves out evaluation: peer 0's extra 0.3 s in round 2 is peer 1's longer
+    // evaluation after round 1, not waiting for a slower peer.
+    assert!((instance.waiting_s(0, 2) - 0.05).abs() < 1e-9);
+    assert!((instance.waiting_s(1, 2) - 0.05).abs() < 1e-9);
+    assert!((TimeSplit::of_peer(instance, 0).waiting - 0.05).abs() < 1e-9);
+
+    // The CSV keeps the rounds without evaluation, their accuracy empty.
+    let csv = std::fs::read_to_string(&files.metrics_csv).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let col = |name: &str| header.iter().position(|c| *c == name).unwrap();
+    let (acc, round) = (col("test_accuracy"), col("round"));
+    for line in &lines[1..] {
+        let cells: Vec<&str> = line.split(',').collect();
+        let evaluated = cells[round] == "1" || cells[round] == "3";
+        assert_eq!(!cells[acc].is_empty(), evaluated, "{line}");
+    }
 }

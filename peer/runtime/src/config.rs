@@ -139,7 +139,8 @@ pub struct TrainingConfig {
     pub epochs: u32,
     /// Seed of weights, shuffling, augmentation and compression.
     pub seed: u64,
-    /// Early stopping: evaluations without a better validation loss before stopping.
+    /// Early stopping: evaluations (see [`ExchangeConfig::eval_every`]) without a better
+    /// validation loss before stopping.
     pub patience: u32,
     /// ReduceLROnPlateau: evaluations without improvement before cutting the rate.
     pub plateau_patience: u32,
@@ -301,9 +302,13 @@ pub struct ExchangeConfig {
     /// RabbitMQ URL; `None` exchanges in-process (peers of one process).
     pub broker: Option<String>,
     pub codec: CodecSpec,
-    /// Evaluate every round: validation loss over every peer's validation shard (drives
-    /// the schedule and early stopping identically on all peers) and test accuracy.
+    /// Evaluate on the schedule of `eval_every`: validation loss over every peer's
+    /// validation shard (drives the schedule and early stopping identically on all peers)
+    /// and test accuracy.
     pub evaluation: bool,
+    /// Rounds between evaluations (`--eval-every`): after round r when `(r + 1) % k == 0`,
+    /// and always after the last round. `None`: once per epoch.
+    pub eval_every: Option<u32>,
     /// Evaluate on at most this many images of each set.
     pub eval_limit: Option<usize>,
     /// Rounds per pass over the shard; 1 is the original (one step per epoch).
@@ -361,6 +366,21 @@ impl FromStr for Resume {
 }
 
 impl ExchangeConfig {
+    /// Rounds between evaluations for a run of `rounds_per_epoch` rounds an epoch (the
+    /// rounds a pass over the shard actually takes).
+    pub fn eval_interval(&self, rounds_per_epoch: u64) -> u64 {
+        self.eval_every.map_or(rounds_per_epoch, u64::from).max(1)
+    }
+
+    /// Whether round `round` (0-based) of `total_rounds` ends with an evaluation: every
+    /// [`ExchangeConfig::eval_interval`] rounds and after the last round, so the final
+    /// accuracy is always measured. Never without `evaluation`.
+    pub fn evaluates_after(&self, round: u64, rounds_per_epoch: u64, total_rounds: u64) -> bool {
+        self.evaluation
+            && ((round + 1).is_multiple_of(self.eval_interval(rounds_per_epoch))
+                || round + 1 >= total_rounds)
+    }
+
     /// Rounds between checkpoints for a run of `rounds_per_epoch` rounds an epoch (0: none).
     pub fn checkpoint_interval(&self) -> u32 {
         match self.checkpoint_every {
@@ -379,6 +399,7 @@ impl Default for ExchangeConfig {
             broker: None,
             codec: CodecSpec::None,
             evaluation: false,
+            eval_every: None,
             eval_limit: None,
             rounds_per_epoch: 1,
             round_timeout: Duration::from_secs(600),
@@ -402,6 +423,11 @@ impl ExchangeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.rounds_per_epoch == 0 {
             return Err(ConfigError::new("--rounds-per-epoch must be at least 1"));
+        }
+        if self.eval_every == Some(0) {
+            return Err(ConfigError::new(
+                "--eval-every must be at least 1 (rounds between evaluations)",
+            ));
         }
         if self.max_chunk_bytes == 0 {
             return Err(ConfigError::new("the chunk size must be positive"));
@@ -672,6 +698,29 @@ mod tests {
         offload.serverless.offload = Some(OffloadPolicy::Auto);
         let e = NodeConfig::new(0, 1, id, t(), offload).unwrap_err();
         assert!(e.0.contains("--offload needs --serverless"), "{e}");
+    }
+
+    #[test]
+    fn evaluation_runs_once_per_epoch_by_default_and_always_after_the_last_round() {
+        let evaluated = |x: &ExchangeConfig, per_epoch, total| -> Vec<u64> {
+            (0..total)
+                .filter(|&r| x.evaluates_after(r, per_epoch, total))
+                .collect()
+        };
+        let mut x = ExchangeConfig {
+            evaluation: true,
+            ..ExchangeConfig::default()
+        };
+        assert_eq!(evaluated(&x, 3, 6), vec![2, 5]);
+        x.eval_every = Some(1);
+        assert_eq!(evaluated(&x, 3, 6), (0..6).collect::<Vec<_>>());
+        x.eval_every = Some(4);
+        assert_eq!(evaluated(&x, 3, 6), vec![3, 5], "the last round always");
+        x.evaluation = false;
+        assert!(evaluated(&x, 3, 6).is_empty());
+        x.eval_every = Some(0);
+        let e = x.validate().unwrap_err();
+        assert!(e.0.contains("--eval-every"), "{e}");
     }
 
     #[test]

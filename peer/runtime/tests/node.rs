@@ -176,3 +176,105 @@ fn bad_configurations_fail_before_anything_is_loaded() {
         .unwrap();
     assert!(format!("{e:#}").contains("(0, 1]"), "{e:#}");
 }
+
+/// Rounds (0-based) after which `rounds` recorded a test accuracy.
+fn evaluated(rounds: &[RoundMetrics]) -> Vec<u64> {
+    rounds
+        .iter()
+        .filter(|m| m.test_accuracy.is_some())
+        .map(|m| m.round)
+        .collect()
+}
+
+#[test]
+fn evaluation_runs_once_per_epoch_by_default_or_every_k_rounds_on_every_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 epochs of 3 rounds (early stopping's default patience of 10 evaluations cannot
+    // end it sooner).
+    let run = |name: &str, eval_every: Option<u32>| {
+        let mut run = local_run(dir.path(), name);
+        run.exchange.rounds_per_epoch = 3;
+        run.exchange.evaluation = true;
+        run.exchange.eval_every = eval_every;
+        run.exchange.eval_limit = Some(50);
+        run_local(&run, &Device::flex()).unwrap()
+    };
+    let default = run("default", None);
+    let every = run("every", Some(1));
+    for (summaries, expected) in [(&default, vec![2, 5]), (&every, (0..6).collect())] {
+        for s in summaries.iter() {
+            assert_eq!(s.rounds.len(), 6, "rank {}", s.rank);
+            assert_eq!(hashes(&s.rounds), hashes(&summaries[0].rounds));
+            assert_eq!(evaluated(&s.rounds), expected, "rank {}", s.rank);
+            for m in &s.rounds {
+                let on = expected.contains(&m.round);
+                assert_eq!(m.val_loss.is_some(), on, "round {}", m.round);
+                assert_eq!(m.val_accuracy.is_some(), on, "round {}", m.round);
+                assert_eq!(m.test_loss.is_some(), on, "round {}", m.round);
+                assert_eq!(m.eval_time_s > 0.0, on, "round {}", m.round);
+            }
+        }
+    }
+    // A round without evaluation writes nulls, which read back as `None`.
+    let line = std::fs::read_to_string(dir.path().join("default/peer-1.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert!(first["test_accuracy"].is_null() && first["val_loss"].is_null());
+    assert_eq!(first["eval_time_s"], 0.0);
+}
+
+#[test]
+fn peers_with_another_evaluation_schedule_are_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed_run = local_run(dir.path(), "seed");
+    seed_run.training.epochs = 1;
+    run_local(&seed_run, &Device::flex()).unwrap();
+
+    let exchange = |eval_every| ExchangeConfig {
+        store: dir.path().join("store").display().to_string(),
+        rounds_per_epoch: 2,
+        evaluation: true,
+        eval_every,
+        ..ExchangeConfig::default()
+    };
+    let id = RunId::from_name("schedules");
+    let hub = InProcessHub::new(3);
+    // Rank 2 says explicitly what the default is (once per epoch = 2 rounds): no
+    // difference. Rank 1 evaluates every round.
+    let schedules = [None, Some(1), Some(2)];
+    let errors: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = hub
+            .into_endpoints()
+            .into_iter()
+            .enumerate()
+            .map(|(rank, transport)| {
+                let config =
+                    NodeConfig::new(rank as u32, 3, id, training(), exchange(schedules[rank]))
+                        .unwrap();
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        let node = Node::prepare(&config, &Device::flex()).await.unwrap();
+                        match node.run(transport).await {
+                            Ok(_) => String::new(),
+                            Err(e) => format!("{e:#}"),
+                        }
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, e) in errors.iter().enumerate() {
+        assert!(e.contains("eval_every"), "rank {rank}: {e}");
+    }
+    assert!(
+        errors[0].contains("eval_every (2 here, 1 there)"),
+        "{}",
+        errors[0]
+    );
+    assert!(!errors[0].contains("eval_every (2 here, 2 there)"));
+}

@@ -174,6 +174,13 @@ fn run_config(
     let deployment = study_run.deployment;
     let model = config.model.expect("per_model() sets one model per study");
     let rpe = config.rounds_per_epoch as u32;
+    // The original's patience counts epochs (10 for early stopping, 5 for the
+    // learning-rate plateau); the schedule steps once per evaluation, so scale them by
+    // the evaluations an epoch holds (1 with the default schedule).
+    let per_epoch = config
+        .rounds_per_epoch
+        .clamp(1, config.batches_per_peer.max(1));
+    let evaluations_per_epoch = (per_epoch / config.eval_interval()).max(1) as u32;
     let training = TrainingConfig {
         model,
         batch_size: config.batch_size as u32,
@@ -181,10 +188,8 @@ fn run_config(
         momentum: Some(config.momentum as f32),
         epochs: config.epochs as u32,
         seed: config.seed,
-        // The original's patience counts epochs (10 for early stopping, 5 for the
-        // learning-rate plateau); rounds are finer, so scale them.
-        patience: 10 * rpe,
-        plateau_patience: 5 * rpe,
+        patience: 10 * evaluations_per_epoch,
+        plateau_patience: 5 * evaluations_per_epoch,
         ..TrainingConfig::default()
     };
     let serverless = match deployment.offload() {
@@ -222,6 +227,7 @@ fn run_config(
             store_options: StoreOptions::default(),
             broker: config.broker.clone(),
             evaluation: config.evaluation,
+            eval_every: config.eval_every.map(|k| k as u32),
             eval_limit: config.eval_limit,
             rounds_per_epoch: rpe,
             serverless,

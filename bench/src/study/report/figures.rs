@@ -26,9 +26,10 @@ pub(super) fn time_split_plot(runs: &[DeploymentRun]) -> StackedBars {
                 bars: run
                     .peers
                     .iter()
-                    .map(|p| Bar {
+                    .enumerate()
+                    .map(|(i, p)| Bar {
                         label: format!("p{}", p.rank),
-                        values: TimeSplit::of_peer(p).parts(),
+                        values: TimeSplit::of_peer(run, i).parts(),
                     })
                     .collect(),
             })

@@ -5,7 +5,8 @@
 //! **compute** = `compute_time_s` minus the weights upload and gradient fetch it contains;
 //! **communication** = encode + send + decode + weights upload + gradient fetch;
 //! **update** = `update_time_s`; **waiting** = `receive_time_s` (waiting for the other
-//! peers' gradients).
+//! peers' gradients) without the part the previous round's evaluation caused
+//! ([`DeploymentRun::waiting_s`]). Evaluation is in none of them.
 
 mod csv;
 mod doc;
@@ -28,7 +29,7 @@ use super::config::StudyConfig;
 use super::cost::run_cost;
 use super::error::StudyError;
 use super::prices::Prices;
-use super::runs::{DeploymentRun, PeerRun};
+use super::runs::{DeploymentRun, mean};
 use super::simulate::Projection;
 use peerless_runtime::metrics::RoundMetrics;
 
@@ -68,24 +69,35 @@ pub struct TimeSplit {
 }
 
 impl TimeSplit {
-    /// The split of one round.
-    pub fn of_round(m: &RoundMetrics) -> TimeSplit {
+    /// The split of one round of one peer, given its waiting (see
+    /// [`DeploymentRun::waiting_s`]).
+    pub fn of_round(m: &RoundMetrics, waiting: f64) -> TimeSplit {
         let remote_io = m.weights_upload_time_s + m.gradient_fetch_time_s;
         TimeSplit {
             compute: (m.compute_time_s - remote_io).max(0.0),
             communication: m.encode_time_s + m.send_time_s + m.decode_time_s + remote_io,
             update: m.update_time_s,
-            waiting: m.receive_time_s,
+            waiting,
         }
     }
 
-    /// The mean split of a peer's rounds.
-    pub fn of_peer(peer: &PeerRun) -> TimeSplit {
+    /// The mean split of the rounds of `run`'s peer at index `peer`.
+    pub fn of_peer(run: &DeploymentRun, peer: usize) -> TimeSplit {
+        let Some(p) = run.peers.get(peer) else {
+            return TimeSplit::default();
+        };
+        let splits: Vec<TimeSplit> = p
+            .rounds
+            .iter()
+            .enumerate()
+            .map(|(r, m)| TimeSplit::of_round(m, run.waiting_s(peer, r)))
+            .collect();
+        let avg = |f: fn(&TimeSplit) -> f64| mean(splits.iter().map(f));
         TimeSplit {
-            compute: peer.mean(|m| TimeSplit::of_round(m).compute),
-            communication: peer.mean(|m| TimeSplit::of_round(m).communication),
-            update: peer.mean(|m| m.update_time_s),
-            waiting: peer.mean(|m| m.receive_time_s),
+            compute: avg(|s| s.compute),
+            communication: avg(|s| s.communication),
+            update: avg(|s| s.update),
+            waiting: avg(|s| s.waiting),
         }
     }
 

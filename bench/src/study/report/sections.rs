@@ -36,6 +36,11 @@ fn secs(x: f64) -> String {
     format!("{x:.3}")
 }
 
+/// Whole-run durations: tenths of a second.
+fn secs1(x: f64) -> String {
+    format!("{x:.1}")
+}
+
 fn find_run(runs: &[DeploymentRun], arch: Deployment) -> Option<(usize, &DeploymentRun)> {
     runs.iter()
         .enumerate()
@@ -90,11 +95,16 @@ fn headline(runs: &[DeploymentRun], costs: &[CostBreakdown], arch: Deployment) -
         label: format!("{} vs instance", capitalise(arch.name())),
         text: format!(
             "{direction} gradient computation time (slowest peer's mean compute_time_s per \
-             round: {} s → {} s), at {ratio} ({} vs {}).",
+             round: {} s → {} s), at {ratio} ({} vs {}); wall time {} s → {} s, training \
+             time without evaluation {} s → {} s.",
             secs(t0),
             secs(t1),
             dollars(c1),
-            dollars(c0)
+            dollars(c0),
+            secs1(base.wall_time_s),
+            secs1(other.wall_time_s),
+            secs1(base.training_time_s()),
+            secs1(other.training_time_s()),
         ),
     })
 }
@@ -106,20 +116,20 @@ fn capitalise(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The last round's training loss, and the test accuracy of the last evaluated round
+/// (the last round itself, unless the run was cut short between evaluations).
 fn final_round_values(run: &DeploymentRun) -> (Option<f64>, Option<f64>) {
     let last = run.round_count().checked_sub(1);
     let Some(last) = last else {
         return (None, None);
     };
-    let rounds: Vec<&RoundMetrics> = run
-        .peers
-        .iter()
-        .filter_map(|p| p.rounds.get(last))
-        .collect();
-    (
-        round_loss(&rounds),
-        rounds.iter().find_map(|m| m.test_accuracy),
-    )
+    let at = |r: usize| -> Vec<&RoundMetrics> {
+        run.peers.iter().filter_map(|p| p.rounds.get(r)).collect()
+    };
+    let accuracy = (0..=last)
+        .rev()
+        .find_map(|r| at(r).iter().find_map(|m| m.test_accuracy));
+    (round_loss(&at(last)), accuracy)
 }
 
 pub(super) fn summary_section(
@@ -155,10 +165,23 @@ pub(super) fn summary_section(
         String::new()
     };
     let per_round = config.batches_per_round();
+    let schedule = if config.evaluation {
+        let k = config.eval_interval();
+        let every = if k == 1 {
+            "after every round".to_string()
+        } else if config.eval_every.is_none() {
+            format!("once per epoch (every {k} rounds)")
+        } else {
+            format!("every {k} rounds")
+        };
+        format!(" Validation and test accuracy are evaluated {every} and after the last round.")
+    } else {
+        " Evaluation was off.".to_string()
+    };
     blocks.push(Block::Paragraph(format!(
         "{} on {}, {} peers, {} rounds planned ({} epochs × {} rounds){stopped}; each peer's \
-         shard is {} batch objects, so a round covers about {per_round} batches per peer. \
-         The original study's headline for comparison: up to 97.34% less gradient \
+         shard is {} batch objects, so a round covers about {per_round} batches per peer.\
+         {schedule} The original study's headline for comparison: up to 97.34% less gradient \
          computation time with serverless, at up to 5.4x the cost.",
         config.model_names(),
         config.dataset.name(),
@@ -172,8 +195,10 @@ pub(super) fn summary_section(
         [
             "deployment",
             "wall time s",
-            "mean round s",
-            "slowest peer compute s/round",
+            "evaluation s",
+            "training time s (without evaluation)",
+            "gradient compute s (slowest peer)",
+            "compute s/round (slowest peer)",
             "total cost",
             "final train loss",
             "final test accuracy",
@@ -185,8 +210,10 @@ pub(super) fn summary_section(
         let (loss, accuracy) = final_round_values(run);
         table.push(vec![
             run.name.clone(),
-            secs(run.wall_time_s),
-            secs(run.mean_round_time_s()),
+            secs1(run.wall_time_s),
+            secs1(run.evaluation_time_s()),
+            secs1(run.training_time_s()),
+            secs1(run.slowest_compute_s()),
             secs(run.slowest_mean_compute_s()),
             dollars(cost.total),
             loss.map_or("–".into(), |l| format!("{l:.4}")),
@@ -194,6 +221,21 @@ pub(super) fn summary_section(
         ]);
     }
     blocks.push(Block::Table(table));
+    blocks.push(Block::Paragraph(
+        "**Wall time**: the whole run, from starting the peers (loading their shards, \
+         building their models, joining the exchange) to the last peer's end, as EC2 and the \
+         broker bill it. **Evaluation**: per round the longest eval_time_s of any peer, \
+         summed over the rounds. **Training time** (without evaluation): per round the \
+         longest own work of any peer (round_time_s − eval_time_s − receive_time_s) plus the \
+         shortest receive_time_s (the last peer's wait for the exchange itself), summed over \
+         the rounds; the training curves' time axis. **Gradient compute**: the slowest \
+         peer's compute_time_s summed over its rounds (the headline's per-round mean × \
+         rounds). They differ because wall time adds start-up and evaluation to training, \
+         and training adds the exchange, the optimizer step and waiting for the slowest \
+         peer to gradient computation: the headline compares gradient computation only."
+            .into(),
+    ));
+    blocks.push(Block::List(runs.iter().map(time_story).collect()));
     if !has_accuracy {
         blocks.push(Block::Paragraph(
             "Accuracy was not measured (evaluation was off): the tables and plots show the \
@@ -201,6 +243,45 @@ pub(super) fn summary_section(
                 .into(),
         ));
     }
+}
+
+/// One sentence on where a run's wall time went.
+fn time_story(run: &DeploymentRun) -> String {
+    let (wall, eval, train) = (
+        run.wall_time_s,
+        run.evaluation_time_s(),
+        run.training_time_s(),
+    );
+    let compute = run.slowest_compute_s();
+    let rest = wall - eval - train;
+    let rest = if rest >= 0.0 {
+        format!("{} s start-up and the rest", secs1(rest))
+    } else {
+        // Each round's slowest work and longest evaluation need not be one peer's, so
+        // their sums can exceed the wall clock by a little.
+        format!(
+            "the per-round maxima exceed the wall time by {} s (a round's slowest work and \
+             longest evaluation may be different peers')",
+            secs1(-rest)
+        )
+    };
+    format!(
+        "{}: of {} s wall time, {} s evaluating ({} of {} rounds evaluated), {} s training \
+         and {rest}; of the training, {} s ({:.0}%) computing gradients on the slowest peer, \
+         the rest exchanging, updating and waiting.",
+        run.name,
+        secs1(wall),
+        secs1(eval),
+        run.evaluated_rounds(),
+        run.round_count(),
+        secs1(train),
+        secs1(compute),
+        if train > 0.0 {
+            100.0 * compute / train
+        } else {
+            0.0
+        },
+    )
 }
 
 pub(super) fn setup_section(blocks: &mut Vec<Block>, config: &StudyConfig, prices: &Prices) {
@@ -257,15 +338,24 @@ pub(super) fn deployments_section(
         "Per peer, mean per round: **compute** = compute_time_s without the weights upload \
          and gradient fetch it contains; **communication** = encode + send + decode + weights \
          upload + gradient fetch; **update** = update_time_s; **waiting** = receive_time_s \
-         (waiting for the other peers' gradients)."
+         (waiting for the other peers' gradients) without the part evaluation caused: after \
+         an evaluated round, a peer that finished evaluating sooner than the last peer to \
+         deliver the next round (the one with the shortest receive_time_s) starts that round \
+         earlier by the difference of their eval_time_s and waits that much longer, so the \
+         difference is taken off; **evaluation** = eval_time_s (0 in rounds without \
+         evaluation), shown apart and in none of the other parts."
             .into(),
     ));
     for run in runs {
         blocks.push(Block::Heading(3, run.name.clone()));
         blocks.push(Block::Paragraph(format!(
-            "{} rounds, wall time {} s, mean round {} s (slowest peer, without evaluation).",
+            "{} rounds ({} evaluated), wall time {} s, evaluation {} s, training time \
+             without evaluation {} s, mean round {} s (slowest peer, without evaluation).",
             run.round_count(),
+            run.evaluated_rounds(),
             secs(run.wall_time_s),
+            secs(run.evaluation_time_s()),
+            secs(run.training_time_s()),
             secs(run.mean_round_time_s())
         )));
         let mut table = vec![
@@ -280,6 +370,7 @@ pub(super) fn deployments_section(
                 "communication s",
                 "update s",
                 "waiting s",
+                "evaluation s",
                 "round s",
                 "invocations",
                 "MB sent/round",
@@ -287,8 +378,8 @@ pub(super) fn deployments_section(
             .map(String::from)
             .to_vec(),
         ];
-        for peer in &run.peers {
-            let split = TimeSplit::of_peer(peer);
+        for (i, peer) in run.peers.iter().enumerate() {
+            let split = TimeSplit::of_peer(run, i);
             let sum = |f: fn(&RoundMetrics) -> usize| -> usize { peer.rounds.iter().map(f).sum() };
             table.push(vec![
                 peer.rank.to_string(),
@@ -301,6 +392,7 @@ pub(super) fn deployments_section(
                 secs(split.communication),
                 secs(split.update),
                 secs(split.waiting),
+                secs(peer.mean(|m| m.eval_time_s)),
                 secs(peer.mean(|m| m.round_time_s)),
                 sum(|m| m.invocations.len()).to_string(),
                 format!("{:.3}", peer.mean(|m| m.bytes_sent as f64) / 1e6),
@@ -311,16 +403,16 @@ pub(super) fn deployments_section(
     blocks.push(with_caption(
         time_fig,
         "(a) Time per round, mean per peer, split into compute, communication, update and \
-         waiting, by deployment.",
+         waiting, by deployment; evaluation is left out, and so is the waiting it causes.",
     ));
     blocks.push(with_caption(
         training_fig,
         if has_accuracy {
-            "(b) Training loss and test accuracy against training time and against dollars \
-             spent, by deployment."
+            "(b) Training loss and test accuracy (at the evaluated rounds) against training \
+             time without evaluation and against dollars spent, by deployment."
         } else {
-            "(b) Training loss against training time and against dollars spent, by \
-             deployment (no accuracy: evaluation was off)."
+            "(b) Training loss against training time without evaluation and against dollars \
+             spent, by deployment (no accuracy: evaluation was off)."
         },
     ));
 }

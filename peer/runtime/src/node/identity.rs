@@ -9,11 +9,18 @@ use sha2::{Digest, Sha256};
 
 use crate::config::NodeConfig;
 
-/// The named settings that decide a run's numbers.
-pub fn run_identity(config: &NodeConfig, manifest: &Manifest) -> Identity {
+/// The named settings that decide a run's numbers; `rounds_per_epoch` is the rounds a
+/// pass over the shard takes (what the evaluation schedule's default is counted in).
+pub fn run_identity(config: &NodeConfig, manifest: &Manifest, rounds_per_epoch: u64) -> Identity {
     let t = &config.training;
     let x = &config.exchange;
-    let fields: [(&str, String); 24] = [
+    // The schedule in force, so `--eval-every` equal to the default is no difference.
+    let eval_every = if x.evaluation {
+        x.eval_interval(rounds_per_epoch).to_string()
+    } else {
+        "never".to_string()
+    };
+    let fields: [(&str, String); 25] = [
         ("model", t.model.name().to_string()),
         ("seed", t.seed.to_string()),
         ("optimizer", t.optimizer.name().to_string()),
@@ -38,6 +45,7 @@ pub fn run_identity(config: &NodeConfig, manifest: &Manifest) -> Identity {
         ("exchange", x.exchange.to_string()),
         ("world_size", config.size.to_string()),
         ("evaluation", x.evaluation.to_string()),
+        ("eval_every", eval_every),
         ("eval_limit", format!("{:?}", x.eval_limit)),
         ("input_size", format!("{:?}", config.resize)),
         ("dataset", manifest.dataset.to_string()),

@@ -53,7 +53,8 @@ pub struct Node {
     store: Arc<dyn ObjectStore>,
 }
 
-/// The sets a peer evaluates on after each round, with their transform.
+/// The sets a peer evaluates on after the rounds of the evaluation schedule, with their
+/// transform.
 struct Evaluator {
     val_sets: Vec<Dataset>,
     test: Dataset,
@@ -141,7 +142,7 @@ impl Node {
         }
         let offload = offload(config, &pipeline, manifest.batches_per_peer, device).await?;
         let source = RoundSource::new(local, offload);
-        let identity = identity::run_identity(config, &manifest);
+        let identity = identity::run_identity(config, &manifest, round_batches.len() as u64);
         let store = peerless_data::open_store(&x.store, &x.store_options)
             .await
             .with_context(|| format!("opening {} for checkpoints", x.store))?;
@@ -338,18 +339,23 @@ impl Node {
             model.set_params(&weights)?;
             m.update_time_s = update_start.elapsed().as_secs_f64();
 
-            let eval_start = Instant::now();
-            let eval = if x.evaluation {
-                evaluator.evaluate(&model, t.loss)?
+            // Every peer evaluates after the same rounds (the schedule depends only on
+            // the round and settings in the run's identity); the others record no
+            // accuracy and no evaluation time.
+            let eval = if x.evaluates_after(round, per_epoch, total_rounds) {
+                let eval_start = Instant::now();
+                let eval = evaluator.evaluate(&model, t.loss)?;
+                m.eval_time_s = eval_start.elapsed().as_secs_f64();
+                eval
             } else {
                 RoundEvaluation::default()
             };
-            m.eval_time_s = eval_start.elapsed().as_secs_f64();
             m.record_evaluation(eval);
             let mut stop = false;
             if let Some((val_loss, _)) = eval.val {
                 // The same value on every peer (same weights, same validation sets), so
-                // every peer takes the same schedule decisions and weights stay identical.
+                // every peer takes the same schedule decisions and weights stay identical;
+                // the schedule and early stopping step on evaluated rounds only.
                 plateau.step(val_loss as f32);
                 stop = stopper.should_stop(val_loss as f32);
             }
