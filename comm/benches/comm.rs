@@ -125,24 +125,19 @@ fn main() {
             CodecSpec::None,
             n as u64,
         );
-        let mut messages = Vec::new();
-        peerless_comm::wire::chunk_messages_signed(
-            &header,
-            payload,
-            8 << 20,
-            &mut messages,
-            signer.signer(),
-        );
-        rows.run("frame + sign (8 MiB chunks)", || {
+        let frame = |messages: &mut Vec<_>| {
             messages.clear();
             peerless_comm::wire::chunk_messages_signed(
                 &header,
                 payload,
                 8 << 20,
-                &mut messages,
+                messages,
                 signer.signer(),
             );
-        });
+        };
+        let mut messages = Vec::new();
+        frame(&mut messages);
+        rows.run("frame + sign (8 MiB chunks)", || frame(&mut messages));
         rows.run("decode + verify (8 MiB chunks)", || {
             for m in &messages {
                 let decoded = peerless_comm::wire::decode(m).expect("valid");

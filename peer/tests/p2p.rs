@@ -86,14 +86,7 @@ fn three_peers_over_rabbitmq_keep_identical_weights_and_learn() {
     }
 }
 
-/// The rounds after which a peer evaluated.
-fn evaluated(rounds: &[RoundMetrics]) -> Vec<u64> {
-    rounds
-        .iter()
-        .filter(|m| m.test_accuracy.is_some())
-        .map(|m| m.round)
-        .collect()
-}
+use peerless_runtime::metrics::evaluated_rounds as evaluated;
 
 #[test]
 fn evaluation_runs_once_per_epoch_by_default_or_after_every_eval_every_rounds() {

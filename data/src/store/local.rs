@@ -104,6 +104,15 @@ fn prune_empty_dirs(root: &Path, mut dir: Option<&Path>) {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    written_beside(path, data)?
+        .persist(path)
+        .map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// `data` in a synced temporary file in `path`'s folder (created if needed), ready to
+/// be moved to `path` in one step.
+fn written_beside(path: &Path, data: &[u8]) -> io::Result<tempfile::NamedTempFile> {
     let parent = path
         .parent()
         .ok_or_else(|| io::Error::other("object path has no parent directory"))?;
@@ -113,8 +122,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .tempfile_in(parent)?;
     tmp.write_all(data)?;
     tmp.as_file().sync_data()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    Ok(tmp)
 }
 
 fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
@@ -176,17 +184,8 @@ impl ObjectStore for LocalStore {
         let path = self.path(key)?;
         tracing::debug!(url = %self.url, key, bytes = data.len(), "put if absent");
         self.blocking("put_if_absent", key, move || {
-            let parent = path
-                .parent()
-                .ok_or_else(|| io::Error::other("object path has no parent directory"))?;
-            std::fs::create_dir_all(parent)?;
-            let mut tmp = tempfile::Builder::new()
-                .prefix(TEMP_PREFIX)
-                .tempfile_in(parent)?;
-            tmp.write_all(&data)?;
-            tmp.as_file().sync_data()?;
             // A hard link fails if the name exists: the object appears whole, once.
-            match tmp.persist_noclobber(&path) {
+            match written_beside(&path, &data)?.persist_noclobber(&path) {
                 Ok(_) => Ok(true),
                 Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
                 Err(e) => Err(e.error),

@@ -250,6 +250,16 @@ impl RoundMetrics {
     }
 }
 
+/// The rounds (0-based) after which a peer evaluated (`--eval-every`): those with a test
+/// accuracy.
+pub fn evaluated_rounds(rounds: &[RoundMetrics]) -> Vec<u64> {
+    rounds
+        .iter()
+        .filter(|m| m.test_accuracy.is_some())
+        .map(|m| m.round)
+        .collect()
+}
+
 /// Reads `null` (how JSON writes a NaN) as NaN, so a diverged run's metrics still load.
 fn nan_when_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))

@@ -47,6 +47,47 @@ fn local_run(dir: &Path, name: &str) -> LocalRunConfig {
     }
 }
 
+/// Runs one node per configuration, each on a thread and runtime of its own, over an
+/// in-process hub; returns what `outcome` makes of each node's result, by rank.
+fn run_nodes_with<R: Send>(
+    configs: Vec<NodeConfig>,
+    outcome: impl Fn(anyhow::Result<peerless_runtime::NodeSummary>) -> R + Sync,
+) -> Vec<R> {
+    let hub = InProcessHub::new(configs.len() as u32);
+    let outcome = &outcome;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = hub
+            .into_endpoints()
+            .into_iter()
+            .zip(configs)
+            .map(|(transport, config)| {
+                scope.spawn(move || {
+                    own_runtime(async {
+                        let node = Node::prepare(&config, &Device::flex()).await.unwrap();
+                        outcome(node.run(transport).await)
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// [`run_nodes_with`] for runs that must succeed.
+fn run_nodes(configs: Vec<NodeConfig>) -> Vec<peerless_runtime::NodeSummary> {
+    run_nodes_with(configs, |outcome| outcome.unwrap())
+}
+
+/// Runs `f` to completion on a runtime of its own (one per peer thread).
+fn own_runtime<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn hashes(rounds: &[RoundMetrics]) -> Vec<&str> {
     rounds.iter().map(|m| m.weights_hash.as_str()).collect()
 }
@@ -122,31 +163,10 @@ fn nodes_over_an_in_process_hub_average_without_the_local_runner() {
     let mut one_epoch = training();
     one_epoch.epochs = 1;
     let id = RunId::from_name("direct");
-    let hub = InProcessHub::new(3);
-    let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = hub
-            .into_endpoints()
-            .into_iter()
-            .enumerate()
-            .map(|(rank, transport)| {
-                let config =
-                    NodeConfig::new(rank as u32, 3, id, one_epoch.clone(), exchange.clone())
-                        .unwrap();
-                scope.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async {
-                        let node = Node::prepare(&config, &Device::flex()).await.unwrap();
-                        node.run(transport).await.unwrap()
-                    })
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let configs = (0..3)
+        .map(|rank| NodeConfig::new(rank, 3, id, one_epoch.clone(), exchange.clone()).unwrap())
+        .collect();
+    let results = run_nodes(configs);
     // Another run id, the same job: the same weights as the local runner's, round by round.
     for s in &results {
         assert_eq!(hashes(&s.rounds), hashes(&reference[0].rounds));
@@ -177,14 +197,7 @@ fn bad_configurations_fail_before_anything_is_loaded() {
     assert!(format!("{e:#}").contains("(0, 1]"), "{e:#}");
 }
 
-/// Rounds (0-based) after which `rounds` recorded a test accuracy.
-fn evaluated(rounds: &[RoundMetrics]) -> Vec<u64> {
-    rounds
-        .iter()
-        .filter(|m| m.test_accuracy.is_some())
-        .map(|m| m.round)
-        .collect()
-}
+use peerless_runtime::metrics::evaluated_rounds as evaluated;
 
 #[test]
 fn evaluation_runs_once_per_epoch_by_default_or_every_k_rounds_on_every_peer() {
@@ -237,36 +250,17 @@ fn peers_with_another_evaluation_schedule_are_refused_naming_it() {
         ..ExchangeConfig::default()
     };
     let id = RunId::from_name("schedules");
-    let hub = InProcessHub::new(3);
     // Rank 2 says explicitly what the default is (once per epoch = 2 rounds): no
     // difference. Rank 1 evaluates every round.
     let schedules = [None, Some(1), Some(2)];
-    let errors: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = hub
-            .into_endpoints()
-            .into_iter()
-            .enumerate()
-            .map(|(rank, transport)| {
-                let config =
-                    NodeConfig::new(rank as u32, 3, id, training(), exchange(schedules[rank]))
-                        .unwrap();
-                scope.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async {
-                        let node = Node::prepare(&config, &Device::flex()).await.unwrap();
-                        match node.run(transport).await {
-                            Ok(_) => String::new(),
-                            Err(e) => format!("{e:#}"),
-                        }
-                    })
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let configs = (0..3)
+        .map(|rank| {
+            NodeConfig::new(rank, 3, id, training(), exchange(schedules[rank as usize])).unwrap()
+        })
+        .collect();
+    let errors: Vec<String> = run_nodes_with(configs, |outcome| match outcome {
+        Ok(_) => String::new(),
+        Err(e) => format!("{e:#}"),
     });
     for (rank, e) in errors.iter().enumerate() {
         assert!(e.contains("eval_every"), "rank {rank}: {e}");
