@@ -72,6 +72,9 @@ async fn transports(kind: &str, url: &str, run: RunId, peers: u32) -> Vec<AnyTra
     }
 }
 
+/// One peer of a benchmark round: its averager, gradient and output buffer.
+type Peer = (Averager<AnyTransport>, Vec<f32>, Vec<f32>);
+
 async fn measure(
     kind: &str,
     url: &str,
@@ -84,7 +87,7 @@ async fn measure(
     let run = RunId::random();
     let all = transports(kind, url, run, peers).await;
     let mut rng = ChaCha8Rng::seed_from_u64(u64::from(peers));
-    let mut averagers: Vec<Option<(Averager<AnyTransport>, Vec<f32>, Vec<f32>)>> = all
+    let mut averagers: Vec<Option<Peer>> = all
         .into_iter()
         .enumerate()
         .map(|(rank, t)| {
@@ -242,7 +245,10 @@ fn main() {
             times[i].extend(m.round_s);
         }
     }
-    println!("| chunk KiB | round s (median [min, max]) | MB/s per peer | time vs {} KiB |", chunks[chunks.len() - 1]);
+    println!(
+        "| chunk KiB | round s (median [min, max]) | MB/s per peer | time vs {} KiB |",
+        chunks[chunks.len() - 1]
+    );
     println!("|---|---|---|---|");
     let base = spread(&times[chunks.len() - 1]).0;
     for (i, &kib) in chunks.iter().enumerate() {

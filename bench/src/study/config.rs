@@ -466,7 +466,8 @@ impl StudyConfig {
         if self.clip_norm.is_some() && self.exchange == peerless_comm::Exchange::Sharded {
             return bad(
                 "clip_norm",
-                "needs each peer's whole gradient in one place: use exchange = \"all-to-all\"",
+                "needs each peer's whole gradient in one place: use exchange = \"all-to-all\""
+                    .to_string(),
             );
         }
         if self.offloads() {

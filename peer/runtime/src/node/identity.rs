@@ -13,7 +13,7 @@ use crate::config::NodeConfig;
 pub fn run_identity(config: &NodeConfig, manifest: &Manifest) -> Identity {
     let t = &config.training;
     let x = &config.exchange;
-    let fields: [(&str, String); 23] = [
+    let fields: [(&str, String); 24] = [
         ("model", t.model.name().to_string()),
         ("seed", t.seed.to_string()),
         ("optimizer", t.optimizer.name().to_string()),
