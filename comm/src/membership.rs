@@ -281,7 +281,10 @@ impl<T: Transport> Averager<T> {
                 continue;
             }
             match h.kind {
-                MessageKind::Gradient => {
+                // A peer that is already running sends its first round (a sharded one
+                // sends this peer its parts and, as an owner, its result) while this
+                // peer still waits for the last `Hello`: keep it for that round.
+                MessageKind::Gradient | MessageKind::Shard | MessageKind::Reduced => {
                     self.keep_early(h.round, bytes.clone());
                 }
                 MessageKind::Hello => {
