@@ -521,3 +521,78 @@ fn projection_lists_both_exchanges_at_every_peer_count() {
     let grid = projection.points.iter().find(|p| p.peers == 64).unwrap();
     close(grid.round.exchange_s, 40.32);
 }
+
+#[test]
+fn latency_and_throughput_fitted_to_both_exchanges() {
+    use peerless_bench::study::simulate::{MeasuredExchange, fit_exchange};
+    let measured = |exchange, exchange_s| MeasuredExchange {
+        exchange,
+        runs: vec![],
+        peers: 4,
+        gradient_bytes: 1e6,
+        exchange_s,
+        broker_bytes_per_round: 0.0,
+    };
+    // 4 peers, 1 MB gradients, 10 ms a hop, 100 MB/s: all-to-all 0.01 + 12 MB / 100 MB/s =
+    // 0.13 s; sharded 2 × 0.01 + 6 MB / 100 MB/s = 0.08 s.
+    let (latency, throughput) = fit_exchange(
+        &[
+            measured(Exchange::AllToAll, 0.13),
+            measured(Exchange::Sharded, 0.08),
+        ],
+        4,
+    )
+    .unwrap();
+    assert!((latency - 0.01).abs() < 1e-12, "{latency}");
+    assert!((throughput / 1e8 - 1.0).abs() < 1e-9, "{throughput}");
+    // Sharded at least twice all-to-all: no throughput explains it; less than its bytes
+    // allow: no latency does. One exchange alone: nothing to fit.
+    for s in [0.26, 0.04] {
+        assert_eq!(
+            fit_exchange(
+                &[
+                    measured(Exchange::AllToAll, 0.13),
+                    measured(Exchange::Sharded, s)
+                ],
+                4
+            ),
+            None,
+            "sharded {s} s"
+        );
+    }
+    assert_eq!(fit_exchange(&[measured(Exchange::AllToAll, 0.13)], 4), None);
+}
+
+#[test]
+fn a_run_of_each_exchange_calibrates_the_hop_latency() {
+    let mut config = config_with_speeds(&[1.0, 0.5]);
+    config.compare_exchanges = vec![Exchange::Sharded];
+    // The sharded run: the slow (last) peer waits 0.03 s, the fast one 0.43 s.
+    let mut sharded = instance_run();
+    sharded.name = "instance-sharded".into();
+    for peer in &mut sharded.peers {
+        for m in &mut peer.rounds {
+            m.receive_time_s += 0.01;
+        }
+    }
+    let cal = calibrate(&config, &[instance_run(), sharded.clone()]).unwrap();
+    // Two peers move 2 × 1 × 1 MB either way, in one hop all-to-all (0.02 s) and two
+    // sharded (0.03 s): a hop takes 0.01 s, and 2 MB take the other 0.01 s (200 MB/s).
+    close(cal.hop_latency_s.unwrap(), 0.01);
+    close(cal.broker_bytes_per_s.unwrap() / 2e8, 1.0);
+    close(cal.peer_bytes_per_s.unwrap() / 1e8, 1.0);
+    assert_eq!(cal.measured_exchanges.len(), 2);
+    close(cal.measured_exchanges[1].exchange_s, 0.03);
+    assert_eq!(cal.measured_exchanges[1].runs, vec!["instance-sharded"]);
+    close(cal.exchange_time_s(Exchange::AllToAll, 2), 0.02);
+    close(cal.exchange_time_s(Exchange::Sharded, 2), 0.03);
+    // 64 peers: all-to-all 0.01 + 4,032 MB / 200 MB/s = 20.17 s; sharded 0.02 + 126 MB /
+    // 200 MB/s = 0.65 s.
+    close(cal.exchange_time_s(Exchange::AllToAll, 64), 20.17);
+    close(cal.exchange_time_s(Exchange::Sharded, 64), 0.65);
+    // The sharded run is checked with its own exchange: 0.8 s of compute, 0.03 s of
+    // exchange, 0.035 s of encode, decode and update.
+    let v = validate_against(&cal, &config, &sharded).unwrap();
+    assert_eq!(v.exchange, Exchange::Sharded);
+    close(v.predicted_round_s, 0.8 + 0.03 + 0.035);
+}

@@ -502,15 +502,7 @@ pub(super) fn projection_section(
             "peer link throughput MB/s".into(),
             opt(c.peer_bytes_per_s.map(|w| w / 1e6)),
         ],
-        vec![
-            "latency per message hop s".into(),
-            c.hop_latency_s.map_or(
-                "not calibrated (needs a run of each exchange: compare_exchanges); folded \
-                 into the throughput"
-                    .to_string(),
-                |l| format!("{} (fitted to both exchanges)", sig(l, 4)),
-            ),
-        ],
+        vec!["latency per message hop s".into(), latency_row(c)],
         vec!["encode s".into(), sig(c.encode_s, 4)],
         vec![
             "decode s per gradient".into(),
@@ -611,6 +603,29 @@ pub(super) fn projection_section(
                 types.first().map_or("the default type", String::as_str)
             ),
         ));
+    }
+}
+
+/// The calibration's per-hop latency, or why there is none.
+fn latency_row(c: &crate::study::simulate::Calibration) -> String {
+    if let Some(l) = c.hop_latency_s {
+        return format!("{} (fitted to both exchanges)", sig(l, 4));
+    }
+    if c.measured_exchanges.len() > 1 {
+        let times: Vec<String> = c
+            .measured_exchanges
+            .iter()
+            .map(|m| format!("{} {} s", m.exchange, sig(m.exchange_s, 3)))
+            .collect();
+        format!(
+            "not calibrated: no latency ≥ 0 and throughput > 0 explain both ({}); folded \
+             into the throughput",
+            times.join(", ")
+        )
+    } else {
+        "not calibrated (needs a run of each exchange: compare_exchanges); folded into the \
+         throughput"
+            .to_string()
     }
 }
 
