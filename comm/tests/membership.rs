@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{config, gradient};
-use peerless_comm::wire::RunId;
+use peerless_comm::average::reference_mean;
+use peerless_comm::exchange::shard_range;
+use peerless_comm::wire::{self, RunId};
 use peerless_comm::{
-    Averager, CodecSpec, Identity, InProcessHub, InProcessTransport, OnTimeout, RoundError, Start,
+    Averager, CodecSpec, Exchange, Header, Identity, InProcessHub, InProcessTransport, MessageKind,
+    OnTimeout, RoundError, Start, Transport,
 };
 
 const N: usize = 1000;
@@ -84,6 +87,76 @@ async fn a_differently_configured_peer_is_refused_naming_the_field() {
         assert!(text.contains("seed ("), "{text}");
         assert!(!text.contains("model"), "only differing fields: {text}");
     }
+}
+
+/// A sharded peer that is already running sends its round-0 part and result while the
+/// other still waits for its last `Hello`: both are kept for round 0, not dropped (which
+/// left the other waiting for them until the round timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_messages_that_arrive_while_starting_are_kept_for_their_round() {
+    let run_id = RunId::random();
+    let [t0, t1]: [InProcessTransport; 2] =
+        InProcessHub::new(2).into_endpoints().try_into().unwrap();
+    let sharded = |rank: u32| {
+        let mut c = config(run_id, rank, 2, N);
+        c.exchange = Exchange::Sharded;
+        c.timeout = Duration::from_secs(3);
+        c.on_timeout = OnTimeout::Fail;
+        c
+    };
+    let (c0, c1) = (sharded(0), sharded(1));
+    // Rank 1's round 0, sent before either peer starts: its part of shard 0 (rank 0's) and
+    // its result for shard 1 (its own), here simply its own values.
+    let g0 = gradient(10, N);
+    let g1 = gradient(11, N);
+    let message = |kind: MessageKind, shard: u32, values: &[f32]| {
+        let mut payload = Vec::new();
+        CodecSpec::None
+            .build(0)
+            .encode(values, &mut payload)
+            .unwrap();
+        let header = Header {
+            kind,
+            shard,
+            incarnation: c1.incarnation,
+            ..Header::gradient(
+                run_id,
+                0,
+                1,
+                2,
+                c1.model_fingerprint,
+                CodecSpec::None,
+                N as u64,
+            )
+        };
+        let mut out = Vec::new();
+        wire::chunk_messages(&header, &payload, wire::DEFAULT_MAX_CHUNK_BYTES, &mut out);
+        out
+    };
+    let (s0, s1) = (shard_range(0, 2, N), shard_range(1, 2, N));
+    let mut early = message(MessageKind::Shard, 0, &g1[s0.clone()]);
+    early.extend(message(MessageKind::Reduced, 1, &g1[s1.clone()]));
+    t1.send_to(0, &early).await.unwrap();
+
+    let one = tokio::spawn(async move {
+        let mut a = Averager::new(c1, CodecSpec::None.build(0), t1).unwrap();
+        a.start(&identity("1"), &[], Duration::from_secs(10))
+            .await
+            .unwrap();
+        // Rank 1 sends nothing more: rank 0's round 0 has only what came early.
+        a
+    });
+    let mut a0 = Averager::new(c0, CodecSpec::None.build(0), t0).unwrap();
+    a0.start(&identity("1"), &[], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut out = vec![0.0; N];
+    let stats = a0.average(0, &g0, &mut out).await.unwrap();
+    assert_eq!(stats.contributors, 2);
+    let mean = reference_mean(&[&g0[s0.clone()], &g1[s0.clone()]]);
+    assert_eq!(&out[s0], mean.as_slice());
+    assert_eq!(&out[s1.clone()], &g1[s1]);
+    drop(one.await.unwrap());
 }
 
 /// Runs `round` on every averager with rank-seeded gradients; returns each one's average.

@@ -188,3 +188,126 @@ fn an_interrupted_study_keeps_finished_runs_and_resumes() {
     );
     assert!(out.join("report.md").exists());
 }
+
+/// The simulator's check against an 8-peer run of each exchange over the real RabbitMQ:
+/// a study of the small CNN, all-to-all with the sharded exchange compared, predicts both
+/// runs' mean round time within the model's ±20%; the broker carried what the traffic
+/// formulas say; and a calibration from the all-to-all run alone predicts the sharded run.
+#[test]
+fn the_projection_predicts_eight_peer_runs_of_both_exchanges() {
+    use peerless_bench::study::simulate::VALIDATION_TOLERANCE;
+    use peerless_bench::study::{
+        DeploymentRun, ExchangeTraffic, StudyConfig, calibrate, validate_against,
+    };
+    use peerless_comm::Exchange;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = std::env::var("PEERLESS_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let peers = "[[peer]]\nspeed = 1.0\n".repeat(8);
+    let config = tiny_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    // Eight equal peers instead of two, 16 rounds of 2 batches, no evaluation.
+    let text = text
+        .replace("[[peer]]\nspeed = 1.0\n[[peer]]\nspeed = 0.5\n", &peers)
+        .replace("batches_per_peer = 4", "batches_per_peer = 16")
+        .replace("rounds_per_epoch = 2", "rounds_per_epoch = 8")
+        .replace("limit = 1200", "limit = 4096")
+        .replace("batch_size = 64", "batch_size = 32")
+        .replace("peers = [2, 8, 64]", "peers = [8, 64, 512]");
+    let text = format!(
+        "deployments = [\"instance\"]\nevaluation = false\nbroker = \"{broker}\"\n\
+         exchange = \"all-to-all\"\ncompare_exchanges = [\"sharded\"]\n{text}"
+    );
+    std::fs::write(&config, &text).unwrap();
+    let out = dir.path().join("out");
+    study(&config, &out).assert().success();
+
+    let projection: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("projection.json")).unwrap())
+            .unwrap();
+    let validations = projection["validations"].as_array().unwrap();
+    let mut seen = Vec::new();
+    for v in validations {
+        let (run, exchange) = (
+            v["deployment"].as_str().unwrap(),
+            v["exchange"].as_str().unwrap(),
+        );
+        let (predicted, measured) = (
+            v["predicted_round_s"].as_f64().unwrap(),
+            v["measured_round_s"].as_f64().unwrap(),
+        );
+        let ratio = predicted / measured;
+        eprintln!(
+            "{run} ({exchange}): predicted {predicted:.4} s, measured {measured:.4} s, ratio {ratio:.3}"
+        );
+        assert!(
+            (ratio - 1.0).abs() <= VALIDATION_TOLERANCE,
+            "{run}: predicted {predicted} s against {measured} s measured"
+        );
+        assert_eq!(v["within_tolerance"], true);
+        seen.push((run.to_string(), exchange.to_string()));
+    }
+    assert_eq!(
+        seen,
+        [("instance", "all-to-all"), ("instance-sharded", "sharded")]
+            .map(|(r, e)| (r.to_string(), e.to_string()))
+    );
+
+    // What the broker delivered per round, summed over the peers' received bytes: the
+    // formulas' N(N-1)·G and 2(N-1)·G at N = 8 (within 1%: headers).
+    let calibration = &projection["calibration"];
+    for m in calibration["measured_exchanges"].as_array().unwrap() {
+        let exchange: Exchange = m["exchange"].as_str().unwrap().parse().unwrap();
+        let g = m["gradient_bytes"].as_f64().unwrap();
+        let formula = ExchangeTraffic::of(exchange, 8, g).broker_bytes;
+        let delivered = m["broker_bytes_per_round"].as_f64().unwrap();
+        eprintln!(
+            "{exchange}: broker delivered {delivered:.0} B/round, formula {formula:.0}; exchange {:.4} s",
+            m["exchange_s"].as_f64().unwrap()
+        );
+        assert!(
+            (delivered / formula - 1.0).abs() < 0.01,
+            "{exchange}: {delivered} vs {formula}"
+        );
+    }
+    eprintln!(
+        "broker {:.1} MB/s, hop latency {:?} s",
+        calibration["broker_bytes_per_s"].as_f64().unwrap() / 1e6,
+        calibration["hop_latency_s"].as_f64()
+    );
+    // Both exchanges projected at every peer count; from 64 on sharded's exchange is
+    // shorter, by more than 10x at 512.
+    let exchange_s = |n: u64, x: &str| {
+        projection["exchanges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peers"].as_u64() == Some(n) && p["exchange"] == x)
+            .unwrap()["exchange_s"]
+            .as_f64()
+            .unwrap()
+    };
+    for n in [64, 512] {
+        assert!(
+            exchange_s(n, "sharded") < exchange_s(n, "all-to-all"),
+            "{n} peers"
+        );
+    }
+    assert!(10.0 * exchange_s(512, "sharded") < exchange_s(512, "all-to-all"));
+
+    // From the all-to-all run alone (latency folded into the throughput), the sharded run.
+    let both = StudyConfig::load(&config).unwrap();
+    let mut alone = both.clone();
+    alone.compare_exchanges.clear();
+    let run = |name: &str| DeploymentRun::load_dir(name, &out.join(name), &both, 1.0).unwrap();
+    let calibration = calibrate(&alone, &[run("instance")]).unwrap();
+    assert_eq!(calibration.hop_latency_s, None);
+    let v = validate_against(&calibration, &both, &run("instance-sharded")).unwrap();
+    eprintln!(
+        "sharded from all-to-all alone: predicted {:.4} s, measured {:.4} s, ratio {:.3}",
+        v.predicted_round_s, v.measured_round_s, v.ratio
+    );
+    assert_eq!(v.exchange, Exchange::Sharded);
+    assert!(v.within_tolerance, "{v:?}");
+}

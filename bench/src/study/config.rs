@@ -131,6 +131,8 @@ pub struct StudyRun {
     pub aggregation: Aggregation,
     /// Whether the `[[peer]]` attacks apply (the clean baseline runs without them).
     pub attacked: bool,
+    /// How its peers exchange gradients.
+    pub exchange: peerless_comm::Exchange,
 }
 
 /// The grid the scale projection covers.
@@ -270,6 +272,11 @@ pub struct StudyConfig {
     /// How gradients travel between peers: `all-to-all` or `sharded`.
     #[serde(default)]
     pub exchange: peerless_comm::Exchange,
+    /// Further exchanges to measure: the first deployment runs once more with each (runs
+    /// named `<deployment>-<exchange>`, reported but not costed); with a run of each
+    /// exchange the projection fits the broker's throughput and a per-hop latency to both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare_exchanges: Vec<peerless_comm::Exchange>,
     /// One `[[peer]]` table per peer.
     #[serde(rename = "peer", default)]
     pub peers: Vec<PeerSpec>,
@@ -472,12 +479,25 @@ impl StudyConfig {
                 );
             }
         }
+        for (i, x) in self.compare_exchanges.iter().enumerate() {
+            if *x == self.exchange || self.compare_exchanges[..i].contains(x) {
+                return bad(
+                    &format!("compare_exchanges[{i}]"),
+                    format!("lists {:?} twice (with `exchange`)", x.to_string()),
+                );
+            }
+        }
         if let Some(c) = self.clip_norm
             && peerless_comm::aggregate::check_clip_norm(c).is_err()
         {
             return bad("clip_norm", format!("must be a finite number > 0, got {c}"));
         }
-        if self.clip_norm.is_some() && self.exchange == peerless_comm::Exchange::Sharded {
+        if self.clip_norm.is_some()
+            && (self.exchange == peerless_comm::Exchange::Sharded
+                || self
+                    .compare_exchanges
+                    .contains(&peerless_comm::Exchange::Sharded))
+        {
             return bad(
                 "clip_norm",
                 "needs each peer's whole gradient in one place: use exchange = \"all-to-all\""
@@ -598,10 +618,12 @@ impl StudyConfig {
     }
 
     /// Every run of the study, in order: each deployment under `aggregation`, then under
-    /// each of `compare_aggregations`, then (when a peer attacks) the first deployment
-    /// without attacks and with the mean, the clean baseline.
+    /// each of `compare_aggregations`, then the first deployment with each of
+    /// `compare_exchanges`, then (when a peer attacks) the first deployment without
+    /// attacks and with the mean, the clean baseline.
     pub fn runs(&self) -> Vec<StudyRun> {
         let attacked = self.attacks();
+        let exchange = self.exchange;
         let mut runs = Vec::new();
         for &deployment in &self.deployments {
             runs.push(StudyRun {
@@ -609,6 +631,7 @@ impl StudyConfig {
                 deployment,
                 aggregation: self.aggregation,
                 attacked,
+                exchange,
             });
             for &aggregation in &self.compare_aggregations {
                 runs.push(StudyRun {
@@ -616,6 +639,18 @@ impl StudyConfig {
                     deployment,
                     aggregation,
                     attacked,
+                    exchange,
+                });
+            }
+        }
+        if let Some(&deployment) = self.deployments.first() {
+            for &other in &self.compare_exchanges {
+                runs.push(StudyRun {
+                    name: format!("{}-{}", deployment.name(), other),
+                    deployment,
+                    aggregation: self.aggregation,
+                    attacked,
+                    exchange: other,
                 });
             }
         }
@@ -625,9 +660,19 @@ impl StudyConfig {
                 deployment,
                 aggregation: Aggregation::Mean,
                 attacked: false,
+                exchange,
             });
         }
         runs
+    }
+
+    /// The exchange of the run named `name` (the config's `exchange` for a name that is
+    /// not one of [`StudyConfig::runs`]).
+    pub fn exchange_of(&self, name: &str) -> peerless_comm::Exchange {
+        self.runs()
+            .into_iter()
+            .find(|r| r.name == name)
+            .map_or(self.exchange, |r| r.exchange)
     }
 
     /// The attacks as text for the report (`peer 3: scale:-10`), empty without any.

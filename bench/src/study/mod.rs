@@ -28,7 +28,7 @@ pub use prices::{InstancePrice, Price, Prices};
 pub use report::{Headline, ReportFiles, SECTIONS, TimeSplit, write_report};
 pub use runs::{DeploymentRun, PeerRun, read_metrics_jsonl};
 pub use simulate::{
-    Calibration, FunctionCalibration, Projection, ProjectionPoint, RoundPrediction, Scenario,
-    Validation, assumptions, calibrate, predict_mean_round_s, predict_round, project,
-    validate_against,
+    Calibration, ExchangePoint, ExchangeSetup, ExchangeTraffic, FunctionCalibration, Projection,
+    ProjectionPoint, RoundPrediction, Scenario, Validation, assumptions, calibrate,
+    predict_mean_round_s, predict_round, project, validate_against,
 };

@@ -15,9 +15,18 @@
 //! - a peer that offloads m > 0 batches takes `weights_upload + max(local(B - m),
 //!   functions(m)) + m × fetch_per_gradient` (the peer uploads the weights, computes its
 //!   share while the functions run, then reads their gradients);
-//! - the round takes the slowest peer's time, plus the exchange `N(N-1) × gradient_bytes /
-//!   broker_bytes_per_s` (one broker carries every peer's copy of every other gradient),
-//!   plus `encode + (N-1) × decode_per_gradient + update`.
+//! - the round takes the slowest peer's time (plus, when k equally slow peers compute
+//!   their own batches, `batch_sd × B / speed × E[max of k]`), plus the exchange, plus
+//!   `encode + d × decode_per_gradient + update + checkpoint` (`d` gradients' worth
+//!   decoded: `N-1` all-to-all, `2(N-1)/N` sharded, whose owners aggregate a shard and
+//!   every peer decodes the others' results);
+//! - the exchange (the scenario's, the config's `exchange` in the projection; see
+//!   [`ExchangeTraffic`]) moves `broker_bytes` through the broker and `peer_bytes` into
+//!   each peer: all-to-all `N(N-1)·G` and `(N-1)·G`, sharded `2(N-1)·G` and
+//!   `2(N-1)/N·G` (`G` the gradient message); it takes `hops × hop_latency +
+//!   max(broker_bytes / broker_bytes_per_s, peer_bytes / peer_bytes_per_s)` (1 hop
+//!   all-to-all, 2 sharded), calibrated from the local runs' exchange (see
+//!   [`Calibration`] and [`fit_exchange`]).
 //!
 //! `instance` offloads nothing, `serverless` offloads all B batches, `hybrid` plans like
 //! the peer's `--offload auto`: no offload in the first round (nothing measured yet), then
@@ -31,7 +40,8 @@ use super::cost::{CostBreakdown, Rates, Usage};
 use super::error::StudyError;
 use super::prices::Prices;
 use super::runs::{DeploymentRun, mean};
-use peerless_runtime::metrics::InvocationRecord;
+use peerless_comm::Exchange;
+use peerless_runtime::metrics::{InvocationRecord, RoundMetrics};
 use peerless_runtime::offload::{HYBRID_SLACK, choose_offload};
 
 /// How far the model's prediction of the local set-up may be from the measurement.
@@ -43,6 +53,71 @@ pub const VCPU_MEMORY_MB: f64 = 1769.0;
 
 /// Lambda's largest CPU share: 6 vCPUs at 10,240 MB.
 pub const LAMBDA_MAX_VCPUS: f64 = 6.0;
+
+/// What one round of an exchange moves, bytes (`G` = one peer's gradient message).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ExchangeTraffic {
+    /// Delivered by the broker to all peers together: all-to-all `N(N-1)·G` (every
+    /// gradient to every other peer); sharded `2(N-1)·G` (each peer's `(N-1)/N·G` of
+    /// parts to the shard owners, then each owner's `G/N` result to the `N-1` others).
+    pub broker_bytes: f64,
+    /// Received by one peer: all-to-all `(N-1)·G`, sharded `2(N-1)/N·G`.
+    pub peer_received_bytes: f64,
+    /// Sent by one peer: `G` for both (sharded: `(N-1)/N·G` of parts plus its `G/N`
+    /// result, published once to the fanout).
+    pub peer_sent_bytes: f64,
+    /// Gradients' worth one peer decodes (or aggregates): all-to-all `N-1`, sharded
+    /// `2(N-1)/N` (its shard's `N-1` parts, then the `N-1` other results).
+    pub decoded_gradients: f64,
+    /// Message hops one after the other: 1 all-to-all, 2 sharded.
+    pub hops: u32,
+}
+
+/// Bytes of one claim message of the claim-check exchange (header, claim, signature).
+const CLAIM_BYTES: f64 = 300.0;
+
+impl ExchangeTraffic {
+    /// The traffic of `exchange` with `peers` peers and gradients of `gradient_bytes`
+    /// (nothing moves with fewer than two peers).
+    pub fn of(exchange: Exchange, peers: usize, gradient_bytes: f64) -> ExchangeTraffic {
+        let (n, g) = (peers as f64, gradient_bytes);
+        if peers < 2 {
+            return ExchangeTraffic {
+                broker_bytes: 0.0,
+                peer_received_bytes: 0.0,
+                peer_sent_bytes: 0.0,
+                decoded_gradients: 0.0,
+                hops: 0,
+            };
+        }
+        match exchange {
+            Exchange::AllToAll => ExchangeTraffic {
+                broker_bytes: n * (n - 1.0) * g,
+                peer_received_bytes: (n - 1.0) * g,
+                peer_sent_bytes: g,
+                decoded_gradients: n - 1.0,
+                hops: 1,
+            },
+            Exchange::Sharded => ExchangeTraffic {
+                broker_bytes: 2.0 * (n - 1.0) * g,
+                peer_received_bytes: 2.0 * (n - 1.0) / n * g,
+                peer_sent_bytes: g,
+                decoded_gradients: 2.0 * (n - 1.0) / n,
+                hops: 2,
+            },
+            // The claim check: only claims (about 200 bytes) cross the broker; the
+            // gradients cross each peer's link to the store, modelled at the peer link's
+            // measured throughput (the store's own is not calibrated).
+            Exchange::S3 => ExchangeTraffic {
+                broker_bytes: n * (n - 1.0) * CLAIM_BYTES,
+                peer_received_bytes: (n - 1.0) * g,
+                peer_sent_bytes: g,
+                decoded_gradients: n - 1.0,
+                hops: 1,
+            },
+        }
+    }
+}
 
 /// What the model takes from the function calls of the serverless and hybrid runs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -104,27 +179,53 @@ pub struct Calibration {
     /// Seconds per batch of a speed-1.0 peer on the study machine (from the reference
     /// peers' `local_time_s / local batches`); `None` when no run computed batches locally.
     pub batch_s: Option<f64>,
-    /// The run the batch time came from.
+    /// The runs the batch time came from.
     pub batch_source: Option<String>,
     /// The EC2 type the study machine stands for (the reference peers' type): projected
     /// types scale the batch time by their `relative_speed` against it.
     pub reference_instance_type: String,
     /// Peers in the local runs.
     pub local_peers: u32,
-    /// Mean bytes of one peer's gradient message (`bytes_sent`).
+    /// Standard deviation of the peers' seconds per batch (at speed 1.0) within a round,
+    /// pooled over rounds: the spread that makes a round wait for the slowest of equally
+    /// fast peers.
+    pub batch_sd_s: f64,
+    /// The exchange of the runs the round model is calibrated from (the config's
+    /// `exchange`).
+    pub exchange: Exchange,
+    /// Mean bytes one peer sends per round (`bytes_sent`): its gradient message `G`.
     pub gradient_bytes: f64,
-    /// Mean exchange time of the local rounds: per round the smallest `send_time_s +
-    /// receive_time_s` of any peer (the last peer to finish waits for nobody).
+    /// The measured exchange time of that exchange (see [`MeasuredExchange::exchange_s`]).
     pub exchange_s: f64,
-    /// Broker throughput the exchange implies: `N₀(N₀-1) × gradient_bytes / exchange_s`;
+    /// Mean bytes per round the broker delivered in those runs: the sum of every peer's
+    /// `bytes_received`.
+    pub broker_bytes_measured: f64,
+    /// The broker's delivery throughput. With a measurement of each exchange at N₀
+    /// (`compare_exchanges`), fitted with [`Calibration::hop_latency_s`] to both
+    /// ([`fit_exchange`]); otherwise the local exchange's [`ExchangeTraffic`]
+    /// `broker_bytes` (at N₀ and `gradient_bytes`) over `exchange_s`, latency folded in.
     /// `None` with fewer than two local peers (no exchange to measure).
     pub broker_bytes_per_s: Option<f64>,
+    /// One peer's link throughput: what the broker delivers to one of the N₀ local peers
+    /// in the same time, `broker_bytes_per_s / N₀` (the local exchange's
+    /// `peer_received_bytes` over its transfer time). The peers' links bind below N₀
+    /// peers, the broker above.
+    pub peer_bytes_per_s: Option<f64>,
+    /// Seconds per message hop, charged once per round all-to-all and twice sharded;
+    /// `None` when not calibrated (then folded into the throughputs).
+    pub hop_latency_s: Option<f64>,
+    /// Every exchange measured locally, the config's first.
+    pub measured_exchanges: Vec<MeasuredExchange>,
     /// Mean seconds per round of encoding the peer's gradient.
     pub encode_s: f64,
-    /// Mean seconds of decoding one received gradient.
+    /// Mean seconds of decoding (or aggregating) one gradient's worth: `decode_time_s` over
+    /// the local exchange's [`ExchangeTraffic`] `decoded_gradients`.
     pub decode_per_gradient_s: f64,
     /// Mean seconds per round of the optimizer step.
     pub update_s: f64,
+    /// Per round the longest checkpoint write of any peer (0 in rounds without one),
+    /// averaged over rounds.
+    pub checkpoint_s: f64,
     /// `None` when no function was called.
     pub functions: Option<FunctionCalibration>,
 }
@@ -146,6 +247,8 @@ pub struct Scenario {
     pub concurrency_limit: Option<u32>,
     /// vCPUs one gradient step can use (`projection.max_useful_vcpus`).
     pub useful_vcpus: f64,
+    /// How the peers exchange gradients.
+    pub exchange: Exchange,
 }
 
 /// The model's answer for one round.
@@ -175,26 +278,42 @@ pub fn calibrate(config: &StudyConfig, runs: &[DeploymentRun]) -> Result<Calibra
     let local_peers = runs.iter().map(|r| r.peers.len()).max().unwrap_or(0) as u32;
     let (batch_s, batch_source, reference_rank) = batch_time(config, runs);
     let rounds: Vec<_> = runs.iter().flat_map(|r| r.all_rounds()).collect();
-    let gradient_bytes = mean(
-        rounds
+    // The exchange's quantities come from the runs of the config's exchange; the runs of
+    // `compare_exchanges` only add their own measurement for the latency fit.
+    let main: Vec<&DeploymentRun> = runs
+        .iter()
+        .filter(|r| config.exchange_of(&r.name) == config.exchange)
+        .collect();
+    let main_rounds: Vec<_> = main.iter().flat_map(|r| r.all_rounds()).collect();
+    let mut measured_exchanges: Vec<MeasuredExchange> = Vec::new();
+    for exchange in std::iter::once(config.exchange).chain(config.compare_exchanges.iter().copied())
+    {
+        let of: Vec<&DeploymentRun> = runs
             .iter()
-            .filter(|m| m.bytes_sent > 0)
-            .map(|m| m.bytes_sent as f64),
-    );
-    let exchange_s = mean(runs.iter().filter(|r| r.peers.len() >= 2).flat_map(|run| {
-        (0..run.round_count()).map(move |i| {
-            run.peers
-                .iter()
-                .filter_map(|p| p.rounds.get(i))
-                .map(|m| m.send_time_s + m.receive_time_s)
-                .fold(f64::INFINITY, f64::min)
-        })
-    }));
-    let pairs = f64::from(local_peers) * f64::from(local_peers.saturating_sub(1));
-    let broker_bytes_per_s = (pairs > 0.0 && exchange_s > 0.0 && gradient_bytes > 0.0)
-        .then(|| pairs * gradient_bytes / exchange_s);
-    let decode_per_gradient_s = if local_peers >= 2 {
-        mean(rounds.iter().map(|m| m.decode_time_s)) / f64::from(local_peers - 1)
+            .filter(|r| config.exchange_of(&r.name) == exchange && r.peers.len() >= 2)
+            .collect();
+        if let Some(m) = MeasuredExchange::of(exchange, &of) {
+            measured_exchanges.push(m);
+        }
+    }
+    let (gradient_bytes, exchange_s, broker_bytes_measured) = measured_exchanges
+        .iter()
+        .find(|m| m.exchange == config.exchange)
+        .map_or((0.0, 0.0, 0.0), |m| {
+            (m.gradient_bytes, m.exchange_s, m.broker_bytes_per_round)
+        });
+    let fit = fit_exchange(&measured_exchanges, local_peers as usize);
+    let local = ExchangeTraffic::of(config.exchange, local_peers as usize, gradient_bytes);
+    let measured = local_peers >= 2 && exchange_s > 0.0 && gradient_bytes > 0.0;
+    let (broker_bytes_per_s, hop_latency_s) = match fit {
+        Some((latency, throughput)) => (Some(throughput), Some(latency)),
+        None => (measured.then(|| local.broker_bytes / exchange_s), None),
+    };
+    // From one local set-up a peer's link carries its share of the broker's deliveries
+    // in the same time: broker_bytes / N₀ = peer_received_bytes at N₀ for both exchanges.
+    let peer_bytes_per_s = broker_bytes_per_s.map(|b| b / f64::from(local_peers.max(1)));
+    let decode_per_gradient_s = if local.decoded_gradients > 0.0 {
+        mean(main_rounds.iter().map(|m| m.decode_time_s)) / local.decoded_gradients
     } else {
         0.0
     };
@@ -205,18 +324,146 @@ pub fn calibrate(config: &StudyConfig, runs: &[DeploymentRun]) -> Result<Calibra
             .peer_instance_type(reference_rank.unwrap_or(0))
             .to_string(),
         local_peers,
+        batch_sd_s: batch_spread(config, runs),
+        exchange: config.exchange,
         gradient_bytes,
         exchange_s,
+        broker_bytes_measured,
         broker_bytes_per_s,
-        encode_s: mean(rounds.iter().map(|m| m.encode_time_s)),
+        peer_bytes_per_s,
+        hop_latency_s,
+        measured_exchanges,
+        encode_s: mean(main_rounds.iter().map(|m| m.encode_time_s)),
         decode_per_gradient_s,
         update_s: mean(rounds.iter().map(|m| m.update_time_s)),
+        checkpoint_s: mean(runs.iter().flat_map(|run| {
+            (0..run.round_count()).map(move |i| {
+                run.peers
+                    .iter()
+                    .filter_map(|p| p.rounds.get(i))
+                    .map(|m| m.checkpoint_time_s.unwrap_or(0.0))
+                    .fold(0.0, f64::max)
+            })
+        })),
         functions: function_calibration(runs),
     })
 }
 
+/// What the runs of one exchange measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MeasuredExchange {
+    pub exchange: Exchange,
+    /// The runs measured.
+    pub runs: Vec<String>,
+    /// Peers of those runs (N₀).
+    pub peers: usize,
+    /// Mean bytes one peer sent per round (`bytes_sent`): `G`.
+    pub gradient_bytes: f64,
+    /// Mean per round of the shortest `max(send_time_s, receive_time_s)` of any peer:
+    /// sending and receiving run side by side, and the last peer to finish computing waits
+    /// for nobody, so its time is the exchange itself.
+    pub exchange_s: f64,
+    /// Mean per round of the sum of every peer's `bytes_received`: what the broker
+    /// delivered.
+    pub broker_bytes_per_round: f64,
+}
+
+impl MeasuredExchange {
+    /// The measurement of `exchange` from `runs` (all of it, two peers or more); `None`
+    /// without a timed round.
+    fn of(exchange: Exchange, runs: &[&DeploymentRun]) -> Option<MeasuredExchange> {
+        let per_round = |f: &dyn Fn(&[&RoundMetrics]) -> f64| -> f64 {
+            mean(runs.iter().flat_map(|run| {
+                (0..run.round_count()).map(|i| {
+                    let ms: Vec<&RoundMetrics> =
+                        run.peers.iter().filter_map(|p| p.rounds.get(i)).collect();
+                    f(&ms)
+                })
+            }))
+        };
+        let exchange_s = per_round(&|ms| {
+            ms.iter()
+                .map(|m| m.send_time_s.max(m.receive_time_s))
+                .fold(f64::INFINITY, f64::min)
+        });
+        let gradient_bytes = mean(
+            runs.iter()
+                .flat_map(|r| r.all_rounds())
+                .filter(|m| m.bytes_sent > 0)
+                .map(|m| m.bytes_sent as f64),
+        );
+        (exchange_s > 0.0 && exchange_s.is_finite()).then(|| MeasuredExchange {
+            exchange,
+            runs: runs.iter().map(|r| r.name.clone()).collect(),
+            peers: runs.iter().map(|r| r.peers.len()).max().unwrap_or(0),
+            gradient_bytes,
+            exchange_s,
+            broker_bytes_per_round: per_round(&|ms| {
+                ms.iter().map(|m| m.bytes_received as f64).sum::<f64>()
+            }),
+        })
+    }
+}
+
+/// The per-hop latency `L` and broker throughput `W` that explain a measurement of each
+/// exchange at the same peer count: `hops × L + broker_bytes / W = exchange_s` for both
+/// (all-to-all 1 hop, sharded 2). `None` without both, or when the two do not give a
+/// latency ≥ 0 and a throughput > 0.
+pub fn fit_exchange(measured: &[MeasuredExchange], peers: usize) -> Option<(f64, f64)> {
+    let find = |x: Exchange| {
+        measured
+            .iter()
+            .find(|m| m.exchange == x && m.peers == peers && m.gradient_bytes > 0.0)
+    };
+    let (a, s) = (find(Exchange::AllToAll)?, find(Exchange::Sharded)?);
+    let ta = ExchangeTraffic::of(a.exchange, peers, a.gradient_bytes);
+    let ts = ExchangeTraffic::of(s.exchange, peers, s.gradient_bytes);
+    // [ha xa; hs xs] · [L; 1/W] = [a; s]
+    let (ha, hs) = (f64::from(ta.hops), f64::from(ts.hops));
+    let det = ha * ts.broker_bytes - hs * ta.broker_bytes;
+    if det == 0.0 {
+        return None;
+    }
+    let latency = (a.exchange_s * ts.broker_bytes - s.exchange_s * ta.broker_bytes) / det;
+    let per_byte = (ha * s.exchange_s - hs * a.exchange_s) / det;
+    (latency >= 0.0 && per_byte > 0.0).then(|| (latency, 1.0 / per_byte))
+}
+
+/// The spread of the peers' seconds per batch (at speed 1.0) within a round, pooled over
+/// every run's rounds: what makes a round wait for the slowest of equally fast peers.
+fn batch_spread(config: &StudyConfig, runs: &[DeploymentRun]) -> f64 {
+    let mut squares = 0.0;
+    let mut freedom = 0usize;
+    for run in runs {
+        for i in 0..run.round_count() {
+            let per_batch: Vec<f64> = run
+                .peers
+                .iter()
+                .filter_map(|p| p.rounds.get(i).map(|m| (p.rank, m)))
+                .filter(|(_, m)| m.local_batches + m.fallback_batches > 0 && m.local_time_s > 0.0)
+                .map(|(rank, m)| {
+                    m.local_time_s * config.peer_speed(rank as usize)
+                        / (m.local_batches + m.fallback_batches) as f64
+                })
+                .collect();
+            if per_batch.len() > 1 {
+                let m = mean(per_batch.iter().copied());
+                squares += per_batch.iter().map(|x| (x - m).powi(2)).sum::<f64>();
+                freedom += per_batch.len() - 1;
+            }
+        }
+    }
+    if freedom == 0 {
+        0.0
+    } else {
+        (squares / freedom as f64).sqrt()
+    }
+}
+
 /// Seconds per batch at speed 1.0 from the fastest configured peers' local batches, taken
-/// from the first of the instance, hybrid, serverless runs that has any.
+/// from the first of the instance, hybrid, serverless deployments whose runs have any:
+/// its own run and its runs with the other exchanges (`compare_exchanges`) together,
+/// since computing does not depend on the exchange.
 fn batch_time(
     config: &StudyConfig,
     runs: &[DeploymentRun],
@@ -230,9 +477,17 @@ fn batch_time(
         Deployment::Hybrid,
         Deployment::Serverless,
     ];
+    let plan = config.runs();
+    let of_deployment = |run: &DeploymentRun, arch: Deployment| {
+        run.deployment() == Some(arch)
+            || plan.iter().any(|p| {
+                p.name == run.name && p.deployment == arch && p.exchange != config.exchange
+            })
+    };
     for arch in order {
-        for run in runs.iter().filter(|r| r.deployment() == Some(arch)) {
-            let (mut time, mut batches) = (0.0, 0usize);
+        let (mut time, mut batches, mut names) = (0.0, 0usize, Vec::new());
+        for run in runs.iter().filter(|r| of_deployment(r, arch)) {
+            let before = batches;
             for peer in run
                 .peers
                 .iter()
@@ -243,13 +498,16 @@ fn batch_time(
                     batches += m.local_batches + m.fallback_batches;
                 }
             }
-            if batches > 0 && time > 0.0 {
-                return (
-                    Some(time / batches as f64 * top),
-                    Some(run.name.clone()),
-                    reference.first().copied(),
-                );
+            if batches > before {
+                names.push(run.name.clone());
             }
+        }
+        if batches > 0 && time > 0.0 {
+            return (
+                Some(time / batches as f64 * top),
+                Some(names.join(", ")),
+                reference.first().copied(),
+            );
         }
     }
     (None, None, reference.first().copied())
@@ -378,18 +636,44 @@ impl Calibration {
         })
     }
 
-    /// Exchange seconds for `peers` peers.
+    /// Exchange seconds of the local runs' exchange for `peers` peers.
     pub fn exchange_s(&self, peers: usize) -> f64 {
-        let n = peers as f64;
-        match self.broker_bytes_per_s {
-            Some(w) if peers >= 2 => n * (n - 1.0) * self.gradient_bytes / w,
+        self.exchange_time_s(self.exchange, peers)
+    }
+
+    /// Exchange seconds of `exchange` for `peers` peers: its broker bytes at the broker's
+    /// throughput or its bytes into one peer at a peer's, whichever takes longer.
+    pub fn exchange_time_s(&self, exchange: Exchange, peers: usize) -> f64 {
+        let t = ExchangeTraffic::of(exchange, peers, self.gradient_bytes);
+        let at = |bytes: f64, rate: Option<f64>| match rate {
+            Some(w) if w > 0.0 => bytes / w,
             _ => 0.0,
+        };
+        f64::from(t.hops) * self.hop_latency_s.unwrap_or(0.0)
+            + at(t.broker_bytes, self.broker_bytes_per_s)
+                .max(at(t.peer_received_bytes, self.peer_bytes_per_s))
+    }
+
+    /// Whether the broker (rather than a peer's link) bounds `exchange` at `peers` peers.
+    pub fn broker_bound(&self, exchange: Exchange, peers: usize) -> bool {
+        let t = ExchangeTraffic::of(exchange, peers, self.gradient_bytes);
+        match (self.broker_bytes_per_s, self.peer_bytes_per_s) {
+            (Some(b), Some(p)) => t.broker_bytes / b >= t.peer_received_bytes / p,
+            (Some(_), None) => true,
+            _ => false,
         }
     }
 
-    /// Encode, decode and update seconds for `peers` peers.
+    /// Encode, decode, update and checkpoint seconds of the local runs' exchange for
+    /// `peers` peers.
     pub fn overhead_s(&self, peers: usize) -> f64 {
-        self.encode_s + peers.saturating_sub(1) as f64 * self.decode_per_gradient_s + self.update_s
+        self.overhead_time_s(self.exchange, peers)
+    }
+
+    /// Encode, decode, update and checkpoint seconds of `exchange` for `peers` peers.
+    pub fn overhead_time_s(&self, exchange: Exchange, peers: usize) -> f64 {
+        let decoded = ExchangeTraffic::of(exchange, peers, self.gradient_bytes).decoded_gradients;
+        self.encode_s + decoded * self.decode_per_gradient_s + self.update_s + self.checkpoint_s
     }
 }
 
@@ -507,12 +791,28 @@ pub fn predict_round(
     };
     let mut compute_s: f64 = 0.0;
     let mut slowest_waves = 0;
+    let mut slowest_speed = 1.0;
+    let mut times = Vec::with_capacity(s.speeds.len());
     for (&speed, &m) in s.speeds.iter().zip(&offloaded) {
         let t = peer_time(cal, s, speed, m, cold)?;
+        times.push(t);
         if t > compute_s {
             compute_s = t;
             slowest_waves = s.waves(m);
+            slowest_speed = speed;
         }
+    }
+    // When the slowest peers compute all their batches themselves, the round waits for
+    // the slowest of those that are equally slow: add the expected maximum's excess of
+    // their measured spread (per batch, so B batches spread B times as much).
+    let tied = times
+        .iter()
+        .zip(&offloaded)
+        .filter(|&(&t, &m)| m == 0 && t >= compute_s * (1.0 - 1e-9))
+        .count();
+    if slowest_waves == 0 && tied > 1 {
+        compute_s += cal.batch_sd_s * s.batches_per_round as f64 / (s.speed_scale * slowest_speed)
+            * expected_max_z(tied);
     }
     // When the slowest peer waits on functions, the round waits for the slowest of the
     // offloading peers, whose function times vary independently: add the expected
@@ -523,8 +823,8 @@ pub fn predict_round(
         compute_s += f.call_sd_s * (slowest_waves as f64).sqrt() * expected_max_z(offloading);
     }
     let n = s.speeds.len();
-    let exchange_s = cal.exchange_s(n);
-    let overhead_s = cal.overhead_s(n);
+    let exchange_s = cal.exchange_time_s(s.exchange, n);
+    let overhead_s = cal.overhead_time_s(s.exchange, n);
     Ok(RoundPrediction {
         round_time_s: compute_s + exchange_s + overhead_s,
         compute_s,
@@ -552,7 +852,10 @@ pub fn predict_mean_round_s(
 /// The model against one local run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Validation {
+    /// The run's name.
     pub deployment: String,
+    /// The run's exchange.
+    pub exchange: Exchange,
     pub rounds: usize,
     pub predicted_round_s: f64,
     pub measured_round_s: f64,
@@ -562,19 +865,41 @@ pub struct Validation {
     pub within_tolerance: bool,
 }
 
-/// Predicts `run`'s own set-up (its peers, their speeds, the study machine, the measured
-/// memory size, no account limit) and compares with its measured mean round time.
+/// Predicts `run`'s own set-up (its peers, their speeds, its exchange, the study machine
+/// at the run's own seconds per batch when it computed any, the measured memory size, no
+/// account limit) and compares with its measured mean round time. The run's deployment and exchange are its entry in [`StudyConfig::runs`] (or, for
+/// another name, its name's deployment and the config's exchange).
 pub fn validate_against(
     cal: &Calibration,
     config: &StudyConfig,
     run: &DeploymentRun,
 ) -> Result<Validation, StudyError> {
-    let deployment = run.deployment().ok_or_else(|| {
-        StudyError::missing(format!(
-            "run {:?} is not one of the study's deployments",
-            run.name
-        ))
-    })?;
+    let planned = config.runs().into_iter().find(|r| r.name == run.name);
+    let deployment = planned
+        .as_ref()
+        .map(|p| p.deployment)
+        .or_else(|| run.deployment())
+        .ok_or_else(|| {
+            StudyError::missing(format!(
+                "run {:?} is not one of the study's deployments",
+                run.name
+            ))
+        })?;
+    let exchange = planned.map_or(config.exchange, |p| p.exchange);
+    // The study machine's speed drifts between runs (other work on its cores; 10-20%
+    // between two runs a few seconds apart): predict the run at its own seconds per batch
+    // and spread where its reference peers computed any, so the check is of the round
+    // model rather than of the drift.
+    let own = std::slice::from_ref(run);
+    let cal = &match batch_time(config, own) {
+        (Some(batch_s), source, _) => Calibration {
+            batch_s: Some(batch_s),
+            batch_source: source,
+            batch_sd_s: batch_spread(config, own),
+            ..cal.clone()
+        },
+        _ => cal.clone(),
+    };
     let rounds = run.round_count();
     let measured = run.mean_round_time_s();
     if rounds == 0 || measured <= 0.0 {
@@ -599,11 +924,13 @@ pub fn validate_against(
         concurrency: config.function_concurrency,
         concurrency_limit: None,
         useful_vcpus: config.projection.max_useful_vcpus,
+        exchange,
     };
     let predicted = predict_mean_round_s(cal, &scenario, rounds)?;
     let ratio = predicted / measured;
     Ok(Validation {
         deployment: run.name.clone(),
+        exchange,
         rounds,
         predicted_round_s: predicted,
         measured_round_s: measured,
@@ -628,12 +955,40 @@ pub struct ProjectionPoint {
     pub cost_per_round: CostBreakdown,
 }
 
+/// One exchange at one peer count, for the side-by-side comparison of the exchanges.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExchangePoint {
+    pub exchange: Exchange,
+    pub peers: u32,
+    pub traffic: ExchangeTraffic,
+    /// The exchange's seconds per round.
+    pub exchange_s: f64,
+    /// Whether the broker's throughput bounds it (otherwise a peer's link does).
+    pub broker_bound: bool,
+    /// A warm round with this exchange of the comparison's set-up
+    /// ([`Projection::exchange_setup`]); `None` when nothing could be projected.
+    pub round: Option<RoundPrediction>,
+}
+
+/// The set-up whose rounds the exchange comparison shows: the first projected
+/// deployment (`instance` when it is projected) on the first instance type and memory.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExchangeSetup {
+    pub deployment: Deployment,
+    pub instance_type: String,
+    pub lambda_memory_mb: Option<u32>,
+}
+
 /// The projection: calibration, grid, validation against the local runs and notes on
 /// what could not be projected.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Projection {
     pub calibration: Calibration,
+    /// The grid, with the config's exchange.
     pub points: Vec<ProjectionPoint>,
+    /// Both exchanges at every projected peer count.
+    pub exchanges: Vec<ExchangePoint>,
+    pub exchange_setup: Option<ExchangeSetup>,
     pub validations: Vec<Validation>,
     /// What was skipped and why.
     pub notes: Vec<String>,
@@ -696,6 +1051,7 @@ pub fn project(
                         concurrency: config.function_concurrency,
                         concurrency_limit: Some(config.projection.lambda_concurrency_limit),
                         useful_vcpus: config.projection.max_useful_vcpus,
+                        exchange: config.exchange,
                     };
                     let warm = predict_round(&calibration, &scenario, 2)?;
                     let first_offloading = u64::from(deployment == Deployment::Hybrid);
@@ -721,8 +1077,52 @@ pub fn project(
             }
         }
     }
+    let exchange_setup = points
+        .iter()
+        .find(|p| p.deployment == Deployment::Instance)
+        .or(points.first())
+        .map(|p| ExchangeSetup {
+            deployment: p.deployment,
+            instance_type: p.instance_type.clone(),
+            lambda_memory_mb: p.lambda_memory_mb,
+        });
+    let mut exchanges = Vec::new();
+    for &n in &config.projection.peers {
+        for exchange in [Exchange::AllToAll, Exchange::Sharded] {
+            let round = match &exchange_setup {
+                Some(setup) => {
+                    let instance = prices.instance(&setup.instance_type)?;
+                    let scenario = Scenario {
+                        deployment: setup.deployment,
+                        speeds: speeds_at(n),
+                        speed_scale: instance.relative_speed / reference_speed,
+                        batches_per_round: config.batches_per_round(),
+                        memory_mb: setup.lambda_memory_mb.unwrap_or(config.lambda_memory_mb),
+                        concurrency: config.function_concurrency,
+                        concurrency_limit: Some(config.projection.lambda_concurrency_limit),
+                        useful_vcpus: config.projection.max_useful_vcpus,
+                        exchange,
+                    };
+                    Some(predict_round(&calibration, &scenario, 2)?)
+                }
+                None => None,
+            };
+            exchanges.push(ExchangePoint {
+                exchange,
+                peers: n,
+                traffic: ExchangeTraffic::of(exchange, n as usize, calibration.gradient_bytes),
+                exchange_s: calibration.exchange_time_s(exchange, n as usize),
+                broker_bound: calibration.broker_bound(exchange, n as usize),
+                round,
+            });
+        }
+    }
     let mut validations = Vec::new();
-    for run in runs.iter().filter(|r| r.deployment().is_some()) {
+    // The deployments' own runs and those of `compare_exchanges`.
+    let validated = |r: &DeploymentRun| {
+        r.deployment().is_some() || config.exchange_of(&r.name) != config.exchange
+    };
+    for run in runs.iter().filter(|r| validated(r)) {
         match validate_against(&calibration, config, run) {
             Ok(v) => validations.push(v),
             Err(e) => notes.push(format!("{}: not validated: {e}", run.name)),
@@ -731,6 +1131,8 @@ pub fn project(
     Ok(Projection {
         calibration,
         points,
+        exchanges,
+        exchange_setup,
         validations,
         notes,
     })
@@ -812,12 +1214,35 @@ pub fn assumptions() -> Vec<String> {
              (nothing within {HYBRID_SLACK}x of it), or the count with the least time when \
              none does."
         ),
-        "Exchange: one broker carries N(N-1) gradient copies per round at the throughput \
-         fitted from the local runs (N₀(N₀-1) × gradient bytes / the smallest send+receive \
-         time per round); latency is folded into that throughput; no overlap with compute."
+        "Exchange: per round the broker delivers N(N-1) x G all-to-all (every gradient to \
+         every other peer) or 2(N-1) x G sharded (reduce-scatter of each peer's (N-1)/N x G \
+         to the shard owners, then all-gather of each owner's G/N to the others), and each \
+         peer receives (N-1) x G or 2(N-1)/N x G; the exchange takes the broker's bytes at \
+         the broker's throughput or one peer's bytes at a peer's link throughput, whichever \
+         is longer, plus a latency per message hop (1 all-to-all, 2 sharded). No overlap \
+         with compute."
             .into(),
-        "Encode and update are constant per peer; decode grows with the N-1 gradients \
-         received."
+        "The exchange is measured per round as the shortest max(send, receive) time of any \
+         peer (the last peer to finish computing waits for nobody). With runs of both \
+         exchanges at the same peer count (compare_exchanges), the broker throughput and \
+         the per-hop latency are the ones that explain both measurements; with one exchange \
+         the latency is folded into the throughput (then sharded rounds are optimistic at \
+         small N, where its second hop matters). A peer's link throughput is the broker's \
+         divided by the local peer count (both come from the same measured time), so the \
+         peers' links bind below that count and the broker above it. Per-message costs \
+         (sharded sends N times as many, N times smaller messages) are not modelled."
+            .into(),
+        "Equally slow peers that compute their own batches: the round waits for the \
+         slowest of the k tied peers, adding the measured spread of seconds per batch \
+         within a round x batches x E[max of k standard normals]. The spread is measured \
+         with the local peers sharing the study machine's cores and is taken to hold at \
+         every projected peer count (pessimistic for peers on their own instances)."
+            .into(),
+        "Checkpoints: the rounds' mean longest checkpoint write (one every epoch) is part \
+         of every round."
+            .into(),
+        "Encode and update are constant per peer; decoding grows with the gradients' worth \
+         received: N-1 all-to-all, 2(N-1)/N sharded."
             .into(),
         "At N peers, peer j has the speed of configured peer j mod (number of [[peer]] \
          tables)."

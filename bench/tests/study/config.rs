@@ -232,6 +232,7 @@ fn shipped_configs_parse_validate_and_are_covered_by_the_shipped_prices() {
         "study/default.toml",
         "study/models.toml",
         "study/attack.toml",
+        "study/exchange.toml",
     ] {
         let config = StudyConfig::load(&shipped(file)).unwrap_or_else(|e| panic!("{e}"));
         config.validate().unwrap();
@@ -452,4 +453,58 @@ fn attacks_and_aggregations_are_typed_validated_and_planned_as_runs() {
         let e = err(&text);
         assert!(e.contains(says), "{text}: {e}");
     }
+}
+
+#[test]
+fn compared_exchanges_run_the_first_deployment_once_more_each() {
+    use peerless_comm::Exchange;
+    let c = StudyConfig::from_toml_str(&with(
+        "deployments = [\"instance\", \"serverless\"]\ncompare_exchanges = [\"sharded\"]",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.exchange, Exchange::AllToAll);
+    let runs: Vec<(String, Deployment, Exchange)> = c
+        .runs()
+        .into_iter()
+        .map(|r| (r.name, r.deployment, r.exchange))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            ("instance".into(), Deployment::Instance, Exchange::AllToAll),
+            (
+                "serverless".into(),
+                Deployment::Serverless,
+                Exchange::AllToAll
+            ),
+            (
+                "instance-sharded".into(),
+                Deployment::Instance,
+                Exchange::Sharded
+            ),
+        ]
+    );
+    assert_eq!(c.exchange_of("instance-sharded"), Exchange::Sharded);
+    assert_eq!(c.exchange_of("serverless"), Exchange::AllToAll);
+    assert_eq!(c.exchange_of("anything else"), Exchange::AllToAll);
+    let again = StudyConfig::from_toml_str(&c.to_toml_string()).unwrap();
+    assert_eq!(again.runs(), c.runs());
+
+    for (text, key) in [
+        (
+            with("compare_exchanges = [\"all-to-all\"]"),
+            "compare_exchanges[0]",
+        ),
+        (
+            with("exchange = \"sharded\"\ncompare_exchanges = [\"all-to-all\", \"all-to-all\"]"),
+            "compare_exchanges[1]",
+        ),
+        (
+            with("compare_exchanges = [\"sharded\"]\nclip_norm = 1.0"),
+            "clip_norm",
+        ),
+    ] {
+        assert_eq!(invalid_key(&text), key, "{text}");
+    }
+    assert!(err(&with("compare_exchanges = [\"ring\"]")).contains("sharded"));
 }

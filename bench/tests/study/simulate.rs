@@ -1,15 +1,16 @@
 //! The projection model on hand-computed cases.
 
 use peerless_bench::study::{
-    Calibration, Deployment, DeploymentRun, FunctionCalibration, PeerRun, Scenario, calibrate,
-    predict_mean_round_s, predict_round, project, validate_against,
+    Calibration, Deployment, DeploymentRun, ExchangeTraffic, FunctionCalibration, PeerRun,
+    Scenario, calibrate, predict_mean_round_s, predict_round, project, validate_against,
 };
+use peerless_comm::Exchange;
 use peerless_runtime::metrics::{InvocationRecord, RoundMetrics};
 
 use super::common::{config_with_speeds, invocation, test_prices};
 
-/// Round numbers: 0.1 s per batch at speed 1, 1 MB gradients, a 100 MB/s broker fitted on
-/// two peers (2 × 1 × 1 MB / 0.02 s), encode 0.01 s, decode 0.005 s per gradient, update
+/// Round numbers: 0.1 s per batch at speed 1, 1 MB gradients, a 100 MB/s broker and 50 MB/s
+/// peer links fitted on two all-to-all peers (2 × 1 × 1 MB and 1 MB in 0.02 s), encode 0.01 s, decode 0.005 s per gradient, update
 /// 0.02 s; functions measured at 1769 MB (one vCPU): overhead 0.05 + weights 0.1 + batch
 /// 0.05 + compute 0.4 + upload 0.05 = 0.65 s per call; cold start +1 s; the peer uploads
 /// weights in 0.2 s and reads each gradient in 0.03 s.
@@ -19,12 +20,19 @@ fn calibration() -> Calibration {
         batch_source: Some("instance".into()),
         reference_instance_type: "t3.medium".into(),
         local_peers: 2,
+        batch_sd_s: 0.0,
+        exchange: Exchange::AllToAll,
         gradient_bytes: 1e6,
         exchange_s: 0.02,
+        broker_bytes_measured: 2e6,
         broker_bytes_per_s: Some(1e8),
+        peer_bytes_per_s: Some(5e7),
+        hop_latency_s: None,
+        measured_exchanges: Vec::new(),
         encode_s: 0.01,
         decode_per_gradient_s: 0.005,
         update_s: 0.02,
+        checkpoint_s: 0.0,
         functions: Some(FunctionCalibration {
             memory_mb: 1769,
             call_overhead_s: 0.05,
@@ -54,6 +62,7 @@ fn scenario(deployment: Deployment) -> Scenario {
         concurrency: 2,
         concurrency_limit: None,
         useful_vcpus: 2.0,
+        exchange: Exchange::AllToAll,
     }
 }
 
@@ -136,7 +145,7 @@ fn hybrid_offloads_what_minimises_the_slow_peers_time() {
 
 /// Two peers (speeds 1.0 and 0.5), two instance rounds, timed to match the calibration
 /// above: 4 batches in 0.4 s and 0.8 s, encode 0.01, send 0.005, decode 0.005, update
-/// 0.02, the fast peer waits 0.415 s and the slow one 0.015 s for the other gradient.
+/// 0.02, the fast peer waits 0.42 s and the slow one 0.02 s for the other gradient.
 fn instance_run() -> DeploymentRun {
     let m = |rank: u32, round: u64, local: f64, receive: f64, total: f64| RoundMetrics {
         rank,
@@ -152,6 +161,7 @@ fn instance_run() -> DeploymentRun {
         eval_time_s: 0.3,
         round_time_s: total + 0.3,
         bytes_sent: 1_000_000,
+        bytes_received: 1_000_000,
         ..RoundMetrics::default()
     };
     let peer = |rank: u32, rounds| PeerRun {
@@ -165,11 +175,11 @@ fn instance_run() -> DeploymentRun {
         peers: vec![
             peer(
                 0,
-                vec![m(0, 0, 0.4, 0.415, 0.855), m(0, 1, 0.4, 0.415, 0.855)],
+                vec![m(0, 0, 0.4, 0.42, 0.855), m(0, 1, 0.4, 0.42, 0.855)],
             ),
             peer(
                 1,
-                vec![m(1, 0, 0.8, 0.015, 0.855), m(1, 1, 0.8, 0.015, 0.955)],
+                vec![m(1, 0, 0.8, 0.02, 0.855), m(1, 1, 0.8, 0.02, 0.955)],
             ),
         ],
     }
@@ -182,10 +192,13 @@ fn calibration_reads_the_hand_made_run() {
     // Reference peer 0: 0.8 s / 8 batches = 0.1 s per batch.
     close(cal.batch_s.unwrap(), 0.1);
     assert_eq!(cal.batch_source.as_deref(), Some("instance"));
-    // Exchange: per round the smallest send + receive = 0.005 + 0.015 = 0.02 s;
-    // broker: 2 × 1 × 1 MB / 0.02 s = 100 MB/s.
+    // Exchange: per round the smallest max(send, receive) = max(0.005, 0.02) = 0.02 s (the
+    // two overlap); broker: 2 × 1 × 1 MB / 0.02 s = 100 MB/s; a peer's link: 1 MB / 0.02 s.
     close(cal.exchange_s, 0.02);
     close(cal.broker_bytes_per_s.unwrap(), 1e8);
+    close(cal.peer_bytes_per_s.unwrap(), 5e7);
+    assert_eq!(cal.exchange, Exchange::AllToAll);
+    close(cal.broker_bytes_measured, 2e6);
     close(cal.encode_s, 0.01);
     close(cal.decode_per_gradient_s, 0.005);
     close(cal.update_s, 0.02);
@@ -321,4 +334,265 @@ fn expected_maximum_of_normals_matches_the_exact_values() {
         let z = expected_max_z(k);
         assert!((z - exact).abs() / exact < 0.05, "k = {k}: {z} vs {exact}");
     }
+}
+
+#[test]
+fn exchange_traffic_is_the_formulas_at_4_and_64_peers() {
+    let g = 153_128.0;
+    for n in [4usize, 64] {
+        let x = n as f64;
+        let a = ExchangeTraffic::of(Exchange::AllToAll, n, g);
+        close(a.broker_bytes, x * (x - 1.0) * g);
+        close(a.peer_received_bytes, (x - 1.0) * g);
+        close(a.peer_sent_bytes, g);
+        close(a.decoded_gradients, x - 1.0);
+        assert_eq!(a.hops, 1);
+        let s = ExchangeTraffic::of(Exchange::Sharded, n, g);
+        close(s.broker_bytes, 2.0 * (x - 1.0) * g);
+        close(s.peer_received_bytes, 2.0 * (x - 1.0) / x * g);
+        close(s.peer_sent_bytes, g);
+        close(s.decoded_gradients, 2.0 * (x - 1.0) / x);
+        assert_eq!(s.hops, 2);
+    }
+    // The numbers themselves: 4 peers all-to-all 12 G through the broker, sharded 6 G; 64
+    // peers 4,032 G against 126 G.
+    close(
+        ExchangeTraffic::of(Exchange::AllToAll, 4, g).broker_bytes,
+        12.0 * g,
+    );
+    close(
+        ExchangeTraffic::of(Exchange::Sharded, 4, g).broker_bytes,
+        6.0 * g,
+    );
+    close(
+        ExchangeTraffic::of(Exchange::AllToAll, 64, g).broker_bytes,
+        4032.0 * g,
+    );
+    close(
+        ExchangeTraffic::of(Exchange::Sharded, 64, g).broker_bytes,
+        126.0 * g,
+    );
+    // One peer moves nothing.
+    assert_eq!(
+        ExchangeTraffic::of(Exchange::Sharded, 1, g).broker_bytes,
+        0.0
+    );
+}
+
+#[test]
+fn exchange_time_is_the_slower_of_the_broker_and_a_peer_link() {
+    let cal = calibration();
+    // All-to-all: broker 100 MB/s, links 50 MB/s. 2 peers: 2 MB / 100 MB/s = 1 MB / 50
+    // MB/s = 0.02 s. 8 peers: broker 56 MB → 0.56 s against 7 MB → 0.14 s on the link.
+    close(cal.exchange_time_s(Exchange::AllToAll, 2), 0.02);
+    close(cal.exchange_time_s(Exchange::AllToAll, 8), 0.56);
+    assert!(cal.broker_bound(Exchange::AllToAll, 8));
+    // Sharded at 8: broker 14 MB → 0.14 s, link 1.75 MB → 0.035 s.
+    close(cal.exchange_time_s(Exchange::Sharded, 8), 0.14);
+    // Links slower than the broker can carry: the link binds. At 5 MB/s per peer, 8
+    // sharded peers take 1.75 MB / 5 MB/s = 0.35 s (the broker 0.14 s).
+    let slow_links = Calibration {
+        peer_bytes_per_s: Some(5e6),
+        ..cal.clone()
+    };
+    close(slow_links.exchange_time_s(Exchange::Sharded, 8), 0.35);
+    assert!(!slow_links.broker_bound(Exchange::Sharded, 8));
+    // The decode part follows the gradients' worth each peer decodes: 7 all-to-all, 1.75
+    // sharded, at 0.005 s each.
+    close(
+        cal.overhead_time_s(Exchange::AllToAll, 8),
+        0.01 + 7.0 * 0.005 + 0.02,
+    );
+    close(
+        cal.overhead_time_s(Exchange::Sharded, 8),
+        0.01 + 1.75 * 0.005 + 0.02,
+    );
+    // A scenario predicts with its own exchange.
+    let s = Scenario {
+        speeds: vec![1.0; 8],
+        exchange: Exchange::Sharded,
+        ..scenario(Deployment::Instance)
+    };
+    let p = predict_round(&cal, &s, 2).unwrap();
+    close(p.exchange_s, 0.14);
+    close(p.round_time_s, 0.4 + 0.14 + 0.01 + 1.75 * 0.005 + 0.02);
+}
+
+#[test]
+fn projected_exchange_grows_with_the_peers_and_sharded_wins_beyond_two() {
+    let cal = calibration();
+    let counts = [2usize, 3, 4, 8, 16, 32, 64, 128, 256, 512];
+    for exchange in [Exchange::AllToAll, Exchange::Sharded] {
+        for pair in counts.windows(2) {
+            let (a, b) = (
+                cal.exchange_time_s(exchange, pair[0]),
+                cal.exchange_time_s(exchange, pair[1]),
+            );
+            assert!(
+                b > a,
+                "{exchange}: {} peers {a} s, {} peers {b} s",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+    // Two peers: both move the gradient once each way, 0.02 s. From three on sharded is
+    // faster, by N/2 (broker-bound both: N(N-1) G against 2(N-1) G).
+    close(cal.exchange_time_s(Exchange::Sharded, 2), 0.02);
+    for &n in &counts[1..] {
+        let (a, s) = (
+            cal.exchange_time_s(Exchange::AllToAll, n),
+            cal.exchange_time_s(Exchange::Sharded, n),
+        );
+        assert!(s < a, "{n} peers: sharded {s} s, all-to-all {a} s");
+        assert!((a / s - n as f64 / 2.0).abs() < 1e-9, "{n}: {}", a / s);
+    }
+    // 512 peers: all-to-all 512 × 511 MB / 100 MB/s = 2,616.32 s; sharded 10.22 s.
+    close(cal.exchange_time_s(Exchange::AllToAll, 512), 2616.32);
+    close(cal.exchange_time_s(Exchange::Sharded, 512), 10.22);
+}
+
+/// [`instance_run`] as a sharded exchange: each peer sends 1 MB and receives 1 MB (2 × 1/2
+/// of a gradient) a round.
+#[test]
+fn calibration_from_a_sharded_run_fits_the_sharded_traffic() {
+    let mut config = config_with_speeds(&[1.0, 0.5]);
+    config.exchange = Exchange::Sharded;
+    let cal = calibrate(&config, &[instance_run()]).unwrap();
+    assert_eq!(cal.exchange, Exchange::Sharded);
+    // Broker: 2 × (2 - 1) × 1 MB in 0.02 s; a peer: 2 × 1/2 × 1 MB in 0.02 s.
+    close(cal.broker_bytes_per_s.unwrap(), 1e8);
+    close(cal.peer_bytes_per_s.unwrap(), 5e7);
+    // Decode: 0.005 s for 2 × 1/2 = 1 gradient's worth.
+    close(cal.decode_per_gradient_s, 0.005);
+    // The same calibration projects all-to-all at 64 peers: 64 × 63 MB / 100 MB/s.
+    close(cal.exchange_time_s(Exchange::AllToAll, 64), 40.32);
+    close(cal.exchange_s(64), 126.0 * 1e6 / 1e8);
+}
+
+#[test]
+fn projection_lists_both_exchanges_at_every_peer_count() {
+    let mut config = config_with_speeds(&[1.0, 0.5]);
+    config.deployments = vec![Deployment::Instance];
+    config.projection.peers = vec![4, 64, 512];
+    config.projection.instance_types = vec!["t3.medium".into()];
+    let projection = project(&config, &[instance_run()], &test_prices()).unwrap();
+    assert_eq!(projection.exchanges.len(), 6);
+    let setup = projection.exchange_setup.as_ref().unwrap();
+    assert_eq!(setup.deployment, Deployment::Instance);
+    assert_eq!(setup.instance_type, "t3.medium");
+    let at = |n: u32, e: Exchange| {
+        projection
+            .exchanges
+            .iter()
+            .find(|p| p.peers == n && p.exchange == e)
+            .unwrap()
+    };
+    for n in [4u32, 64, 512] {
+        let (a, s) = (at(n, Exchange::AllToAll), at(n, Exchange::Sharded));
+        let x = f64::from(n);
+        close(a.traffic.broker_bytes, x * (x - 1.0) * 1e6);
+        close(s.traffic.broker_bytes, 2.0 * (x - 1.0) * 1e6);
+        close(a.exchange_s, x * (x - 1.0) * 1e6 / 1e8);
+        close(s.exchange_s, 2.0 * (x - 1.0) * 1e6 / 1e8);
+        assert!(a.broker_bound && s.broker_bound);
+        // Same compute either way; the round differs by exchange and decoding.
+        let (ra, rs) = (a.round.as_ref().unwrap(), s.round.as_ref().unwrap());
+        close(ra.compute_s, 0.8);
+        close(rs.compute_s, 0.8);
+        close(
+            ra.round_time_s,
+            0.8 + a.exchange_s + 0.03 + (x - 1.0) * 0.005,
+        );
+        close(
+            rs.round_time_s,
+            0.8 + s.exchange_s + 0.03 + 2.0 * (x - 1.0) / x * 0.005,
+        );
+    }
+    // Exchange-bound (exchange longer than the 0.8 s of compute): at 4 peers neither (0.12 s
+    // and 0.06 s); at 64 all-to-all by far (40.32 s) and sharded just (1.26 s).
+    let bound = |n: u32, e: Exchange| {
+        let r = at(n, e).round.clone().unwrap();
+        r.exchange_s > r.compute_s
+    };
+    assert!(!bound(4, Exchange::AllToAll) && !bound(4, Exchange::Sharded));
+    assert!(bound(64, Exchange::AllToAll) && bound(64, Exchange::Sharded));
+    // The configured exchange (all-to-all) is what the grid uses.
+    let grid = projection.points.iter().find(|p| p.peers == 64).unwrap();
+    close(grid.round.exchange_s, 40.32);
+}
+
+#[test]
+fn latency_and_throughput_fitted_to_both_exchanges() {
+    use peerless_bench::study::simulate::{MeasuredExchange, fit_exchange};
+    let measured = |exchange, exchange_s| MeasuredExchange {
+        exchange,
+        runs: vec![],
+        peers: 4,
+        gradient_bytes: 1e6,
+        exchange_s,
+        broker_bytes_per_round: 0.0,
+    };
+    // 4 peers, 1 MB gradients, 10 ms a hop, 100 MB/s: all-to-all 0.01 + 12 MB / 100 MB/s =
+    // 0.13 s; sharded 2 × 0.01 + 6 MB / 100 MB/s = 0.08 s.
+    let (latency, throughput) = fit_exchange(
+        &[
+            measured(Exchange::AllToAll, 0.13),
+            measured(Exchange::Sharded, 0.08),
+        ],
+        4,
+    )
+    .unwrap();
+    assert!((latency - 0.01).abs() < 1e-12, "{latency}");
+    assert!((throughput / 1e8 - 1.0).abs() < 1e-9, "{throughput}");
+    // Sharded at least twice all-to-all: no throughput explains it; less than its bytes
+    // allow: no latency does. One exchange alone: nothing to fit.
+    for s in [0.26, 0.04] {
+        assert_eq!(
+            fit_exchange(
+                &[
+                    measured(Exchange::AllToAll, 0.13),
+                    measured(Exchange::Sharded, s)
+                ],
+                4
+            ),
+            None,
+            "sharded {s} s"
+        );
+    }
+    assert_eq!(fit_exchange(&[measured(Exchange::AllToAll, 0.13)], 4), None);
+}
+
+#[test]
+fn a_run_of_each_exchange_calibrates_the_hop_latency() {
+    let mut config = config_with_speeds(&[1.0, 0.5]);
+    config.compare_exchanges = vec![Exchange::Sharded];
+    // The sharded run: the slow (last) peer waits 0.03 s, the fast one 0.43 s.
+    let mut sharded = instance_run();
+    sharded.name = "instance-sharded".into();
+    for peer in &mut sharded.peers {
+        for m in &mut peer.rounds {
+            m.receive_time_s += 0.01;
+        }
+    }
+    let cal = calibrate(&config, &[instance_run(), sharded.clone()]).unwrap();
+    // Two peers move 2 × 1 × 1 MB either way, in one hop all-to-all (0.02 s) and two
+    // sharded (0.03 s): a hop takes 0.01 s, and 2 MB take the other 0.01 s (200 MB/s).
+    close(cal.hop_latency_s.unwrap(), 0.01);
+    close(cal.broker_bytes_per_s.unwrap() / 2e8, 1.0);
+    close(cal.peer_bytes_per_s.unwrap() / 1e8, 1.0);
+    assert_eq!(cal.measured_exchanges.len(), 2);
+    close(cal.measured_exchanges[1].exchange_s, 0.03);
+    assert_eq!(cal.measured_exchanges[1].runs, vec!["instance-sharded"]);
+    close(cal.exchange_time_s(Exchange::AllToAll, 2), 0.02);
+    close(cal.exchange_time_s(Exchange::Sharded, 2), 0.03);
+    // 64 peers: all-to-all 0.01 + 4,032 MB / 200 MB/s = 20.17 s; sharded 0.02 + 126 MB /
+    // 200 MB/s = 0.65 s.
+    close(cal.exchange_time_s(Exchange::AllToAll, 64), 20.17);
+    close(cal.exchange_time_s(Exchange::Sharded, 64), 0.65);
+    // The sharded run is checked with its own exchange: 0.8 s of compute, 0.03 s of
+    // exchange, 0.035 s of encode, decode and update.
+    let v = validate_against(&cal, &config, &sharded).unwrap();
+    assert_eq!(v.exchange, Exchange::Sharded);
+    close(v.predicted_round_s, 0.8 + 0.03 + 0.035);
 }

@@ -233,7 +233,7 @@ fn run_config(
             serverless,
             aggregation: study_run.aggregation,
             clip_norm: config.clip_norm,
-            exchange: config.exchange,
+            exchange: study_run.exchange,
             // Under attack a diverged model stalls its rounds (no finite gradient left to
             // send): give up on them after a minute rather than ten.
             round_timeout: if study_run.attacked {

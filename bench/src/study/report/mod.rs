@@ -1,5 +1,6 @@
-//! The study's report: `report.md`, a self-contained `report.html`, PNG and SVG plots and
-//! the raw metrics as CSV, all from the runs' metrics, the prices and the projection.
+//! The study's report: `report.md`, a self-contained `report.html`, PNG and SVG plots, the
+//! raw metrics as CSV and the projection as JSON, all from the runs' metrics, the prices
+//! and the projection.
 //!
 //! How a round's time is split for the tables and plot (a), per peer, mean per round:
 //! **compute** = `compute_time_s` minus the weights upload and gradient fetch it contains;
@@ -53,6 +54,8 @@ pub struct ReportFiles {
     pub html: PathBuf,
     pub metrics_csv: PathBuf,
     pub invocations_csv: PathBuf,
+    /// The projection (calibration, grid, exchanges, validation) as JSON.
+    pub projection_json: PathBuf,
     /// PNG and SVG of every plot.
     pub plots: Vec<PathBuf>,
     /// The summary's headlines (serverless and hybrid against instance), as plain text.
@@ -107,7 +110,8 @@ impl TimeSplit {
 }
 
 /// Writes the whole report into `out_dir` (created if needed): `report.md`,
-/// `report.html`, `metrics.csv`, `invocations.csv` and `plots/*.png|svg`.
+/// `report.html`, `metrics.csv`, `invocations.csv`, `projection.json` and
+/// `plots/*.png|svg`.
 pub fn write_report(
     out_dir: &Path,
     config: &StudyConfig,
@@ -173,6 +177,7 @@ pub fn write_report(
         html: out_dir.join("report.html"),
         metrics_csv: out_dir.join("metrics.csv"),
         invocations_csv: out_dir.join("invocations.csv"),
+        projection_json: out_dir.join("projection.json"),
         plots: plot_files,
         headlines: headlines(runs, &costs),
     };
@@ -203,6 +208,9 @@ pub fn write_report(
 
     write(&files.metrics_csv, &metrics_csv(runs))?;
     write(&files.invocations_csv, &invocations_csv(runs))?;
+    let json = serde_json::to_string_pretty(projection)
+        .map_err(|e| StudyError::missing(format!("the projection as JSON: {e}")))?;
+    write(&files.projection_json, &json)?;
     write(&files.markdown, &doc::markdown(&blocks))?;
     let svg_of = |rel: &str| svgs.iter().find(|(r, _)| r == rel).map(|(_, s)| s.clone());
     write(

@@ -9,7 +9,7 @@ use crate::study::config::{Deployment, StudyConfig};
 use crate::study::cost::{CostBreakdown, rules};
 use crate::study::prices::Prices;
 use crate::study::runs::DeploymentRun;
-use crate::study::simulate::{Projection, VALIDATION_TOLERANCE, assumptions};
+use crate::study::simulate::{ExchangeTraffic, Projection, VALIDATION_TOLERANCE, assumptions};
 use peerless_runtime::metrics::RoundMetrics;
 
 /// `x` with `digits` significant digits (plain notation).
@@ -516,6 +516,7 @@ pub(super) fn projection_section(
         let mut table = vec![
             [
                 "deployment",
+                "exchange",
                 "rounds",
                 "predicted mean round s",
                 "measured mean round s",
@@ -528,6 +529,7 @@ pub(super) fn projection_section(
         for v in &projection.validations {
             table.push(vec![
                 v.deployment.clone(),
+                v.exchange.to_string(),
                 v.rounds.to_string(),
                 secs(v.predicted_round_s),
                 secs(v.measured_round_s),
@@ -536,9 +538,9 @@ pub(super) fn projection_section(
             ]);
         }
         blocks.push(Block::Paragraph(format!(
-            "The model's prediction of each local run (same peers, same speeds, the study \
-             machine) against its measured mean round time; the model is trusted within \
-             ±{:.0}%.",
+            "The model's prediction of each local run (same peers, same speeds, same exchange, \
+             the study machine) against its measured mean round time; the model is trusted \
+             within ±{:.0}%.",
             VALIDATION_TOLERANCE * 100.0
         )));
         blocks.push(Block::Table(table));
@@ -560,19 +562,47 @@ pub(super) fn projection_section(
             "reference instance type".into(),
             c.reference_instance_type.clone(),
         ],
+        vec![
+            "spread (sd) of seconds per batch between peers".into(),
+            sig(c.batch_sd_s, 4),
+        ],
+        vec!["exchange of the round model".into(), c.exchange.to_string()],
         vec!["gradient bytes".into(), format!("{:.0}", c.gradient_bytes)],
-        vec!["exchange s (local)".into(), sig(c.exchange_s, 4)],
+    ];
+    for m in &c.measured_exchanges {
+        let formula = ExchangeTraffic::of(m.exchange, m.peers, m.gradient_bytes).broker_bytes;
+        cal.push(vec![
+            format!(
+                "{} exchange s (local, {} peers, {})",
+                m.exchange,
+                m.peers,
+                m.runs.join(", ")
+            ),
+            sig(m.exchange_s, 4),
+        ]);
+        cal.push(vec![
+            format!("{} broker bytes per round (measured / formula)", m.exchange),
+            format!("{:.0} / {:.0}", m.broker_bytes_per_round, formula),
+        ]);
+    }
+    cal.extend([
         vec![
             "broker throughput MB/s".into(),
             opt(c.broker_bytes_per_s.map(|w| w / 1e6)),
         ],
+        vec![
+            "peer link throughput MB/s".into(),
+            opt(c.peer_bytes_per_s.map(|w| w / 1e6)),
+        ],
+        vec!["latency per message hop s".into(), latency_row(c)],
         vec!["encode s".into(), sig(c.encode_s, 4)],
         vec![
             "decode s per gradient".into(),
             sig(c.decode_per_gradient_s, 4),
         ],
         vec!["update s".into(), sig(c.update_s, 4)],
-    ];
+        vec!["checkpoint s per round".into(), sig(c.checkpoint_s, 4)],
+    ]);
     if let Some(f) = &c.functions {
         cal.push(vec![
             "function memory MB (measured)".into(),
@@ -610,7 +640,13 @@ pub(super) fn projection_section(
         blocks.push(Block::Heading(3, "Not projected".into()));
         blocks.push(Block::List(projection.notes.clone()));
     }
+    exchanges_table(blocks, projection);
     blocks.push(Block::Heading(3, "Projected rounds".into()));
+    blocks.push(Block::Paragraph(format!(
+        "Every configured deployment, peer count, instance type and memory size, with the \
+         config's exchange ({}).",
+        config.exchange
+    )));
     let mut table = vec![
         [
             "deployment",
@@ -662,6 +698,100 @@ pub(super) fn projection_section(
     }
 }
 
+/// The calibration's per-hop latency, or why there is none.
+fn latency_row(c: &crate::study::simulate::Calibration) -> String {
+    if let Some(l) = c.hop_latency_s {
+        return format!("{} (fitted to both exchanges)", sig(l, 4));
+    }
+    if c.measured_exchanges.len() > 1 {
+        let times: Vec<String> = c
+            .measured_exchanges
+            .iter()
+            .map(|m| format!("{} {} s", m.exchange, sig(m.exchange_s, 3)))
+            .collect();
+        format!(
+            "not calibrated: no latency ≥ 0 and throughput > 0 explain both ({}); folded \
+             into the throughput",
+            times.join(", ")
+        )
+    } else {
+        "not calibrated (needs a run of each exchange: compare_exchanges); folded into the \
+         throughput"
+            .to_string()
+    }
+}
+
+/// Both exchanges side by side at every projected peer count: their traffic, exchange
+/// time, what bounds it and the round of one set-up.
+fn exchanges_table(blocks: &mut Vec<Block>, projection: &Projection) {
+    if projection.exchanges.is_empty() {
+        return;
+    }
+    blocks.push(Block::Heading(3, "Exchanges".into()));
+    let setup = projection.exchange_setup.as_ref().map_or(
+        "no deployment could be projected, so no round is shown".to_string(),
+        |s| {
+            let memory = s
+                .lambda_memory_mb
+                .map_or(String::new(), |m| format!(" at {m} MB"));
+            format!(
+                "rounds are {} on {}{memory}; exchange-bound marks a round whose exchange \
+                 takes longer than its compute",
+                s.deployment.name(),
+                s.instance_type
+            )
+        },
+    );
+    blocks.push(Block::Paragraph(format!(
+        "All-to-all and sharded at every projected peer count, from the same calibration: \
+         MB the broker delivers and MB one peer receives per round, the exchange's seconds \
+         and what bounds it (the broker or a peer's link); {setup}."
+    )));
+    let mut table = vec![
+        [
+            "peers",
+            "exchange",
+            "broker MB/round",
+            "peer MB/round",
+            "exchange s",
+            "bound by",
+            "round s",
+            "exchange-bound",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in &projection.exchanges {
+        let (round, bound) = match &e.round {
+            Some(r) => (
+                sig(r.round_time_s, 4),
+                if r.exchange_s > r.compute_s {
+                    "**yes**"
+                } else {
+                    "no"
+                },
+            ),
+            None => ("–".to_string(), "–"),
+        };
+        table.push(vec![
+            e.peers.to_string(),
+            e.exchange.to_string(),
+            sig(e.traffic.broker_bytes / 1e6, 4),
+            sig(e.traffic.peer_received_bytes / 1e6, 4),
+            sig(e.exchange_s, 4),
+            if e.broker_bound {
+                "broker"
+            } else {
+                "peer link"
+            }
+            .into(),
+            round,
+            bound.into(),
+        ]);
+    }
+    blocks.push(Block::Table(table));
+}
+
 pub(super) fn files_section(blocks: &mut Vec<Block>, out_dir: &Path, files: &ReportFiles) {
     blocks.push(Block::Heading(2, SECTIONS[5].into()));
     let rel = |p: &Path| p.strip_prefix(out_dir).unwrap_or(p).display().to_string();
@@ -678,6 +808,11 @@ pub(super) fn files_section(blocks: &mut Vec<Block>, out_dir: &Path, files: &Rep
         format!(
             "`{}`: one row per function call (billed duration, memory, handler timings)",
             rel(&files.invocations_csv)
+        ),
+        format!(
+            "`{}`: the projection (calibration, every projected round, both exchanges, the \
+             check against the local runs) as JSON",
+            rel(&files.projection_json)
         ),
     ];
     items.extend(files.plots.iter().map(|p| format!("`{}`", rel(p))));
