@@ -110,10 +110,7 @@ impl ExchangeTraffic {
             // measured throughput (the store's own is not calibrated).
             Exchange::S3 => ExchangeTraffic {
                 broker_bytes: n * (n - 1.0) * CLAIM_BYTES,
-                peer_received_bytes: (n - 1.0) * g,
-                peer_sent_bytes: g,
-                decoded_gradients: n - 1.0,
-                hops: 1,
+                ..Self::of(Exchange::AllToAll, peers, gradient_bytes)
             },
         }
     }

@@ -356,22 +356,17 @@ fn exchange_traffic_is_the_formulas_at_4_and_64_peers() {
     }
     // The numbers themselves: 4 peers all-to-all 12 G through the broker, sharded 6 G; 64
     // peers 4,032 G against 126 G.
-    close(
-        ExchangeTraffic::of(Exchange::AllToAll, 4, g).broker_bytes,
-        12.0 * g,
-    );
-    close(
-        ExchangeTraffic::of(Exchange::Sharded, 4, g).broker_bytes,
-        6.0 * g,
-    );
-    close(
-        ExchangeTraffic::of(Exchange::AllToAll, 64, g).broker_bytes,
-        4032.0 * g,
-    );
-    close(
-        ExchangeTraffic::of(Exchange::Sharded, 64, g).broker_bytes,
-        126.0 * g,
-    );
+    for (exchange, peers, gradients) in [
+        (Exchange::AllToAll, 4, 12.0),
+        (Exchange::Sharded, 4, 6.0),
+        (Exchange::AllToAll, 64, 4032.0),
+        (Exchange::Sharded, 64, 126.0),
+    ] {
+        close(
+            ExchangeTraffic::of(exchange, peers, g).broker_bytes,
+            gradients * g,
+        );
+    }
     // One peer moves nothing.
     assert_eq!(
         ExchangeTraffic::of(Exchange::Sharded, 1, g).broker_bytes,
