@@ -872,19 +872,16 @@ impl<T: Transport> Averager<T> {
                 .encode(local, &mut self.encoded)
                 .map_err(RoundError::Encode)?;
             if self.config.exchange == Exchange::S3 {
-                stats.encode_time = started.elapsed();
                 let claim = self.park(round, &mut stats).await?;
                 let header = self.header(MessageKind::Claim, round, 0);
                 stats.auth_time += self.frame(&header, &claim.encode(), &mut outgoing);
             } else {
                 let header = self.header(MessageKind::Gradient, round, 0);
                 stats.auth_time += self.frame(&header, &self.encoded, &mut outgoing);
-                stats.encode_time = started.elapsed();
             }
         }
-        if stats.withheld {
-            stats.encode_time = started.elapsed();
-        }
+        // Storing a claimed gradient is sending (`park` counts it there), not encoding.
+        stats.encode_time = started.elapsed().saturating_sub(stats.send_time);
 
         let me = self.config.rank;
         let accepted: Vec<SlotKey> = (0..self.config.world_size)

@@ -21,18 +21,13 @@ fn run_id(args: &PeerArgs) -> Result<RunId> {
     })
 }
 
-/// This peer's rank: given, or claimed in the store (`--rank auto`).
-async fn rank(args: &PeerArgs, run_id: RunId) -> Result<u32> {
-    match args.rank {
-        RankChoice::Fixed(rank) => Ok(rank),
-        RankChoice::Auto => {
-            let x = &args.exchange;
-            let store = peerless_data::open_store(&x.store, &x.s3.store_options())
-                .await
-                .with_context(|| format!("opening {} to claim a rank", x.store))?;
-            Ok(claim_rank(store.as_ref(), run_id, args.size, &claimant()).await?)
-        }
-    }
+/// Claims the lowest free rank of the run in the run's store (`--rank auto`).
+async fn claim(config: &NodeConfig) -> Result<u32> {
+    let x = &config.exchange;
+    let store = peerless_data::open_store(&x.store, &x.store_options)
+        .await
+        .with_context(|| format!("opening {} to claim a rank", x.store))?;
+    Ok(claim_rank(store.as_ref(), config.run_id, config.size, &claimant()).await?)
 }
 
 /// The peer's configuration from its flags.
@@ -57,20 +52,22 @@ fn node_config(args: &PeerArgs, run_id: RunId, rank: u32) -> Result<NodeConfig> 
 
 pub fn run(args: PeerArgs, device: DeviceChoice) -> Result<()> {
     let run_id = run_id(&args)?;
-    // Validated before a rank is claimed, so a bad flag claims nothing.
-    let rank_checked = match args.rank {
+    // Built and validated before a rank is claimed, so a bad flag claims nothing.
+    let fixed = match args.rank {
         RankChoice::Fixed(rank) => rank,
         RankChoice::Auto => 0,
     };
-    node_config(&args, run_id, rank_checked)?;
+    let mut config = node_config(&args, run_id, fixed)?;
     let device = select_device(device)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let rank = rank(&args, run_id).await?;
-        let config = node_config(&args, run_id, rank)?;
+        if args.rank == RankChoice::Auto {
+            // Below `size` by construction, so the validated configuration stays valid.
+            config.rank = claim(&config).await?;
+        }
         if let Some(expected) = args.dataset {
             check_dataset(&config, expected).await?;
         }
