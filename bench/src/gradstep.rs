@@ -73,6 +73,16 @@ impl GradStepResult {
 
 /// Runs the measurement on `device`.
 pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, ModelError> {
+    measure_with_gradient(b, device).map(|(result, _)| result)
+}
+
+/// Runs the measurement on `device` and also returns the last step's flat gradient: the
+/// model (seed 0) and the batch (seed 1) are fixed, so two builds of peerless (another
+/// target, another linker) can be compared value by value (`peerless bench --gradient-out`).
+pub fn measure_with_gradient(
+    b: &GradStepBench,
+    device: &Device,
+) -> Result<(GradStepResult, Vec<f32>), ModelError> {
     let spec = ModelSpec::new(b.arch).with_in_channels(3);
     let mut model = Model::new(spec, device, 0)?;
     model.set_split(b.split);
@@ -105,7 +115,7 @@ pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, Mod
         .map(|(a, z)| (z - a) / wall);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    Ok(GradStepResult {
+    let result = GradStepResult {
         model: b.arch.name().to_string(),
         batch: b.batch,
         input: format!("3x{0}x{0}", b.size),
@@ -122,7 +132,8 @@ pub fn measure(b: &GradStepBench, device: &Device) -> Result<GradStepResult, Mod
         vs_pytorch: None,
         burn_conv_ms_per_step: None,
         whole_batch_ms_per_step: None,
-    })
+    };
+    Ok((result, grad))
 }
 
 /// Formats results as the Markdown table that `bench/README.md` records, with PyTorch's

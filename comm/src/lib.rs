@@ -26,9 +26,10 @@ pub use codec::{Codec, CodecError, CodecSpec};
 pub use exchange::Exchange;
 pub use membership::{Identity, JoinRequest, Start};
 pub use round::{Averager, OnTimeout, Rejections, RoundConfig, RoundError, RoundStats};
+#[cfg(feature = "amqp")]
+pub use transport::{AmqpConfig, AmqpTransport};
 pub use transport::{
-    AmqpConfig, AmqpTransport, AnyTransport, Delivery, InProcessHub, InProcessTransport, Transport,
-    TransportError,
+    AnyTransport, Delivery, InProcessHub, InProcessTransport, Transport, TransportError,
 };
 pub use url::{mask_password, mask_passwords_in, redact};
 pub use wire::{Header, MessageKind, RunId, WireError, model_fingerprint};

@@ -677,6 +677,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also write the last step's gradient (one model and one batch size only) to FILE as
+    /// little-endian f32: the model and the batch are fixed, so two builds (say x86_64 and
+    /// aarch64) can be compared value by value.
+    #[arg(long, value_name = "FILE")]
+    pub gradient_out: Option<std::path::PathBuf>,
+
     /// A Python with torch and torchvision: also time PyTorch's step in the same run and
     /// print peerless/PyTorch throughput ratios.
     #[arg(long, value_name = "PYTHON", env = "PEERLESS_TORCH_PYTHON")]

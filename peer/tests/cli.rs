@@ -322,3 +322,65 @@ fn bench_json_has_the_documented_keys() {
     let ips = r["images_per_s"].as_f64().unwrap();
     assert!(ms > 0.0 && (ips - 4.0 * 1000.0 / ms).abs() < 1e-6 * ips);
 }
+
+#[test]
+fn bench_gradient_out_is_the_fixed_batchs_gradient_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str| {
+        let path = dir.path().join(name);
+        let out = peerless()
+            .args([
+                "bench",
+                "--model",
+                "tiny_cnn",
+                "--batch",
+                "4",
+                "--size",
+                "28",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                "--gradient-out",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(path).unwrap()
+    };
+    let (a, b) = (write("a.f32"), write("b.f32"));
+    let params = peerless_models::Architecture::TinyCnn;
+    let models = peerless().args(["models", "--json"]).output().unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&models.stdout).unwrap();
+    let count = rows.iter().find(|r| r["name"] == params.name()).unwrap()["parameters"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        a.len() as u64,
+        4 * count,
+        "one little-endian f32 per parameter"
+    );
+    assert_eq!(a, b, "the same model and batch give the same gradient");
+    let values: Vec<f32> = a
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(values.iter().all(|v| v.is_finite()));
+    assert!(
+        values.iter().any(|v| *v != 0.0),
+        "a real gradient, not zeros"
+    );
+
+    peerless()
+        .args(["bench", "--model", "tiny_cnn,vgg11", "--gradient-out"])
+        .arg(dir.path().join("c.f32"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("one --model and one --batch"));
+}

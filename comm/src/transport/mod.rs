@@ -1,9 +1,10 @@
 //! Moving opaque messages between the peers of one run.
 //!
 //! [`Transport`] is the one interface; [`inprocess`] (tokio channels, the
-//! embedded default) and [`amqp`] (RabbitMQ through lapin) implement it, and
-//! [`AnyTransport`] picks one at run time.
+//! embedded default) and [`amqp`] (RabbitMQ through lapin, feature `amqp`) implement it,
+//! and [`AnyTransport`] picks one at run time.
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod inprocess;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+#[cfg(feature = "amqp")]
 pub use amqp::{AmqpConfig, AmqpTransport};
 pub use inprocess::{InProcessHub, InProcessTransport};
 
@@ -63,6 +65,7 @@ pub struct Delivery {
 pub(crate) enum Acker {
     /// Decrements the endpoint's count of unacknowledged deliveries.
     InProcess(Arc<AtomicUsize>),
+    #[cfg(feature = "amqp")]
     Amqp(lapin::Acker),
 }
 
@@ -83,6 +86,7 @@ impl Delivery {
                 unacked.fetch_sub(1, Ordering::Relaxed);
                 Ok(())
             }
+            #[cfg(feature = "amqp")]
             Acker::Amqp(acker) => acker
                 .ack(lapin::options::BasicAckOptions::default())
                 .await
@@ -179,6 +183,7 @@ pub enum AnyTransport {
     /// Peers inside this process.
     InProcess(InProcessTransport),
     /// Peers connected through RabbitMQ (boxed: the connection state is large).
+    #[cfg(feature = "amqp")]
     Amqp(Box<AmqpTransport>),
 }
 
@@ -186,6 +191,7 @@ impl Transport for AnyTransport {
     async fn publish(&self, messages: &[Bytes]) -> Result<(), TransportError> {
         match self {
             AnyTransport::InProcess(t) => t.publish(messages).await,
+            #[cfg(feature = "amqp")]
             AnyTransport::Amqp(t) => t.publish(messages).await,
         }
     }
@@ -193,6 +199,7 @@ impl Transport for AnyTransport {
     async fn send_to(&self, rank: u32, messages: &[Bytes]) -> Result<(), TransportError> {
         match self {
             AnyTransport::InProcess(t) => t.send_to(rank, messages).await,
+            #[cfg(feature = "amqp")]
             AnyTransport::Amqp(t) => t.send_to(rank, messages).await,
         }
     }
@@ -200,6 +207,7 @@ impl Transport for AnyTransport {
     async fn recv(&self) -> Result<Delivery, TransportError> {
         match self {
             AnyTransport::InProcess(t) => t.recv().await,
+            #[cfg(feature = "amqp")]
             AnyTransport::Amqp(t) => t.recv().await,
         }
     }
@@ -207,6 +215,7 @@ impl Transport for AnyTransport {
     fn outage(&self) -> Duration {
         match self {
             AnyTransport::InProcess(t) => t.outage(),
+            #[cfg(feature = "amqp")]
             AnyTransport::Amqp(t) => t.outage(),
         }
     }
@@ -218,6 +227,7 @@ impl From<InProcessTransport> for AnyTransport {
     }
 }
 
+#[cfg(feature = "amqp")]
 impl From<AmqpTransport> for AnyTransport {
     fn from(t: AmqpTransport) -> Self {
         AnyTransport::Amqp(Box::new(t))
