@@ -55,8 +55,9 @@ elf_machine() { [ "$1" = aarch64 ] && echo "AArch64" || echo "X86-64"; }
 
 toolchain() {
   local venv="$HOME/.cache/peerless/package-venv"
-  if ! "$venv/bin/pip" show cargo-zigbuild 2>/dev/null | grep -q "^Version: $ZIGBUILD_VERSION$" ||
-    ! "$venv/bin/pip" show ziglang 2>/dev/null | grep -q "^Version: $ZIG_VERSION$"; then
+  local have
+  have=$("$venv/bin/pip" show cargo-zigbuild ziglang 2>/dev/null | grep '^Version:' | tr '\n' ' ' || true)
+  if [ "$have" != "Version: $ZIGBUILD_VERSION Version: $ZIG_VERSION " ]; then
     log "installing cargo-zigbuild $ZIGBUILD_VERSION and ziglang $ZIG_VERSION into $venv"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/pip" install -q "cargo-zigbuild==$ZIGBUILD_VERSION" "ziglang==$ZIG_VERSION"

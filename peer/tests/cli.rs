@@ -355,12 +355,13 @@ fn bench_gradient_out_is_the_fixed_batchs_gradient_every_time() {
         std::fs::read(path).unwrap()
     };
     let (a, b) = (write("a.f32"), write("b.f32"));
-    let params = peerless_models::Architecture::TinyCnn;
-    let models = peerless().args(["models", "--json"]).output().unwrap();
-    let rows: Vec<Value> = serde_json::from_slice(&models.stdout).unwrap();
-    let count = rows.iter().find(|r| r["name"] == params.name()).unwrap()["parameters"]
-        .as_u64()
-        .unwrap();
+    // `peerless bench` feeds 3-channel images, so tiny_cnn's first layer is 3-channel here.
+    let device = peerless_models::select_device(peerless_models::DeviceChoice::Cpu).unwrap();
+    let spec =
+        peerless_models::ModelSpec::new(peerless_models::Architecture::TinyCnn).with_in_channels(3);
+    let count = peerless_models::Model::new(spec, &device, 0)
+        .unwrap()
+        .num_params() as u64;
     assert_eq!(
         a.len() as u64,
         4 * count,

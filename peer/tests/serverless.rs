@@ -372,13 +372,8 @@ fn auto_offload_moves_work_off_the_slow_peer_only() {
         assert!(m.offloaded_batches > 0, "{m:?}");
         assert_eq!(m.local_batches + m.offloaded_batches, 4);
     }
-    let compute = |m: &RoundMetrics| m.compute_time_s;
-    let late = slow[2..].iter().map(compute).sum::<f64>() / (slow.len() - 2) as f64;
-    assert!(
-        late < 0.75 * compute(&slow[0]),
-        "offloading did not shorten the slow peer's rounds: {} s -> {late} s",
-        compute(&slow[0])
-    );
+    // How much shorter the slow peer's rounds get is a time, measured by the study's hybrid
+    // deployment (README's tables), not asserted here on a shared machine.
     // Every peer learns every other's gradient time from the message headers.
     assert_eq!(slow[1].peer_compute_s.len(), 2);
 }
