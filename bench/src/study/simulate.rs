@@ -463,10 +463,11 @@ impl ExchangeFit {
 /// Both unknowns come from one difference: at N₀ = 8 all-to-all moves 4x sharded's bytes
 /// in half its hops, so `1/W = (2·a2a − sharded) / (2·B_a2a − B_sharded)`. With small
 /// gradients (the exchange study's 153 KB) both exchanges take a few hops' latency and
-/// that difference is smaller than the rounds' spread: the fit then says a throughput
-/// several times what the broker achieves (1.9 GB/s against the 0.56 GB/s the exchange
-/// benchmark measures on the same broker, bench/README.md). [`ExchangeFit::resolved`] tells
-/// the two cases apart; [`calibrate`] uses the latency only when the throughput is resolved.
+/// that difference is of the order of its standard error: two runs of that study on
+/// 2026-12-07 fitted 1.4 and 1.9 GB/s, where the exchange benchmark measures 0.56 GB/s
+/// on the same broker (bench/README.md, "The exchange in the projection").
+/// [`ExchangeFit::resolved`] tells a throughput the data determine from one they do not;
+/// [`calibrate`] uses the latency only in the first case.
 pub fn fit_exchange(measured: &[MeasuredExchange], peers: usize) -> Option<ExchangeFit> {
     let find = |x: Exchange| {
         measured
