@@ -24,11 +24,11 @@ pub use config::{
 };
 pub use cost::{CostBreakdown, CostPoint, CostQuantities, cost_curve, run_cost};
 pub use error::StudyError;
-pub use prices::{InstancePrice, Price, Prices};
-pub use report::{Headline, ReportFiles, SECTIONS, TimeSplit, write_report};
+pub use prices::{Day, InstancePrice, Price, Prices, StalePrice};
+pub use report::{Headline, ReportFiles, SECTIONS, TimeSplit, stale_prices_note, write_report};
 pub use runs::{DeploymentRun, PeerRun, read_metrics_jsonl};
 pub use simulate::{
-    Calibration, ExchangePoint, ExchangeSetup, ExchangeTraffic, FunctionCalibration, Projection,
-    ProjectionPoint, RoundPrediction, Scenario, Validation, assumptions, calibrate,
+    Calibration, ExchangeFit, ExchangePoint, ExchangeSetup, ExchangeTraffic, FunctionCalibration,
+    Projection, ProjectionPoint, RoundPrediction, Scenario, Validation, assumptions, calibrate,
     predict_mean_round_s, predict_round, project, validate_against,
 };

@@ -1,7 +1,8 @@
 //! The prices file (`bench/prices/aws-us-east-1.toml`): every dollar figure the cost model
 //! and the projection use, each with its unit, date and source, so a report's dollars can
 //! be traced to a dated public price list. [`Prices::check_covers`] refuses a study that
-//! would use a resource without a price before any training runs.
+//! would use a resource without a price before any training runs, and [`Prices::stale`]
+//! lists the prices dated more than a year before a run, which the report flags.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +19,8 @@ pub struct Price {
     /// Dollars per `unit`.
     pub value: f64,
     pub unit: String,
-    /// When the value was taken from `source`.
+    /// When the value was taken from `source`: `YYYY`, `YYYY-MM` or `YYYY-MM-DD`
+    /// ([`Day::earliest_of`]).
     pub date: String,
     /// URL of the public price list.
     pub source: String,
@@ -232,6 +234,37 @@ impl Prices {
         out
     }
 
+    /// Every price's key and `date`, the EC2 entries first: what [`Prices::stale`] looks
+    /// at.
+    pub fn dates(&self) -> Vec<(String, &str)> {
+        let ec2 = self
+            .ec2
+            .iter()
+            .map(|(name, p)| (format!("ec2.\"{name}\""), p.date.as_str()));
+        let rest = self
+            .entries()
+            .into_iter()
+            .map(|(key, p)| (key, p.date.as_str()));
+        ec2.chain(rest).collect()
+    }
+
+    /// The prices dated more than a year before `today`, in [`Prices::dates`] order: a
+    /// cost computed from them may no longer be what AWS charges. A `YYYY-MM` date counts
+    /// from the month's first day and a `YYYY` date from January 1 (the earliest day it
+    /// can mean), so a price is flagged once its oldest reading is over a year old.
+    pub fn stale(&self, today: Day) -> Vec<StalePrice> {
+        self.dates()
+            .into_iter()
+            .filter(|(_, date)| {
+                Day::earliest_of(date).is_ok_and(|d| d.more_than_a_year_before(today))
+            })
+            .map(|(key, date)| StalePrice {
+                key,
+                date: date.to_string(),
+            })
+            .collect()
+    }
+
     fn check_price(&self, key: &str, p: &Price) -> Result<(), StudyError> {
         self.check_amount(&format!("{key}.value"), p.value)?;
         self.check_text(key, &p.unit, &p.date, &p.source)
@@ -259,6 +292,9 @@ impl Prices {
                 return Err(self.invalid(&format!("{key}.{field}"), "must not be empty"));
             }
         }
+        if let Err(message) = Day::earliest_of(date) {
+            return Err(self.invalid(&format!("{key}.date"), &message));
+        }
         if !source.starts_with("https://") && !source.starts_with("http://") {
             return Err(self.invalid(
                 &format!("{key}.source"),
@@ -270,5 +306,97 @@ impl Prices {
 
     fn invalid(&self, key: &str, message: &str) -> StudyError {
         StudyError::invalid(&self.source_file, key, message)
+    }
+}
+
+/// A price dated more than a year before the run ([`Prices::stale`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StalePrice {
+    /// The entry's key as the report's price table names it (`ec2."t3.medium"`,
+    /// `lambda.x86_gb_second`, ...).
+    pub key: String,
+    /// Its `date` as written in the file.
+    pub date: String,
+}
+
+/// A calendar day (Gregorian, UTC): the date of a run, and the day a price's `date`
+/// begins. Ordered by year, month, day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Day {
+    pub year: i32,
+    pub month: u32,
+    pub day: u32,
+}
+
+impl Day {
+    /// The day, or `None` when no such day exists (month 13, February 30, ...).
+    pub fn new(year: i32, month: u32, day: u32) -> Option<Day> {
+        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+        let days = match month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return None,
+        };
+        (1..=days)
+            .contains(&day)
+            .then_some(Day { year, month, day })
+    }
+
+    /// Today in UTC, from the system clock: the run's date for the report.
+    pub fn today_utc() -> Day {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Day::from_unix_days((secs / 86_400) as i64)
+    }
+
+    /// The day `days` days after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    pub fn from_unix_days(days: i64) -> Day {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+        Day { year, month, day }
+    }
+
+    /// The earliest day a price's `date` can mean: `YYYY-MM-DD` itself, `YYYY-MM` the
+    /// month's first day, `YYYY` January 1. Anything else is refused with the reason.
+    pub fn earliest_of(date: &str) -> Result<Day, String> {
+        let bad = || format!("must be a date as YYYY, YYYY-MM or YYYY-MM-DD, got {date:?}");
+        let parts: Vec<&str> = date.trim().split('-').collect();
+        let widths = [4, 2, 2];
+        if parts.len() > 3
+            || parts
+                .iter()
+                .zip(widths)
+                .any(|(p, w)| p.len() != w || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(bad());
+        }
+        let number = |i: usize| parts.get(i).map_or(Ok(1), |p| p.parse::<u32>());
+        let (year, month, day) = match (number(0), number(1), number(2)) {
+            (Ok(y), Ok(m), Ok(d)) => (y as i32, m, d),
+            _ => return Err(bad()),
+        };
+        Day::new(year, month, day).ok_or_else(bad)
+    }
+
+    /// Whether a year after `self` is still before `today` (a year after February 29
+    /// counts as March 1).
+    pub fn more_than_a_year_before(self, today: Day) -> bool {
+        (self.year + 1, self.month, self.day) < (today.year, today.month, today.day)
+    }
+}
+
+impl std::fmt::Display for Day {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
     }
 }

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use peerless_bench::study::{
-    Aggregation, Architecture, Attack, DatasetKind, Deployment, Prices, ServerlessMode,
-    StudyConfig, StudyError,
+    Aggregation, Architecture, Attack, DatasetKind, Day, Deployment, Prices, ServerlessMode,
+    StalePrice, StudyConfig, StudyError,
 };
 
 use peerless_runtime::OffloadPolicy;
@@ -271,11 +271,13 @@ fn shipped_prices_have_provenance_for_every_entry() {
         "m5.large",
         "g4dn.xlarge",
     ] {
+        // `source` is the page the value was read from, which need not be AWS's own.
         let p = prices.instance(t).unwrap();
         assert!(
-            p.value > 0.0 && p.source.starts_with("https://aws.amazon.com/"),
+            p.value > 0.0 && (p.source.starts_with("https://") || p.source.starts_with("http://")),
             "{t}"
         );
+        assert!(Day::earliest_of(&p.date).is_ok(), "{t}: {}", p.date);
     }
     assert_eq!(prices.lambda.x86_gb_second.value, 0.0000166667);
     assert_eq!(prices.lambda.x86_request.value, 0.0000002);
@@ -289,6 +291,104 @@ fn shipped_prices_have_provenance_for_every_entry() {
             "{key}"
         );
     }
+}
+
+#[test]
+fn price_dates_are_a_year_a_month_or_a_day() {
+    let day = |y, m, d| Day::new(y, m, d).unwrap();
+    assert_eq!(Day::earliest_of("2025"), Ok(day(2025, 1, 1)));
+    assert_eq!(Day::earliest_of("2024-06"), Ok(day(2024, 6, 1)));
+    assert_eq!(Day::earliest_of("2024-02-29"), Ok(day(2024, 2, 29)));
+    for bad in [
+        "",
+        "25",
+        "2025-6",
+        "2025-13",
+        "2025-02-29",
+        "2025-06-31",
+        "2025-06-01T00",
+        "june 2025",
+        "2025-06-01-02",
+    ] {
+        let e = Day::earliest_of(bad).unwrap_err();
+        assert!(e.contains("YYYY, YYYY-MM or YYYY-MM-DD"), "{bad:?}: {e}");
+    }
+    assert_eq!(Day::new(2026, 2, 29), None);
+    assert_eq!(day(2026, 12, 7).to_string(), "2026-12-07");
+    // Days since 1970-01-01, as the system clock gives them.
+    assert_eq!(Day::from_unix_days(0), day(1970, 1, 1));
+    assert_eq!(Day::from_unix_days(-1), day(1969, 12, 31));
+    assert_eq!(Day::from_unix_days(11_016), day(2000, 2, 29));
+    assert_eq!(Day::from_unix_days(20_794), day(2026, 12, 7));
+    assert_eq!(Day::from_unix_days(47_541), day(2100, 3, 1));
+    // Exactly a year is not more than a year; a year after February 29 is March 1.
+    let leap = day(2024, 2, 29);
+    assert!(!day(2025, 12, 7).more_than_a_year_before(day(2026, 12, 7)));
+    assert!(day(2025, 12, 6).more_than_a_year_before(day(2026, 12, 7)));
+    assert!(!leap.more_than_a_year_before(day(2025, 2, 28)));
+    assert!(leap.more_than_a_year_before(day(2025, 3, 1)));
+
+    let undated = TEST_PRICES.replacen("date = \"2024-06\"", "date = \"mid 2024\"", 1);
+    assert_eq!(price_key(&undated), "ec2.\"t3.medium\".date");
+}
+
+/// [`TEST_PRICES`] with each entry's `date`, in the file's order (t3.medium, c5.large,
+/// the four Lambda prices, Step Functions, the three S3 prices, mq.m5.large).
+fn prices_dated(dates: [&str; 11]) -> Prices {
+    assert_eq!(
+        TEST_PRICES.matches("date = \"2024-06\"").count(),
+        dates.len()
+    );
+    let mut text = TEST_PRICES.to_string();
+    for date in dates {
+        text = text.replacen("date = \"2024-06\"", &format!("date = \"{date}\""), 1);
+    }
+    Prices::from_toml_str(&text, "dated.toml").unwrap()
+}
+
+#[test]
+fn prices_dated_more_than_a_year_before_the_run_are_stale() {
+    let prices = prices_dated([
+        "2025-12-07", // t3.medium: exactly a year
+        "2025-12-06", // c5.large: a year and a day
+        "2025",       // lambda.x86_gb_second: from 2025-01-01
+        "2026",       // lambda.x86_request
+        "2025-12",    // lambda.arm64_gb_second: from 2025-12-01
+        "2026-01",    // lambda.arm64_request
+        "2024-02-29", // step_functions.standard_transition
+        "2026-12-07", // s3.put_request: the run's day
+        "2025-12-08", // s3.get_request
+        "2024-05",    // s3.storage_gb_month
+        "2026-11-30", // mq."mq.m5.large"
+    ]);
+    let stale = |key: &str, date: &str| StalePrice {
+        key: key.into(),
+        date: date.into(),
+    };
+    let run_date = Day::new(2026, 12, 7).unwrap();
+    assert_eq!(
+        prices.stale(run_date),
+        vec![
+            stale("ec2.\"c5.large\"", "2025-12-06"),
+            stale("lambda.x86_gb_second", "2025"),
+            stale("lambda.arm64_gb_second", "2025-12"),
+            stale("step_functions.standard_transition", "2024-02-29"),
+            stale("s3.storage_gb_month", "2024-05"),
+        ]
+    );
+    // A month earlier three are over a year old (from 2025-01-01, 2024-02-29 and
+    // 2024-05-01); at the end of 2024 none.
+    let earlier = prices.stale(Day::new(2026, 11, 7).unwrap());
+    let keys: Vec<&str> = earlier.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "lambda.x86_gb_second",
+            "step_functions.standard_transition",
+            "s3.storage_gb_month"
+        ]
+    );
+    assert_eq!(prices.stale(Day::new(2024, 12, 31).unwrap()), vec![]);
 }
 
 fn price_key(text: &str) -> String {

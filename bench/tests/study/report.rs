@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use peerless_bench::study::{
-    DeploymentRun, PeerRun, SECTIONS, StudyConfig, TimeSplit, project, write_report,
+    Day, DeploymentRun, PeerRun, SECTIONS, StudyConfig, TimeSplit, project, write_report,
 };
 
 use super::common::{config_with_speeds, invocation, round, test_prices};
@@ -107,6 +107,14 @@ fn assert_svg(path: &Path) {
     assert!(text.contains("<text"), "{} has no text", path.display());
 }
 
+/// The day the reports are written on: every price of the test prices (2024-06) is more
+/// than a year older.
+const RUN_DATE: Day = Day {
+    year: 2026,
+    month: 12,
+    day: 7,
+};
+
 fn check_report(with_accuracy: bool) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report");
@@ -114,7 +122,7 @@ fn check_report(with_accuracy: bool) -> String {
     let prices = test_prices();
     let runs = runs(with_accuracy);
     let projection = project(&config, &runs, &prices).unwrap();
-    let files = write_report(&out, &config, &runs, &prices, &projection).unwrap();
+    let files = write_report(&out, &config, &runs, &prices, &projection, RUN_DATE).unwrap();
 
     let md = std::fs::read_to_string(&files.markdown).unwrap();
     let html = std::fs::read_to_string(&files.html).unwrap();
@@ -266,7 +274,7 @@ fn summary_states_wall_training_and_compute_time_side_by_side() {
     // A wall clock shorter than the per-round maxima add up to is said so.
     runs[2].wall_time_s = 2.5;
     let projection = project(&config, &runs, &prices).unwrap();
-    let files = write_report(dir.path(), &config, &runs, &prices, &projection).unwrap();
+    let files = write_report(dir.path(), &config, &runs, &prices, &projection, RUN_DATE).unwrap();
     let md = std::fs::read_to_string(&files.markdown).unwrap();
     let summary = &md[..md.find("\n## Setup\n").unwrap()];
 
@@ -349,4 +357,64 @@ fn summary_states_wall_training_and_compute_time_side_by_side() {
         let evaluated = cells[round] == "1" || cells[round] == "3";
         assert_eq!(!cells[acc].is_empty(), evaluated, "{line}");
     }
+}
+
+#[test]
+fn report_flags_prices_dated_more_than_a_year_before_the_run() {
+    let config = config();
+    let prices = test_prices();
+    let runs = runs(false);
+    let projection = project(&config, &runs, &prices).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_report(dir.path(), &config, &runs, &prices, &projection, RUN_DATE).unwrap();
+    // Every test price is dated 2024-06: all eleven are over a year old on 2026-12-07.
+    assert_eq!(files.run_date, RUN_DATE);
+    let keys: Vec<&str> = files.stale_prices.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "ec2.\"c5.large\"",
+            "ec2.\"t3.medium\"",
+            "lambda.x86_gb_second",
+            "lambda.x86_request",
+            "lambda.arm64_gb_second",
+            "lambda.arm64_request",
+            "step_functions.standard_transition",
+            "s3.put_request",
+            "s3.get_request",
+            "s3.storage_gb_month",
+            "mq.\"mq.m5.large\"",
+        ]
+    );
+    assert!(files.stale_prices.iter().all(|p| p.date == "2024-06"));
+    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    let summary = &md[..md.find("\n## Setup\n").unwrap()];
+    assert!(
+        summary.contains(
+            "**Stale prices**: 11 of 11 prices are dated more than a year before this run \
+             (2026-12-07)"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("ec2.\"c5.large\" (2024-06), ec2.\"t3.medium\" (2024-06), "),
+        "{summary}"
+    );
+    assert!(
+        md.contains("| s3.get_request | 0.0000004 | USD per GET | 2024-06 | yes | https://"),
+        "{md}"
+    );
+
+    // On 2025-06-01 the 2024-06 prices are exactly a year old: none is flagged.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = Day::new(2025, 6, 1).unwrap();
+    let files = write_report(dir.path(), &config, &runs, &prices, &projection, fresh).unwrap();
+    assert!(files.stale_prices.is_empty());
+    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    assert!(!md.contains("Stale prices"), "{md}");
+    assert!(
+        md.contains("| s3.get_request | 0.0000004 | USD per GET | 2024-06 |  | https://"),
+        "{md}"
+    );
 }

@@ -28,6 +28,7 @@ fn calibration() -> Calibration {
         broker_bytes_per_s: Some(1e8),
         peer_bytes_per_s: Some(5e7),
         hop_latency_s: None,
+        exchange_fit: None,
         measured_exchanges: Vec::new(),
         encode_s: 0.01,
         decode_per_gradient_s: 0.005,
@@ -520,34 +521,54 @@ fn projection_lists_both_exchanges_at_every_peer_count() {
 #[test]
 fn latency_and_throughput_fitted_to_both_exchanges() {
     use peerless_bench::study::simulate::{MeasuredExchange, fit_exchange};
-    let measured = |exchange, exchange_s| MeasuredExchange {
+    let measured = |exchange, exchange_s, exchange_se_s| MeasuredExchange {
         exchange,
         runs: vec![],
         peers: 4,
         gradient_bytes: 1e6,
         exchange_s,
+        exchange_se_s,
         broker_bytes_per_round: 0.0,
     };
     // 4 peers, 1 MB gradients, 10 ms a hop, 100 MB/s: all-to-all 0.01 + 12 MB / 100 MB/s =
     // 0.13 s; sharded 2 × 0.01 + 6 MB / 100 MB/s = 0.08 s.
-    let (latency, throughput) = fit_exchange(
-        &[
-            measured(Exchange::AllToAll, 0.13),
-            measured(Exchange::Sharded, 0.08),
-        ],
-        4,
-    )
-    .unwrap();
-    assert!((latency - 0.01).abs() < 1e-12, "{latency}");
-    assert!((throughput / 1e8 - 1.0).abs() < 1e-9, "{throughput}");
+    let fit = |se_a2a: f64, se_sharded: f64| {
+        fit_exchange(
+            &[
+                measured(Exchange::AllToAll, 0.13, se_a2a),
+                measured(Exchange::Sharded, 0.08, se_sharded),
+            ],
+            4,
+        )
+        .unwrap()
+    };
+    let exact = fit(0.0, 0.0);
+    assert!((exact.hop_latency_s - 0.01).abs() < 1e-12, "{exact:?}");
+    assert!((exact.bytes_per_s() / 1e8 - 1.0).abs() < 1e-9, "{exact:?}");
+    assert!(exact.resolved());
+    // 1/W = (2 × 0.13 - 0.08) / (2 × 12 MB - 6 MB) = 0.18 s / 18 MB; its standard error
+    // √((2 × 0.003)² + 0.008²) / 18 MB = 0.01 s / 18 MB: resolved. Ten times the spread:
+    // 0.1 s / 18 MB, more than half of 0.18 s / 18 MB: not resolved.
+    let noisy = fit(0.003, 0.008);
+    assert!(
+        (noisy.per_byte_se_s * 18e6 - 0.01).abs() < 1e-12,
+        "{noisy:?}"
+    );
+    assert!(noisy.resolved());
+    let noise = fit(0.03, 0.08);
+    assert!(
+        (noise.per_byte_se_s * 18e6 - 0.1).abs() < 1e-12,
+        "{noise:?}"
+    );
+    assert!(!noise.resolved());
     // Sharded at least twice all-to-all: no throughput explains it; less than its bytes
     // allow: no latency does. One exchange alone: nothing to fit.
     for s in [0.26, 0.04] {
         assert_eq!(
             fit_exchange(
                 &[
-                    measured(Exchange::AllToAll, 0.13),
-                    measured(Exchange::Sharded, s)
+                    measured(Exchange::AllToAll, 0.13, 0.0),
+                    measured(Exchange::Sharded, s, 0.0)
                 ],
                 4
             ),
@@ -555,7 +576,10 @@ fn latency_and_throughput_fitted_to_both_exchanges() {
             "sharded {s} s"
         );
     }
-    assert_eq!(fit_exchange(&[measured(Exchange::AllToAll, 0.13)], 4), None);
+    assert_eq!(
+        fit_exchange(&[measured(Exchange::AllToAll, 0.13, 0.0)], 4),
+        None
+    );
 }
 
 #[test]
@@ -590,4 +614,99 @@ fn a_run_of_each_exchange_calibrates_the_hop_latency() {
     let v = validate_against(&cal, &config, &sharded).unwrap();
     assert_eq!(v.exchange, Exchange::Sharded);
     close(v.predicted_round_s, 0.8 + 0.03 + 0.035);
+}
+
+/// The exchange study (`bench/study/exchange.toml`: 8 equal peers, tiny CNN, 153 KB
+/// gradients, over the local RabbitMQ) as measured on 2026-12-07: the peers' round metrics
+/// of its `instance` (all-to-all) and `instance-sharded` runs, reduced to the fields the
+/// simulator reads (`tests/study/fixtures/exchange-8`). README.md's projection table comes
+/// from this run.
+#[test]
+fn the_measured_8_peer_exchange_study_is_checked_within_20_percent() {
+    use peerless_bench::study::Prices;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config =
+        peerless_bench::study::StudyConfig::load(&root.join("study/exchange.toml")).unwrap();
+    let prices = Prices::load(&config.prices_path()).unwrap();
+    let fixtures = root.join("tests/study/fixtures/exchange-8");
+    let runs: Vec<DeploymentRun> = ["instance", "instance-sharded"]
+        .iter()
+        .map(|name| DeploymentRun::load_dir(name, &fixtures.join(name), &config, 7.0).unwrap())
+        .collect();
+    let projection = project(&config, &runs, &prices).unwrap();
+    let near = |got: f64, want: f64, what: &str| {
+        assert!(
+            (got / want - 1.0).abs() < 1e-3,
+            "{what}: got {got}, want {want}"
+        );
+    };
+
+    // Measured: all-to-all 13.1 ± 2.3 ms a round, sharded 15.5 ± 1.0 ms.
+    let cal = &projection.calibration;
+    let [a2a, sharded] = &cal.measured_exchanges[..] else {
+        panic!("{:?}", cal.measured_exchanges)
+    };
+    near(a2a.exchange_s, 0.013147, "all-to-all exchange");
+    near(a2a.exchange_se_s, 0.0022606, "its standard error");
+    near(sharded.exchange_s, 0.015501, "sharded exchange");
+    near(sharded.exchange_se_s, 0.00098288, "its standard error");
+    near(a2a.gradient_bytes, 153_312.0, "gradient");
+    // The fit: 7.0 ms a hop and 0.72 ± 0.31 ns a byte (1.39 GB/s), resolved (2.3
+    // standard errors above zero) and so used.
+    let fit = cal.exchange_fit.unwrap();
+    near(fit.hop_latency_s, 0.0069721, "hop latency");
+    near(fit.per_byte_s, 7.1922e-10, "per byte");
+    near(fit.per_byte_se_s, 3.0832e-10, "per byte standard error");
+    assert!(fit.resolved());
+    assert_eq!(cal.hop_latency_s, Some(fit.hop_latency_s));
+    near(
+        cal.broker_bytes_per_s.unwrap(),
+        1.3904e9,
+        "broker throughput",
+    );
+    // At 8 peers the fit reproduces both measurements.
+    near(
+        cal.exchange_time_s(Exchange::AllToAll, 8),
+        0.013147,
+        "all-to-all at 8",
+    );
+    near(
+        cal.exchange_time_s(Exchange::Sharded, 8),
+        0.015501,
+        "sharded at 8",
+    );
+
+    // The check: predicted / measured mean round 1.083 all-to-all, 1.009 sharded.
+    let ratios: Vec<(&str, Exchange, f64)> = projection
+        .validations
+        .iter()
+        .map(|v| (v.deployment.as_str(), v.exchange, v.ratio))
+        .collect();
+    assert_eq!(ratios.len(), 2, "{ratios:?}");
+    assert_eq!((ratios[0].0, ratios[0].1), ("instance", Exchange::AllToAll));
+    assert_eq!(
+        (ratios[1].0, ratios[1].1),
+        ("instance-sharded", Exchange::Sharded)
+    );
+    near(ratios[0].2, 1.0826, "all-to-all ratio");
+    near(ratios[1].2, 1.0094, "sharded ratio");
+    assert!(projection.validations.iter().all(|v| v.within_tolerance));
+
+    // README.md's table: exchange and instance round seconds at 64-512 peers.
+    let point = |n: u32, e: Exchange| {
+        projection
+            .exchanges
+            .iter()
+            .find(|p| p.peers == n && p.exchange == e)
+            .unwrap()
+    };
+    for (n, a2a_s, sharded_s) in [
+        (64, 0.45156, 0.027838),
+        (128, 1.7994, 0.041951),
+        (256, 7.2051, 0.070179),
+        (512, 28.856, 0.12663),
+    ] {
+        near(point(n, Exchange::AllToAll).exchange_s, a2a_s, "all-to-all");
+        near(point(n, Exchange::Sharded).exchange_s, sharded_s, "sharded");
+    }
 }

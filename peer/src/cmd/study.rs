@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use peerless_bench::study::{DeploymentRun, Prices, StudyConfig, StudyRun, project, write_report};
+use peerless_bench::study::{
+    Day, DeploymentRun, Prices, StudyConfig, StudyRun, project, stale_prices_note, write_report,
+};
 use peerless_data::StoreOptions;
 use peerless_models::{DeviceChoice, select_device};
 use peerless_runtime::{
@@ -125,9 +127,13 @@ fn run_study(
         runs.push(DeploymentRun::load_dir(name, &dir, config, wall)?);
     }
     let projection = project(config, &runs, prices)?;
-    let files = write_report(out, config, &runs, prices, &projection)?;
+    let files = write_report(out, config, &runs, prices, &projection, Day::today_utc())?;
     if let Some(headline) = files.headlines.first() {
         println!("{headline}");
+    }
+    let price_count = prices.dates().len();
+    if let Some(note) = stale_prices_note(files.run_date, &files.stale_prices, price_count) {
+        println!("stale prices: {note}");
     }
     println!(
         "report: {} and {} (plots and CSV beside them)",

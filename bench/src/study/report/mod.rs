@@ -29,7 +29,7 @@ use sections::{
 use super::config::StudyConfig;
 use super::cost::run_cost;
 use super::error::StudyError;
-use super::prices::Prices;
+use super::prices::{Day, Prices, StalePrice};
 use super::runs::{DeploymentRun, mean};
 use super::simulate::Projection;
 use peerless_runtime::metrics::RoundMetrics;
@@ -60,6 +60,31 @@ pub struct ReportFiles {
     pub plots: Vec<PathBuf>,
     /// The summary's headlines (serverless and hybrid against instance), as plain text.
     pub headlines: Vec<Headline>,
+    /// The run's date the prices' age is counted against.
+    pub run_date: Day,
+    /// The prices dated more than a year before `run_date` ([`Prices::stale`]): the
+    /// summary and the price table flag them, and `peerless study` prints them.
+    pub stale_prices: Vec<StalePrice>,
+}
+
+/// One sentence on the prices dated more than a year before `today` (`stale`, out of
+/// `total` prices), naming each with its date, or `None` when every price is recent
+/// enough: the report's summary and `peerless study`'s output say the same.
+pub fn stale_prices_note(today: Day, stale: &[StalePrice], total: usize) -> Option<String> {
+    if stale.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = stale
+        .iter()
+        .map(|p| format!("{} ({})", p.key, p.date))
+        .collect();
+    Some(format!(
+        "{} of {total} prices are dated more than a year before this run ({today}), so \
+         the dollars that use them may be out of date; re-check them against their source: \
+         {}.",
+        stale.len(),
+        list.join(", ")
+    ))
 }
 
 /// Mean time split of one peer's rounds, seconds (see the module docs).
@@ -111,13 +136,15 @@ impl TimeSplit {
 
 /// Writes the whole report into `out_dir` (created if needed): `report.md`,
 /// `report.html`, `metrics.csv`, `invocations.csv`, `projection.json` and
-/// `plots/*.png|svg`.
+/// `plots/*.png|svg`. `run_date` is the day of the run (`Day::today_utc()` for a study
+/// that just ran): prices dated more than a year before it are flagged.
 pub fn write_report(
     out_dir: &Path,
     config: &StudyConfig,
     runs: &[DeploymentRun],
     prices: &Prices,
     projection: &Projection,
+    run_date: Day,
 ) -> Result<ReportFiles, StudyError> {
     let plot_dir = out_dir.join("plots");
     std::fs::create_dir_all(&plot_dir).map_err(|e| StudyError::io(&plot_dir, e))?;
@@ -180,6 +207,8 @@ pub fn write_report(
         projection_json: out_dir.join("projection.json"),
         plots: plot_files,
         headlines: headlines(runs, &costs),
+        run_date,
+        stale_prices: prices.stale(run_date),
     };
     let mut blocks = vec![Block::Heading(1, format!("Study report: {}", config.name))];
     summary_section(
@@ -190,6 +219,10 @@ pub fn write_report(
         &files.headlines,
         has_accuracy,
     );
+    let price_count = prices.dates().len();
+    if let Some(note) = stale_prices_note(run_date, &files.stale_prices, price_count) {
+        blocks.push(Block::Paragraph(format!("**Stale prices**: {note}")));
+    }
     setup_section(&mut blocks, config, prices);
     deployments_section(
         &mut blocks,
@@ -202,7 +235,14 @@ pub fn write_report(
     if let Some(fig) = attack_fig {
         attack_section(&mut blocks, config, runs, fig);
     }
-    cost_section(&mut blocks, runs, &costs, prices, cost_fig);
+    cost_section(
+        &mut blocks,
+        runs,
+        &costs,
+        prices,
+        &files.stale_prices,
+        cost_fig,
+    );
     projection_section(&mut blocks, config, projection, projection_fig);
     files_section(&mut blocks, out_dir, &files);
 

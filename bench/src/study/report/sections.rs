@@ -7,7 +7,7 @@ use super::doc::Block;
 use super::{ReportFiles, SECTIONS, TimeSplit, machine, round_loss, with_caption};
 use crate::study::config::{Deployment, StudyConfig};
 use crate::study::cost::{CostBreakdown, rules};
-use crate::study::prices::Prices;
+use crate::study::prices::{Prices, StalePrice};
 use crate::study::runs::DeploymentRun;
 use crate::study::simulate::{ExchangeTraffic, Projection, VALIDATION_TOLERANCE, assumptions};
 use peerless_runtime::metrics::RoundMetrics;
@@ -422,6 +422,7 @@ pub(super) fn cost_section(
     runs: &[DeploymentRun],
     costs: &[CostBreakdown],
     prices: &Prices,
+    stale: &[StalePrice],
     cost_fig: Block,
 ) {
     blocks.push(Block::Heading(2, SECTIONS[3].into()));
@@ -467,25 +468,42 @@ pub(super) fn cost_section(
     blocks.push(Block::Table(table));
     blocks.push(Block::Table(quantities));
     let mut price_rows = vec![
-        ["price", "value", "unit", "date", "source"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "price",
+            "value",
+            "unit",
+            "date",
+            "more than a year old",
+            "source",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
+    let old = |key: &str| {
+        if stale.iter().any(|p| p.key == key) {
+            "yes".to_string()
+        } else {
+            String::new()
+        }
+    };
     for (key, p) in prices.entries() {
         price_rows.push(vec![
-            key,
+            key.clone(),
             format!("{}", p.value),
             p.unit.clone(),
             p.date.clone(),
+            old(&key),
             p.source.clone(),
         ]);
     }
     for (name, p) in &prices.ec2 {
+        let key = format!("ec2.\"{name}\"");
         price_rows.push(vec![
-            format!("ec2.\"{name}\""),
+            key.clone(),
             format!("{}", p.value),
             p.unit.clone(),
             p.date.clone(),
+            old(&key),
             p.source.clone(),
         ]);
     }
@@ -578,7 +596,7 @@ pub(super) fn projection_section(
                 m.peers,
                 m.runs.join(", ")
             ),
-            sig(m.exchange_s, 4),
+            format!("{} ± {}", sig(m.exchange_s, 4), sig(m.exchange_se_s, 2)),
         ]);
         cal.push(vec![
             format!("{} broker bytes per round (measured / formula)", m.exchange),
@@ -702,6 +720,19 @@ pub(super) fn projection_section(
 fn latency_row(c: &crate::study::simulate::Calibration) -> String {
     if let Some(l) = c.hop_latency_s {
         return format!("{} (fitted to both exchanges)", sig(l, 4));
+    }
+    if let Some(fit) = c.exchange_fit.filter(|f| !f.resolved()) {
+        return format!(
+            "not calibrated: both exchanges fit a latency of {} s and {} MB/s, but the \
+             per-byte time {} ± {} s/MB (standard error) is within two standard errors of \
+             zero, so the rounds' spread hides the throughput; the latency is folded into \
+             the throughput of {} (the lowest its measurement allows)",
+            sig(fit.hop_latency_s, 3),
+            sig(fit.bytes_per_s() / 1e6, 4),
+            sig(fit.per_byte_s * 1e6, 3),
+            sig(fit.per_byte_se_s * 1e6, 3),
+            c.exchange
+        );
     }
     if c.measured_exchanges.len() > 1 {
         let times: Vec<String> = c
