@@ -103,8 +103,10 @@ build() {
       zip_bootstrap "$CARGO_TARGET_DIR/$triple/release/$f" "$DIST/$f$(zip_suffix "$arch").zip"
     done
   done
+  # The same code built the default way (the machine's linker and glibc, no zig); for the
+  # same target triple, so the Rust crates compiled above are reused where their inputs match.
   log "building the default peerless (cargo build --release) to compare with"
-  cargo build --release --locked -p peerless --bin peerless
+  cargo build --release --locked --target x86_64-unknown-linux-gnu -p peerless --bin peerless
   (cd "$DIST" && sha256sum peerless-*-linux ./*.zip | sed 's| \./| |' > SHA256SUMS)
 }
 
@@ -191,7 +193,7 @@ EOF
   if [ "${PEERLESS_PACKAGE_PERF:-1}" = 0 ]; then
     printf 'skip  portable vs default gradient step (PEERLESS_PACKAGE_PERF=0)\n'
   else
-    local default="$CARGO_TARGET_DIR/release/peerless"
+    local default="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/peerless"
     [ -x "$default" ] || { bad "$default missing (the default build to compare with)"; return 1; }
     local bench=(bench --model squeezenet1_1 --batch 16 --steps 10 --warmup 2 --json)
     for i in 1 2 3; do
