@@ -1,7 +1,8 @@
 //! The CloudFormation stack (`deploy/peerless.yaml`) checked offline by training against
 //! it: the stack is created on moto's CloudFormation (`deploy/check_moto.py deploy`, with
-//! `CreateBroker=false`: moto has no Amazon MQ), then two peers train with their split in
-//! the stack's bucket, once on their own, once with `--serverless lambda` invoking the
+//! `CreateBroker=false`: moto has no Amazon MQ, and the local RabbitMQ as
+//! `ExternalBrokerUrl`), then two peers train over that broker with their split in the
+//! stack's bucket, once on their own, once with `--serverless lambda` invoking the
 //! stack's compute_gradient function and once with `--serverless stepfn` starting the
 //! stack's state machine, and every round's weights must be the instance run's.
 //!
@@ -34,6 +35,13 @@ const CREDENTIALS: [(&str, &str); 2] = [
 const BATCHES: u32 = 4;
 /// Rounds of the runs (one epoch): each peer offloads 2 batches a round.
 const ROUNDS: usize = 2;
+
+/// The local RabbitMQ (shared: every run has its own run id), the stack's
+/// `ExternalBrokerUrl` and the peers' broker, as the user data passes it.
+fn broker() -> String {
+    std::env::var("PEERLESS_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
 
 /// What `check_moto.py deploy` prints.
 #[derive(Debug, Deserialize)]
@@ -79,6 +87,7 @@ fn deploy(python: &Path, moto: &MotoServer, stack: &str, run_name: &str) -> Depl
         .args(["deploy", "--endpoint", moto.endpoint(), "--stack", stack])
         .arg(format!("RunName={run_name}"))
         .arg(format!("BatchesPerPeer={BATCHES}"))
+        .arg(format!("ExternalBrokerUrl={}", broker()))
         .output()
         .expect("running check_moto.py deploy");
     assert!(
@@ -95,8 +104,8 @@ fn deploy(python: &Path, moto: &MotoServer, stack: &str, run_name: &str) -> Depl
     })
 }
 
-/// `peerless run` of 2 peers on the stack's store (its split written by the first call),
-/// with the stack's choices in the variables the peers' user data sets.
+/// `peerless run` of 2 peers over the broker on the stack's store (its split written by
+/// the first call), with the stack's choices in the variables the peers' user data sets.
 fn run(
     moto: &MotoServer,
     store: &str,
@@ -107,6 +116,7 @@ fn run(
     training_run(2, store, metrics)
         .envs(CREDENTIALS)
         .env("AWS_REGION", REGION)
+        .env("PEERLESS_BROKER", broker())
         .envs(env.iter().copied())
         .args(["--batches", &BATCHES.to_string()])
         .args(["--rounds-per-epoch", &ROUNDS.to_string(), "--epochs", "1"])
