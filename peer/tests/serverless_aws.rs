@@ -8,9 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{
-    RoundMetrics, function_binary, peer_metrics, peerless, round_metrics, training_run,
-};
+use common::{RoundMetrics, function_binary, peer_metrics, peerless, round_metrics, training_run};
 use peerless_comm::RunId;
 use peerless_data::{SplitReader, StoreOptions};
 use peerless_lambda::process_input::expand;

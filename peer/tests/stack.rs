@@ -67,8 +67,7 @@ impl Deployed {
     /// The function name of an output holding a function's ARN.
     fn function_name(&self, key: &str) -> &str {
         let arn = self.output(key);
-        arn.rsplit_once(":function:")
-            .map_or(arn, |(_, name)| name)
+        arn.rsplit_once(":function:").map_or(arn, |(_, name)| name)
     }
 
     fn function(&self, key: &str) -> &DeployedFunction {
@@ -233,7 +232,10 @@ fn two_peers_train_against_the_stack_on_moto_like_the_instance_run() {
         &[
             ("PEERLESS_SERVERLESS", "lambda"),
             ("PEERLESS_OFFLOAD", "1"),
-            ("PEERLESS_FUNCTION", deployed.output("ComputeGradientFunctionArn")),
+            (
+                "PEERLESS_FUNCTION",
+                deployed.output("ComputeGradientFunctionArn"),
+            ),
         ],
         &[
             "--lambda-endpoint",
@@ -250,8 +252,17 @@ fn two_peers_train_against_the_stack_on_moto_like_the_instance_run() {
     );
     let offloaded = assert_offloaded(&lambda, "lambda", compute_gradient.memory_mb);
     assert_eq!(offloaded, 2 * ROUNDS * 2);
-    assert_eq!(router.count(&cg_name), offloaded, "{:?}", router.invocations());
-    assert_eq!(router.count(&pi_name), 0, "a peer never invokes process_input");
+    assert_eq!(
+        router.count(&cg_name),
+        offloaded,
+        "{:?}",
+        router.invocations()
+    );
+    assert_eq!(
+        router.count(&pi_name),
+        0,
+        "a peer never invokes process_input"
+    );
 
     let stepfn = run(
         &moto,
@@ -260,9 +271,17 @@ fn two_peers_train_against_the_stack_on_moto_like_the_instance_run() {
         &[
             ("PEERLESS_SERVERLESS", "stepfn"),
             ("PEERLESS_OFFLOAD", "1"),
-            ("PEERLESS_STATE_MACHINE_ARN", deployed.output("StateMachineArn")),
+            (
+                "PEERLESS_STATE_MACHINE_ARN",
+                deployed.output("StateMachineArn"),
+            ),
         ],
-        &["--sfn-endpoint", moto.endpoint(), "--function-memory-mb", &memory],
+        &[
+            "--sfn-endpoint",
+            moto.endpoint(),
+            "--function-memory-mb",
+            &memory,
+        ],
     );
     assert_eq!(
         hashes(&stepfn),
@@ -278,7 +297,12 @@ fn two_peers_train_against_the_stack_on_moto_like_the_instance_run() {
         }
     }
     // One execution per peer and round, each through the stack's two functions.
-    assert_eq!(router.count(&pi_name), 2 * ROUNDS, "{:?}", router.invocations());
+    assert_eq!(
+        router.count(&pi_name),
+        2 * ROUNDS,
+        "{:?}",
+        router.invocations()
+    );
     assert_eq!(router.count(&cg_name), offloaded + offloaded_sfn);
     assert!(
         router
