@@ -21,6 +21,10 @@ Secrets Manager resource in CloudFormation), and checks:
 - a stack update from PeerCount 2 to 4, a Graviton/arm64/record variant, and deletion.
 
 Exit status 0 when every check passed; prints one line per check.
+
+`check_moto.py deploy --endpoint URL` instead only deploys the stack on a moto server that
+is already running and prints its outputs and functions as JSON (see `deploy`), for
+peer/tests/stack.rs, which trains against the deployed stack.
 """
 
 import ast
@@ -207,6 +211,20 @@ def generated_definition(out, arn_pi, arn_cg, batches, on_failure):
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
+def make_executable(url, sfn, iam, out):
+    """Turns on moto's executing Step Functions and registers the stack's state machine
+    there: moto keeps what its CloudFormation creates apart from what its executing backend
+    sees, so the definition CloudFormation stored is created again, under the same name
+    (hence the same ARN), with the stack's peer role. Returns the ARN it got."""
+    definition = sfn.describe_state_machine(stateMachineArn=out["StateMachineArn"])["definition"]
+    post(url + "/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
+    role = iam.get_role(RoleName=out["PeerRoleArn"].rsplit("/", 1)[1])["Role"]["Arn"]
+    made = sfn.create_state_machine(
+        name=out["StateMachineArn"].rsplit(":", 1)[1], definition=definition, roleArn=role
+    )
+    return made["stateMachineArn"]
+
+
 def check_stack(clients, name, out, params):
     cf, s3, lam, sfn, iam, ec2, asg = clients
     arch = params.get("LambdaArchitecture", "x86_64")
@@ -369,25 +387,18 @@ def main():
               (g["DesiredCapacity"], len(g["Instances"])) == (2, 2),
               (g["DesiredCapacity"], len(g["Instances"])))
 
-        # A round through the state machine as moto executes it. moto keeps what its
-        # CloudFormation creates apart from what its executing Step Functions and Docker-free
-        # Lambda see: the definition CloudFormation stored is registered again, under the
-        # same ARN, in the executing backend, and both functions answer with queued
-        # stand-ins (moto runs no function code).
-        definition = sfn.describe_state_machine(stateMachineArn=out["StateMachineArn"])["definition"]
-        post(url + "/moto-api/config",
-             {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
+        # A round through the state machine as moto executes it (make_executable), both
+        # functions answering with queued stand-ins from moto's Docker-free Lambda (moto
+        # runs no function code; peer/tests/stack.rs runs the real ones).
+        post(url + "/moto-api/config", {"lambda": {"use_docker": False}})
         try:
-            role = iam.get_role(RoleName=out["PeerRoleArn"].rsplit("/", 1)[1])["Role"]["Arn"]
-            made = sfn.create_state_machine(
-                name=out["StateMachineArn"].rsplit(":", 1)[1], definition=definition, roleArn=role
-            )
+            made = make_executable(url, sfn, iam, out)
             check("peerless-a: the executing backend takes the definition under the same ARN",
-                  made["stateMachineArn"] == out["StateMachineArn"], made["stateMachineArn"])
+                  made == out["StateMachineArn"], made)
             events = [{"batch": b, "gradient_key": f"g{b}"} for b in range(2)]
             answers = [json.dumps({"events": events})] + [json.dumps({"batch": b}) for b in range(2)]
             post(url + "/moto-api/static/lambda-simple/response", {"results": answers, "region": REGION})
-            ex = sfn.start_execution(stateMachineArn=made["stateMachineArn"],
+            ex = sfn.start_execution(stateMachineArn=made,
                                      input=json.dumps({"batch_count": 2}))
             for _ in range(100):
                 d = sfn.describe_execution(executionArn=ex["executionArn"])
@@ -470,5 +481,52 @@ def main():
     return 1 if failed else 0
 
 
+def deploy(argv):
+    """`check_moto.py deploy --endpoint URL [--stack NAME] [KEY=VALUE ...]`: creates the
+    stack on an already running moto server (stand-in artifacts, CreateBroker=false and the
+    local broker unless given), makes its state machine executable there (make_executable),
+    and prints one JSON object: the stack's outputs and, by function name, each deployed
+    function's memory, timeout and environment. For tests that run peers against the stack
+    (peer/tests/stack.rs); checks nothing."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="check_moto.py deploy")
+    parser.add_argument("--endpoint", required=True, help="moto's endpoint, http://host:port")
+    parser.add_argument("--stack", default="peerless-test")
+    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="stack parameters")
+    args = parser.parse_args(argv)
+    params = {"CreateBroker": "false", "ExternalBrokerUrl": BROKER, "CreatePeers": "false"}
+    for item in args.params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"parameter {item!r} is not KEY=VALUE")
+        params[key] = value
+    url = args.endpoint.rstrip("/")
+    session = boto3.session.Session(
+        aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION
+    )
+    c = lambda svc: session.client(svc, endpoint_url=url)  # noqa: E731
+    s3, cf, lam, sfn, iam = c("s3"), c("cloudformation"), c("lambda"), c("stepfunctions"), c("iam")
+    upload_artifacts(s3)
+    out = create(cf, args.stack, **params)
+    executable = make_executable(url, sfn, iam, out)
+    if executable != out["StateMachineArn"]:
+        sys.exit(f"moto's executing backend gave the state machine {executable}, "
+                 f"not the stack's {out['StateMachineArn']}")
+    functions = {}
+    for key in ("ComputeGradientFunctionArn", "ProcessInputFunctionArn"):
+        c = lam.get_function(FunctionName=fn_name(out[key]))["Configuration"]
+        functions[c["FunctionName"]] = {
+            "memory_mb": c["MemorySize"],
+            "timeout_s": c["Timeout"],
+            "environment": c.get("Environment", {}).get("Variables", {}),
+        }
+    json.dump({"outputs": out, "functions": functions}, sys.stdout, indent=1, sort_keys=True)
+    print()
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["deploy"]:
+        sys.exit(deploy(sys.argv[2:]))
     sys.exit(main())

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what peerless and its tests need on a Debian machine (idempotent) and makes sure
 # the local services run: Fashion-MNIST, RabbitMQ on 127.0.0.1:5672, moto's S3 server,
-# the Lambda Runtime API emulator (cargo-lambda) and the ASL validator (npm asl-validator).
+# moto 5.2.5 for the stack test, the Lambda Runtime API emulator (cargo-lambda) and the ASL
+# validator (npm asl-validator).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
@@ -43,6 +44,17 @@ if ! python3 -c 'import moto.server' 2>/dev/null; then
   python3 -m pip install -q --root-user-action=ignore 'moto[server]==5.2.1'
 fi
 log "moto $(python3 -c 'import moto; print(moto.__version__)') is available"
+
+# moto 5.2.5 in a venv of its own for peer/tests/stack.rs, whose peers start many
+# executions of one state machine: 5.2.1's Step Functions fails every StartExecution of a
+# state machine after its first (getmoto/moto#10077, fixed in 5.2.5). The other tests keep
+# the system python3's 5.2.1.
+MOTO_EXECUTING_VENV="${PEERLESS_MOTO_EXECUTING:-$HOME/.cache/peerless/moto-executing}"
+if ! "$MOTO_EXECUTING_VENV/bin/python" -c "import moto, moto.server, boto3; assert moto.__version__ == '5.2.5'" 2>/dev/null; then
+  log "installing moto[server] 5.2.5 into $MOTO_EXECUTING_VENV"
+  [ -x "$MOTO_EXECUTING_VENV/bin/python" ] || python3 -m venv "$MOTO_EXECUTING_VENV"
+  "$MOTO_EXECUTING_VENV/bin/pip" install -q 'moto[server]==5.2.5'
+fi
 
 # cargo-lambda from PyPI: its `cargo lambda watch` is the Lambda Runtime API emulator the
 # function tests run the real `compute_gradient` binary behind.

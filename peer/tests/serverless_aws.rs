@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{RoundMetrics, peer_metrics, peerless, round_metrics, training_run};
+use common::{RoundMetrics, function_binary, peer_metrics, peerless, round_metrics, training_run};
 use peerless_comm::RunId;
 use peerless_data::{SplitReader, StoreOptions};
 use peerless_lambda::process_input::expand;
@@ -24,21 +24,6 @@ const CREDENTIALS: [(&str, &str); 2] = [
     ("AWS_ACCESS_KEY_ID", "testing"),
     ("AWS_SECRET_ACCESS_KEY", "testing"),
 ];
-
-/// A function binary of the lambda crate, next to the `peerless` binary; built when a
-/// narrower `cargo test` did not build it.
-fn function_binary(name: &str) -> PathBuf {
-    let peerless = assert_cmd::cargo::cargo_bin("peerless");
-    let path = peerless.with_file_name(name);
-    if !path.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "peerless-lambda", "--bin", name])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building {name}");
-    }
-    path
-}
 
 fn moto() -> MotoServer {
     let moto = MotoServer::start().unwrap_or_else(|e| panic!("{e}"));

@@ -11,20 +11,18 @@
 //! async tests alike) and stops when the value is dropped.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::sync::oneshot;
+use hyper_util::rt::TokioExecutor;
+
+use crate::serve::{LoopbackServer, ProxyBody, plain};
 
 /// HTTP methods, as rules name them.
 pub use hyper::Method;
@@ -176,8 +174,7 @@ pub struct FaultProxy {
     endpoint: String,
     upstream: String,
     shared: Arc<Mutex<Shared>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: LoopbackServer,
 }
 
 impl FaultProxy {
@@ -201,22 +198,8 @@ impl FaultProxy {
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
             return Err(invalid("expected no path: http://host:port"));
         }
-        let start = |what| move |source| FaultError::Start { what, source };
-        let listener =
-            TcpListener::bind("127.0.0.1:0").map_err(start("binding a loopback port"))?;
-        let addr: SocketAddr = listener
-            .local_addr()
-            .map_err(start("reading the bound address"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(start("making the listener non-blocking"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(start("building its runtime"))?;
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let (shutdown, stop) = oneshot::channel();
-        let forward = Forward {
+        let forward = Arc::new(Forward {
             authority: authority.to_string(),
             // A fresh upstream connection per request: no race with the upstream closing
             // an idle pooled connection, which would show up as a fault nobody injected.
@@ -224,17 +207,18 @@ impl FaultProxy {
                 .pool_max_idle_per_host(0)
                 .build_http(),
             shared: shared.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("fault-proxy-{}", addr.port()))
-            .spawn(move || runtime.block_on(serve(listener, Arc::new(forward), stop)))
-            .map_err(start("spawning its thread"))?;
+        });
+        let server = LoopbackServer::start("fault-proxy", move |request| {
+            let forward = forward.clone();
+            async move { forward.handle(request).await }
+        })
+        .map_err(|(what, source)| FaultError::Start { what, source })?;
+        let addr = server.addr();
         Ok(FaultProxy {
             endpoint: format!("http://{addr}"),
             upstream: upstream.trim_end_matches('/').to_owned(),
             shared,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -282,17 +266,6 @@ impl FaultProxy {
     }
 }
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Where and how requests go on.
 struct Forward {
     authority: String,
@@ -300,43 +273,10 @@ struct Forward {
     shared: Arc<Mutex<Shared>>,
 }
 
-/// What the service answers: the upstream's streamed body or an injected document.
-type ProxyBody = Either<Incoming, Full<Bytes>>;
-
 /// The service error that makes hyper close the connection without an answer.
 #[derive(Debug, thiserror::Error)]
 #[error("connection dropped by an injected fault")]
 struct Dropped;
-
-/// Accepts connections until `stop` fires; dropping the runtime afterwards ends the
-/// connections still open.
-async fn serve(listener: TcpListener, forward: Arc<Forward>, mut stop: oneshot::Receiver<()>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("fault proxy cannot listen: {e}");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let forward = forward.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let forward = forward.clone();
-                        async move { forward.handle(request).await }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        }
-    }
-}
 
 impl Forward {
     async fn handle(&self, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, Dropped> {
@@ -405,13 +345,6 @@ impl Forward {
             }
         }
     }
-}
-
-/// A plain-text answer of the proxy itself.
-fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(text.to_owned()))));
-    *response.status_mut() = status;
-    response
 }
 
 /// An S3 error document as S3 sends it with `code`, naming the request's path.

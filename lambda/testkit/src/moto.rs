@@ -10,11 +10,20 @@
 //! that region, fail with HTTP 500 (moto deep-copies the state machine, which references
 //! the region's backend and through it the earlier execution's thread lock). Start each
 //! execution in a fresh region, or call [`MotoServer::reset`] in between.
+//!
+//! moto 5.2.5 fixes that (getmoto/moto#10077): [`MotoServer::start_with`] and
+//! [`MotoOptions::executing`] run it from its own venv ([`executing_venv`], installed by
+//! `scripts/setup.sh`), for tests whose peers start many executions of one state machine.
+//! Its Step Functions engine sends its Lambda tasks' Invoke calls over HTTP to
+//! `localhost:$MOTO_PORT` (moto's own port unless [`MotoOptions::lambda_port`] names
+//! another server, such as [`crate::lambda_router::FunctionRouter`] in front of the real
+//! functions).
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,8 +33,74 @@ use serde_json::json;
 pub const INSTALL_HINT: &str = "moto's server must be importable by the system python3: \
     install it with `python3 -m pip install 'moto[server]==5.2.1'`";
 
-/// The Python interpreter that runs moto.
+/// The Python interpreter that runs moto by default.
 const PYTHON: &str = "python3";
+
+/// Environment variable naming the venv of [`executing_venv`].
+pub const EXECUTING_VENV_ENV: &str = "PEERLESS_MOTO_EXECUTING";
+
+/// The moto version of [`executing_venv`]: the first whose Step Functions runs a state
+/// machine more than once.
+pub const EXECUTING_VERSION: &str = "5.2.5";
+
+/// The venv named by `$PEERLESS_MOTO_EXECUTING`, by default
+/// `$HOME/.cache/peerless/moto-executing`, where `scripts/setup.sh` installs moto
+/// [`EXECUTING_VERSION`] beside the system python3's 5.2.1 (the version every other test
+/// runs).
+pub fn executing_venv() -> PathBuf {
+    if let Some(dir) = std::env::var_os(EXECUTING_VENV_ENV) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| OsString::from("/root"));
+    Path::new(&home).join(".cache/peerless/moto-executing")
+}
+
+/// How to start moto: which Python runs it and where its Step Functions sends Lambda calls.
+#[derive(Clone, Debug)]
+pub struct MotoOptions {
+    /// The interpreter that runs `-m moto.server`.
+    pub python: PathBuf,
+    /// How to install moto for `python`, for the error when it cannot import it.
+    pub install_hint: String,
+    /// The loopback port Step Functions' Lambda tasks invoke (`MOTO_PORT`); `None`: moto's
+    /// own port, whose Lambda answers from [`MotoServer::queue_lambda_responses`].
+    pub lambda_port: Option<u16>,
+}
+
+impl Default for MotoOptions {
+    /// The system python3's moto (5.2.1), Lambda tasks answered by moto itself.
+    fn default() -> Self {
+        Self {
+            python: PathBuf::from(PYTHON),
+            install_hint: INSTALL_HINT.to_owned(),
+            lambda_port: None,
+        }
+    }
+}
+
+impl MotoOptions {
+    /// moto [`EXECUTING_VERSION`] from [`executing_venv`], whose Step Functions runs a
+    /// state machine any number of times.
+    pub fn executing() -> Self {
+        let venv = executing_venv();
+        Self {
+            install_hint: format!(
+                "run scripts/setup.sh, or `python3 -m venv {venv} && {venv}/bin/pip install \
+                 'moto[server]=={EXECUTING_VERSION}'` (or point {EXECUTING_VENV_ENV} at a venv \
+                 that has it)",
+                venv = venv.display()
+            ),
+            python: venv.join("bin/python"),
+            lambda_port: None,
+        }
+    }
+
+    /// Sends Step Functions' Lambda tasks to `localhost:port` instead of moto's own Lambda.
+    pub fn lambda_port(mut self, port: u16) -> Self {
+        self.lambda_port = Some(port);
+        self
+    }
+}
 
 /// How long the server may take to listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,11 +116,15 @@ const IDEMPOTENT_ATTEMPTS: usize = 3;
 /// Why moto could not be started or a control request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MotoError {
-    /// `python3` cannot import moto's server (or python3 itself is missing).
-    #[error("moto is not available ({detail}); {INSTALL_HINT}")]
+    /// The interpreter cannot import moto's server (or is missing).
+    #[error("moto is not available to {} ({detail}); {hint}", python.display())]
     NotInstalled {
-        /// What python3 said.
+        /// The interpreter.
+        python: PathBuf,
+        /// What it said.
         detail: String,
+        /// How to install moto for it.
+        hint: String,
     },
     /// Setting up the port, the log file or the process failed.
     #[error("starting moto.server: {what}: {source}")]
@@ -99,20 +178,29 @@ pub struct MotoServer {
 }
 
 impl MotoServer {
-    /// Starts moto's server on a free loopback port and waits until it accepts
-    /// connections; fails with [`INSTALL_HINT`] when moto is not importable.
+    /// Starts the system python3's moto server on a free loopback port and waits until it
+    /// accepts connections; fails with [`INSTALL_HINT`] when moto is not importable.
     pub fn start() -> Result<Self, MotoError> {
-        let check = Command::new(PYTHON)
+        Self::start_with(&MotoOptions::default())
+    }
+
+    /// [`MotoServer::start`] with another interpreter or Lambda port.
+    pub fn start_with(options: &MotoOptions) -> Result<Self, MotoError> {
+        let python = &options.python;
+        let not_installed = |detail: String| MotoError::NotInstalled {
+            python: python.clone(),
+            detail,
+            hint: options.install_hint.clone(),
+        };
+        let check = Command::new(python)
             .args(["-c", "import moto, moto.server, flask"])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| MotoError::NotInstalled {
-                detail: format!("cannot run {PYTHON}: {e}"),
-            })?;
+            .map_err(|e| not_installed(format!("cannot run it: {e}")))?;
         if !check.status.success() {
             let stderr = String::from_utf8_lossy(&check.stderr);
             let detail = stderr.lines().last().unwrap_or("import failed").to_owned();
-            return Err(MotoError::NotInstalled { detail });
+            return Err(not_installed(detail));
         }
         let start = |what| move |source| MotoError::Start { what, source };
         let addr = TcpListener::bind("127.0.0.1:0")
@@ -123,16 +211,17 @@ impl MotoServer {
         let out = File::create(&log).map_err(start("creating the log file"))?;
         let err = out.try_clone().map_err(start("creating the log file"))?;
         let port = addr.port().to_string();
-        let mut child = Command::new(PYTHON)
+        let lambda_port = options.lambda_port.map_or(port.clone(), |p| p.to_string());
+        let mut child = Command::new(python)
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port])
-            // Where moto's Step Functions engine sends its own Lambda calls when they are
-            // not intercepted in-process (it defaults to port 5000).
-            .env("MOTO_PORT", &port)
+            // Where moto's Step Functions engine sends its Lambda calls (it defaults to
+            // port 5000).
+            .env("MOTO_PORT", &lambda_port)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(start("spawning python3 -m moto.server"))?;
+            .map_err(start("spawning python -m moto.server"))?;
         let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
         let deadline = Instant::now() + READY_TIMEOUT;
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {

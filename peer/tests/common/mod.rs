@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -27,6 +27,21 @@ pub fn peer_process() -> std::process::Command {
     cmd.env("PEERLESS_LOG", "warn")
         .env_remove("PEERLESS_CONFIG");
     cmd
+}
+
+/// A function binary of the lambda crate, next to the `peerless` binary; built when a
+/// narrower `cargo test` did not build it.
+pub fn function_binary(name: &str) -> PathBuf {
+    let peerless = assert_cmd::cargo::cargo_bin("peerless");
+    let path = peerless.with_file_name(name);
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "peerless-lambda", "--bin", name])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building {name}");
+    }
+    path
 }
 
 /// Splits the synthetic dataset for `peers` peers into `store`.
