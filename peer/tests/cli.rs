@@ -328,7 +328,7 @@ fn bench_gradient_out_is_the_fixed_batchs_gradient_every_time() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str| {
         let path = dir.path().join(name);
-        let out = peerless()
+        peerless()
             .args([
                 "bench",
                 "--model",
@@ -345,13 +345,8 @@ fn bench_gradient_out_is_the_fixed_batchs_gradient_every_time() {
                 "--gradient-out",
             ])
             .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .assert()
+            .success();
         std::fs::read(path).unwrap()
     };
     let (a, b) = (write("a.f32"), write("b.f32"));

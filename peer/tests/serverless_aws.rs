@@ -8,7 +8,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{RoundMetrics, function_binary, peer_metrics, peerless, round_metrics, training_run};
+use common::{
+    MOTO_CREDENTIALS, RoundMetrics, function_binary, identical_run, moto_training_run, peerless,
+    round_metrics,
+};
 use peerless_comm::RunId;
 use peerless_data::{SplitReader, StoreOptions};
 use peerless_lambda::process_input::expand;
@@ -16,14 +19,9 @@ use peerless_lambda::{ComputeGradient, ProcessInputRequest, RoundContext, StoreL
 use peerless_models::{Architecture, Device, Loss, Model, ModelSpec, weights};
 use peerless_testkit::emulator::{Emulator, FunctionConfig};
 use peerless_testkit::moto::MotoServer;
-use predicates::prelude::*;
 
 const BUCKET: &str = "peerless";
 const MEMORY_MB: u32 = 1536;
-const CREDENTIALS: [(&str, &str); 2] = [
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-];
 
 fn moto() -> MotoServer {
     let moto = MotoServer::start().unwrap_or_else(|e| panic!("{e}"));
@@ -33,16 +31,10 @@ fn moto() -> MotoServer {
 
 /// `peerless run` of 2 peers on the split in `store` (written by the first call).
 fn run(moto: &MotoServer, store: &str, metrics: &Path, extra: &[&str]) -> Vec<Vec<RoundMetrics>> {
-    training_run(2, store, metrics)
-        .envs(CREDENTIALS)
-        .env("AWS_REGION", "us-east-1")
-        .args(["--batches", "4", "--rounds-per-epoch", "2", "--epochs", "1"])
-        .args(["--s3-endpoint", moto.endpoint()])
-        .args(extra)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("identical"));
-    peer_metrics(metrics, 2)
+    let mut cmd = moto_training_run(2, store, metrics, moto.endpoint(), "us-east-1");
+    cmd.args(["--batches", "4", "--rounds-per-epoch", "2", "--epochs", "1"])
+        .args(extra);
+    identical_run(&mut cmd, metrics, 2)
 }
 
 /// The flags of `--serverless lambda` through the emulator at `endpoint`.
@@ -68,7 +60,7 @@ fn hashes(peers: &[Vec<RoundMetrics>]) -> Vec<Vec<String>> {
 fn lambda_functions_behind_the_emulator_train_like_the_instance_run() {
     let moto = moto();
     let mut emulator = Emulator::start().unwrap_or_else(|e| panic!("{e}"));
-    let mut env: Vec<(String, String)> = CREDENTIALS
+    let mut env: Vec<(String, String)> = MOTO_CREDENTIALS
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
@@ -145,7 +137,7 @@ async fn a_step_functions_round_on_motos_interpreter_yields_the_local_gradient()
     // The peer's S3 and Step Functions clients, and the handler below, read these.
     // SAFETY: set before any thread of this test reads the environment.
     unsafe {
-        for (k, v) in CREDENTIALS {
+        for (k, v) in MOTO_CREDENTIALS {
             std::env::set_var(k, v);
         }
         std::env::set_var("AWS_REGION", "us-east-1");

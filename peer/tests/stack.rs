@@ -18,18 +18,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{RoundMetrics, function_binary, peer_metrics, training_run};
+use common::{MOTO_CREDENTIALS, RoundMetrics, function_binary, identical_run, moto_training_run};
 use peerless_testkit::emulator::{Emulator, FunctionConfig};
 use peerless_testkit::lambda_router::FunctionRouter;
 use peerless_testkit::moto::{MotoOptions, MotoServer};
-use predicates::prelude::*;
 use serde::Deserialize;
 
 const REGION: &str = "us-east-1";
-const CREDENTIALS: [(&str, &str); 2] = [
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-];
 /// The stack's `BatchesPerPeer`: the split's batch objects per peer and the state
 /// machine's Map concurrency, as the runbook pairs them.
 const BATCHES: u32 = 4;
@@ -112,19 +107,13 @@ fn run(
     env: &[(&str, &str)],
     extra: &[&str],
 ) -> Vec<Vec<RoundMetrics>> {
-    training_run(2, store, metrics)
-        .envs(CREDENTIALS)
-        .env("AWS_REGION", REGION)
-        .env("PEERLESS_BROKER", broker())
+    let mut cmd = moto_training_run(2, store, metrics, moto.endpoint(), REGION);
+    cmd.env("PEERLESS_BROKER", broker())
         .envs(env.iter().copied())
         .args(["--batches", &BATCHES.to_string()])
         .args(["--rounds-per-epoch", &ROUNDS.to_string(), "--epochs", "1"])
-        .args(["--s3-endpoint", moto.endpoint()])
-        .args(extra)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("identical"));
-    peer_metrics(metrics, 2)
+        .args(extra);
+    identical_run(&mut cmd, metrics, 2)
 }
 
 fn hashes(peers: &[Vec<RoundMetrics>]) -> Vec<Vec<String>> {
@@ -199,7 +188,7 @@ fn two_peers_train_against_the_stack_on_moto_like_the_instance_run() {
 
     // Each function with the memory and environment the stack gave it; the endpoint is
     // moto's (on AWS the functions use S3's own, and the stack sets no endpoint).
-    let mut base_env: Vec<(String, String)> = CREDENTIALS
+    let mut base_env: Vec<(String, String)> = MOTO_CREDENTIALS
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();

@@ -89,6 +89,36 @@ pub fn training_run(peers: usize, store: impl AsRef<OsStr>, metrics: &Path) -> C
     cmd
 }
 
+/// Credentials moto accepts; tests never use real ones.
+pub const MOTO_CREDENTIALS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+];
+
+/// [`training_run`] against moto's S3 at `endpoint` (credentials, region, endpoint set).
+pub fn moto_training_run(
+    peers: usize,
+    store: impl AsRef<OsStr>,
+    metrics: &Path,
+    endpoint: &str,
+    region: &str,
+) -> Command {
+    let mut cmd = training_run(peers, store, metrics);
+    cmd.envs(MOTO_CREDENTIALS)
+        .env("AWS_REGION", region)
+        .args(["--s3-endpoint", endpoint]);
+    cmd
+}
+
+/// Runs a training command, requires it to succeed with every peer's weights identical,
+/// and returns the `peers` peers' metrics.
+pub fn identical_run(cmd: &mut Command, metrics: &Path, peers: usize) -> Vec<Vec<RoundMetrics>> {
+    cmd.assert()
+        .success()
+        .stdout(predicates::str::contains("identical"));
+    peer_metrics(metrics, peers)
+}
+
 /// Every peer's metrics after a run into `metrics`, by rank.
 pub fn peer_metrics(metrics: &Path, peers: usize) -> Vec<Vec<RoundMetrics>> {
     (0..peers)
