@@ -101,7 +101,9 @@ pub struct RoundConfig {
     pub element_count: usize,
     /// Largest payload per message; bigger encoded gradients are chunked.
     pub max_chunk_bytes: usize,
-    /// How long a round waits for the other ranks after encoding.
+    /// How long a round waits for the other ranks after encoding (a sharded round waits
+    /// for the parts, then for the results until two timeouts after the parts phase
+    /// began, since an owner may wait a whole timeout before it sends its result).
     pub timeout: Duration,
     /// What happens when the timeout expires.
     pub on_timeout: OnTimeout,
