@@ -19,9 +19,33 @@
 //! Both end every round with bit-identical averages on every peer that received the
 //! same messages. In a sharded round the owner's result is the only copy of its shard's
 //! aggregate: when an owner fails to deliver it (a crash), every peer leaves that shard
-//! unchanged for the round (a zero update) and lists the owner as missing; once the
-//! owner is evicted (`--evict-after`) its shard moves to the next rank, so no part of
-//! the gradient is lost for longer than that.
+//! unchanged for the round (a zero update, listed in
+//! [`crate::RoundStats::skipped_shards`]) and lists the owner as missing; once the
+//! owner is evicted its shard moves to the next rank, so no part of the gradient is
+//! lost for longer than that.
+//!
+//! **Who owns what, agreed.** Owners are a function of the round's *membership view*
+//! ([`owners`] of the ranks in it), and every peer must derive the same view for a
+//! round, or one peer sends a shard to an owner that is not waiting for it while
+//! another applies a result the first never sees. Membership changes therefore enter
+//! the view only from a round every peer is known to have heard of them by:
+//! - a rank admitted by a `Join` for round `r + 1` (sent after round `r` by the
+//!   answering peer, before its round `r + 1` messages) only listens in round `r + 1`
+//!   (it applies the owners' results, sends nothing and owns nothing) and enters the
+//!   view at round `r + 2`: every peer that finished round `r + 1` had the answering
+//!   peer's result of it, sent after the `Join`. (A rank restarted before it was
+//!   evicted is still in the view, and stays: its new process owns its shard at once.);
+//! - evictions are decided by one peer, the lowest-ranked one of the view not itself
+//!   due for eviction, after the `--evict-after`th missed round `r`; it broadcasts an
+//!   `Evict` for round `r + 2` before its round `r + 1` messages, so the others apply it
+//!   at the same round, whatever they counted themselves. A dead owner's shard is thus
+//!   skipped for `evict_after + 1` rounds, then owned by the next rank.
+//!
+//! Each shard and result carries the digest of its sender's view ([`view_digest`],
+//! in the header): a receiver whose view differs refuses it (`other_view`) instead of
+//! mixing shards aggregated under different owners, so a disagreement that slips
+//! through anyway shows up as a missing rank and a skipped shard, never as a shard
+//! dropped or counted twice in silence.
 
 use std::fmt;
 use std::ops::Range;
@@ -109,6 +133,19 @@ pub fn owners(world_size: u32, takes_part: impl Fn(u32) -> bool) -> Vec<Option<u
         .collect()
 }
 
+/// A digest of a sharded round's membership view (the ranks taking part, ascending),
+/// carried in every shard and result header so peers with different views refuse each
+/// other's messages; never 0, which marks a message outside the sharded exchange.
+pub fn view_digest(world_size: u32, in_view: &[u32]) -> u64 {
+    let mut bytes = Vec::with_capacity(4 * (in_view.len() + 1));
+    bytes.extend_from_slice(&world_size.to_le_bytes());
+    for rank in in_view {
+        bytes.extend_from_slice(&rank.to_le_bytes());
+    }
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +183,17 @@ mod tests {
         );
         assert_eq!(owners(3, |r| r == 2), vec![Some(2); 3]);
         assert_eq!(owners(2, |_| false), vec![None, None]);
+    }
+
+    #[test]
+    fn views_have_distinct_nonzero_digests() {
+        let views: [&[u32]; 4] = [&[0, 1, 2, 3], &[0, 1, 2], &[0, 1, 3], &[]];
+        let digests: std::collections::BTreeSet<u64> =
+            views.iter().map(|v| view_digest(4, v)).collect();
+        assert_eq!(digests.len(), views.len());
+        assert!(!digests.contains(&0));
+        assert_ne!(view_digest(4, &[0, 1]), view_digest(5, &[0, 1]));
+        assert_eq!(view_digest(4, &[0, 2]), view_digest(4, &[0, 2]));
     }
 
     #[test]

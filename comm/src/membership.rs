@@ -23,6 +23,12 @@
 //! sender arrive in order, so every peer learns of the join before it can
 //! finish round `r + 1` (which needs the answering peer's gradient sent after
 //! the `Join`): all peers average the same contributions.
+//!
+//! In a sharded exchange the shard owners come from a membership view that every
+//! peer must derive alike for a round, so a rank admitted from round `r + 1` only
+//! listens in that round and enters the view at `r + 2`, and evictions are announced
+//! (`Evict`) by one peer two rounds ahead instead of decided by each peer on its
+//! own counts (see [`crate::exchange`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -30,7 +36,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::round::{Averager, Members, OnTimeout, RoundError};
+use crate::round::{Averager, Eviction, Members, OnTimeout, RoundError};
 use crate::transport::Transport;
 use crate::wire::{self, Header, MessageKind};
 
@@ -84,6 +90,13 @@ struct Join {
     from_round: u64,
 }
 
+/// Ranks leaving the sharded exchange's membership view from `from_round`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Evict {
+    ranks: Vec<u32>,
+    from_round: u64,
+}
+
 /// The membership part of a state message; the opaque application state follows it.
 #[derive(Debug, Serialize, Deserialize)]
 struct StateHead {
@@ -91,6 +104,11 @@ struct StateHead {
     from_round: u64,
     active: Vec<u32>,
     incarnations: Vec<Option<u64>>,
+    /// Each rank's first round in the sharded exchange's view, and first round out.
+    #[serde(default)]
+    view_from: Vec<u64>,
+    #[serde(default)]
+    view_until: Vec<u64>,
 }
 
 /// Applies a `Join` payload to the membership (called for every `Join` received).
@@ -102,9 +120,33 @@ pub(crate) fn apply_join(members: &mut Members, payload: &[u8]) {
                 from_round = join.from_round,
                 "a restarted peer takes part again"
             );
-            members.admit(join.rank, join.incarnation, join.from_round);
+            // Sharded: only listening in its first round, in the view from the next.
+            members.admit(
+                join.rank,
+                join.incarnation,
+                join.from_round,
+                join.from_round.saturating_add(1),
+            );
         }
         Err(error) => tracing::warn!(%error, "ignored an invalid join message"),
+    }
+}
+
+/// Applies an `Evict` payload from `sender` (sharded exchange): ignored unless the
+/// sender takes part itself.
+pub(crate) fn apply_evict(members: &mut Members, sender: u32, payload: &[u8]) {
+    match serde_json::from_slice::<Evict>(payload) {
+        Ok(evict) if members.active_ranks().contains(&sender) => {
+            tracing::warn!(
+                ranks = ?evict.ranks,
+                from_round = evict.from_round,
+                by = sender,
+                "ranks leave the sharded exchange's membership view"
+            );
+            members.schedule_eviction(&evict.ranks, evict.from_round);
+        }
+        Ok(_) => tracing::warn!(sender, "ignored an eviction from a rank not taking part"),
+        Err(error) => tracing::warn!(%error, "ignored an invalid eviction message"),
     }
 }
 
@@ -214,7 +256,7 @@ impl<T: Transport> Averager<T> {
                 let round = common_round(checkpoints, acked.values().map(|(_, c)| c.as_slice()));
                 let members = self.members_mut();
                 for (r, inc) in &seen {
-                    members.admit(*r, *inc, round);
+                    members.admit(*r, *inc, round, round);
                 }
                 tracing::info!(rank, round, "all {world} peers are here");
                 return Ok(Start::Together { round });
@@ -237,7 +279,7 @@ impl<T: Transport> Averager<T> {
                 let round = common_round(checkpoints, acked.values().map(|(_, c)| c.as_slice()));
                 let members = self.members_mut();
                 for (r, (inc, _)) in &acked {
-                    members.admit(*r, *inc, round);
+                    members.admit(*r, *inc, round, round);
                 }
                 tracing::warn!(rank, round, ?missing, "starting without the missing ranks");
                 return Ok(Start::Together { round });
@@ -314,6 +356,9 @@ impl<T: Transport> Averager<T> {
                         apply_join(self.members_mut(), message.payload);
                     }
                 }
+                MessageKind::Evict => {
+                    apply_evict(self.members_mut(), h.sender, message.payload);
+                }
                 MessageKind::State => {
                     // Weights, statistics, up to two optimizer vectors and a codec
                     // residual: never more than this for a gradient of this size.
@@ -333,11 +378,15 @@ impl<T: Transport> Averager<T> {
                             if let Some(inc) = inc
                                 && r as u32 != rank
                             {
-                                members.admit(r as u32, *inc, head.from_round);
+                                members.admit(r as u32, *inc, head.from_round, head.from_round);
                             }
                         }
                         // After the incarnations: who takes part is the sender's view.
                         members.set_active(&active, head.from_round);
+                        // Sharded: the sender's view rounds, in which this peer only
+                        // listens in its first round.
+                        members.admit(rank, own, head.from_round, head.from_round + 1);
+                        members.set_view_rounds(&head.view_from, &head.view_until);
                         tracing::info!(
                             rank,
                             round = head.from_round,
@@ -440,12 +489,20 @@ impl<T: Transport> Averager<T> {
         let messages = self.control_messages(MessageKind::Join, from_round, &payload);
         self.transport().publish(&messages).await?;
         let members = self.members_mut();
-        members.admit(request.rank, request.incarnation, from_round);
+        members.admit(
+            request.rank,
+            request.incarnation,
+            from_round,
+            from_round.saturating_add(1),
+        );
+        let (view_from, view_until) = members.view_rounds();
         let head = StateHead {
             to_incarnation: request.incarnation,
             from_round,
             active: members.active_ranks(),
             incarnations: members.incarnations().to_vec(),
+            view_from: view_from.to_vec(),
+            view_until: view_until.to_vec(),
         };
         let head = serde_json::to_vec(&head).map_err(|e| RoundError::Config(e.to_string()))?;
         let mut payload = Vec::with_capacity(4 + head.len() + state.len());
@@ -459,6 +516,31 @@ impl<T: Transport> Averager<T> {
             from_round,
             bytes = payload.len(),
             "admitted a restarted peer"
+        );
+        Ok(())
+    }
+}
+
+impl<T: Transport> Averager<T> {
+    /// Tells every peer that `eviction.ranks` leave the sharded exchange's view from
+    /// `eviction.from_round` (sent after round `round`, before this peer's next
+    /// round's messages, so every peer has it before it can finish that round).
+    pub(crate) async fn announce_eviction(
+        &self,
+        round: u64,
+        eviction: &Eviction,
+    ) -> Result<(), RoundError> {
+        let evict = Evict {
+            ranks: eviction.ranks.clone(),
+            from_round: eviction.from_round,
+        };
+        let payload = serde_json::to_vec(&evict).map_err(|e| RoundError::Config(e.to_string()))?;
+        let messages = self.control_messages(MessageKind::Evict, round, &payload);
+        self.transport().publish(&messages).await?;
+        tracing::warn!(
+            ranks = ?eviction.ranks,
+            from_round = eviction.from_round,
+            "announced that ranks leave the sharded exchange's membership view"
         );
         Ok(())
     }

@@ -20,8 +20,10 @@
 //!    older round (`stale_round`); a round beyond the small window of rounds
 //!    kept ahead (`far_future`); a later round within it is kept
 //!    (`buffered_future`); a rank not taking part (`not_member`); a shard
-//!    sent to a peer that does not own it, or a result from a peer that does
-//!    not own its shard (`misrouted`);
+//!    or result sent under another membership view than this peer's for the
+//!    round (`other_view`, sharded exchange); a shard sent to a peer that does
+//!    not own it, or a result from a peer that does not own its shard
+//!    (`misrouted`);
 //! 7. sizes and chunk layout are checked against the expected gradient size
 //!    before anything is allocated (`malformed`); a chunk seen twice
 //!    (`duplicate`);
@@ -99,7 +101,9 @@ pub struct RoundConfig {
     pub element_count: usize,
     /// Largest payload per message; bigger encoded gradients are chunked.
     pub max_chunk_bytes: usize,
-    /// How long a round waits for the other ranks after encoding.
+    /// How long a round waits for the other ranks after encoding (a sharded round waits
+    /// for the parts, then for the results until two timeouts after the parts phase
+    /// began, since an owner may wait a whole timeout before it sends its result).
     pub timeout: Duration,
     /// What happens when the timeout expires.
     pub on_timeout: OnTimeout,
@@ -187,6 +191,10 @@ pub struct Rejections {
     /// A shard sent to a peer that does not own it, or a shard's result from a
     /// peer that does not own it (sharded exchange).
     pub misrouted: u64,
+    /// A shard or result sent under another membership view of the round than this
+    /// peer's (sharded exchange): the two disagree on who owns what, so the message is
+    /// not mixed in.
+    pub other_view: u64,
     /// A claimed gradient object that could not be read from the store, or that
     /// differs from its claim (claim-check exchange).
     pub bad_claim: u64,
@@ -208,6 +216,7 @@ impl Rejections {
             + self.mismatched
             + self.far_future
             + self.misrouted
+            + self.other_view
             + self.bad_claim
     }
 }
@@ -223,8 +232,13 @@ pub struct RoundStats {
     pub participants: Vec<u32>,
     /// Ranks waited for that did not deliver in time (only with [`OnTimeout::AverageArrived`]).
     pub missing: Vec<u32>,
-    /// Ranks not waited for any more after this round (missed `evict_after` rounds in a row).
+    /// Ranks not waited for any more after this round (missed `evict_after` rounds in a
+    /// row; in a sharded exchange, the round an announced eviction takes effect).
     pub evicted: Vec<u32>,
+    /// Sharded exchange: shards whose owner's result did not arrive, ascending; this
+    /// peer left them unchanged this round (a zero update), so they show where the
+    /// gradient was lost and for how long.
+    pub skipped_shards: Vec<u32>,
     /// Time the transport spent reconnecting during this round (the deadline was
     /// extended by it).
     pub outage: Duration,
@@ -682,12 +696,14 @@ impl<T: Transport> Averager<T> {
 
     /// Counts and sends `sends` (to one rank, or to every peer for `None`) while
     /// filing incoming messages, until the inbox's phase is complete or the
-    /// deadline passes; adds the send and receive times to `stats`.
+    /// deadline passes (the round timeout from now, or `at_least` if later);
+    /// adds the send and receive times to `stats`.
     async fn phase(
         &mut self,
         round: u64,
         sends: &[(Option<u32>, Vec<Bytes>)],
         stats: &mut RoundStats,
+        at_least: Option<Instant>,
     ) -> Result<(), RoundError> {
         for (_, messages) in sends {
             stats.messages_sent += messages.len() as u64;
@@ -709,7 +725,8 @@ impl<T: Transport> Averager<T> {
         // The deadline moves by the time the broker was away during the phase.
         let deadline_now = || {
             let away = transport.outage().saturating_sub(outage_start);
-            tokio::time::Instant::from_std(phase_start + config.timeout + away)
+            let due = (phase_start + config.timeout).max(at_least.unwrap_or(phase_start));
+            tokio::time::Instant::from_std(due + away)
         };
         let publish = async {
             for (to, messages) in sends {
@@ -807,8 +824,13 @@ impl<T: Transport> Averager<T> {
     }
 
     /// Fails for missing ranks unless partial rounds are allowed, then records
-    /// who delivered and evicts as configured.
-    fn close_round(&mut self, round: u64, stats: &mut RoundStats) -> Result<(), RoundError> {
+    /// who delivered and evicts as configured; returns the eviction this peer must
+    /// announce (sharded exchange).
+    fn close_round(
+        &mut self,
+        round: u64,
+        stats: &mut RoundStats,
+    ) -> Result<Option<Eviction>, RoundError> {
         let config = &self.config;
         let missing = self.inbox.missing_ranks();
         if !missing.is_empty() {
@@ -826,7 +848,17 @@ impl<T: Transport> Averager<T> {
                 }
             }
         }
-        stats.evicted = self.inbox.close_round(round, config, &stats.missing);
+        let mut announce = None;
+        if config.exchange == Exchange::Sharded {
+            let (evicted, eviction) =
+                self.inbox
+                    .members
+                    .after_sharded_round(round, config, &stats.missing);
+            stats.evicted = evicted;
+            announce = eviction;
+        } else {
+            stats.evicted = self.inbox.close_round(round, config, &stats.missing);
+        }
         if !stats.evicted.is_empty() {
             tracing::warn!(
                 round,
@@ -835,7 +867,7 @@ impl<T: Transport> Averager<T> {
                 config.evict_after
             );
         }
-        Ok(())
+        Ok(announce)
     }
 
     /// Fills in who took part and how long each rank computed.
@@ -891,7 +923,7 @@ impl<T: Transport> Averager<T> {
         self.inbox.expected = accepted.clone();
         self.open_round(round, accepted, &mut stats)?;
         let sends = [(None, outgoing)];
-        let result = self.phase(round, &sends, &mut stats).await;
+        let result = self.phase(round, &sends, &mut stats, None).await;
         let [(_, outgoing)] = sends;
         self.outgoing = outgoing;
         result?;
@@ -958,7 +990,9 @@ impl<T: Transport> Averager<T> {
     }
 
     /// The sharded round: send each owner its shard, aggregate the shards this
-    /// peer owns and broadcast them, then assemble every owner's result.
+    /// peer owns and broadcast them, then assemble every owner's result. Owners
+    /// come from the round's membership view ([`Members::view`]); a peer outside
+    /// it (just admitted) only applies the owners' results.
     async fn sharded(
         &mut self,
         round: u64,
@@ -970,19 +1004,29 @@ impl<T: Transport> Averager<T> {
         let n = self.config.element_count;
         let world = self.config.world_size;
         let me = self.config.rank;
-        let members = &self.inbox.members;
-        let owners: Vec<u32> = crate::exchange::owners(world, |r| members.expects(r, round))
+        let view = self.inbox.members.view(round);
+        let in_view = view.contains(&me);
+        let digest = crate::exchange::view_digest(world, &view);
+        self.inbox.view = digest;
+        let owners: Vec<u32> = crate::exchange::owners(world, |r| view.contains(&r))
             .into_iter()
             .map(|o| o.unwrap_or(me))
             .collect();
-        let takes_part: Vec<u32> = (0..world)
-            .filter(|&r| r != me && members.expects(r, round))
-            .collect();
+        let takes_part: Vec<u32> = view.iter().copied().filter(|&r| r != me).collect();
         let owned: Vec<u32> = (0..world).filter(|&s| owners[s as usize] == me).collect();
+        // Sends its own parts: in the view, and with a finite gradient.
+        let contributes = in_view && !stats.withheld;
+        if !in_view {
+            tracing::info!(
+                round,
+                ?view,
+                "not in this round's membership view yet: applying the owners' results only"
+            );
+        }
 
         // This peer's part of every shard, encoded with that shard's codec.
         let mut to_owners: Vec<(Option<u32>, Vec<Bytes>)> = Vec::new();
-        if !stats.withheld {
+        if contributes {
             for s in 0..world {
                 let range = crate::exchange::shard_range(s, world, n);
                 let shard = &mut self.shards[s as usize];
@@ -996,7 +1040,10 @@ impl<T: Transport> Averager<T> {
                 if owner == me {
                     continue;
                 }
-                let header = self.header(MessageKind::Shard, round, s);
+                let header = Header {
+                    view: digest,
+                    ..self.header(MessageKind::Shard, round, s)
+                };
                 let mut messages = Vec::new();
                 stats.auth_time +=
                     self.frame(&header, &self.shards[s as usize].part_bytes, &mut messages);
@@ -1019,7 +1066,13 @@ impl<T: Transport> Averager<T> {
         let accepted = parts.iter().chain(&results).copied().collect();
         self.inbox.expected = parts;
         self.open_round(round, accepted, &mut stats)?;
-        self.phase(round, &to_owners, &mut stats).await?;
+        let parts_start = Instant::now();
+        self.phase(round, &to_owners, &mut stats, None).await?;
+        // An owner may spend the whole timeout waiting for a part before it sends its
+        // result: the results are waited for until two timeouts after the parts phase
+        // began (at least one from now), or a peer that had its parts early would skip
+        // a shard another peer applies.
+        let results_due = parts_start + 2 * self.config.timeout + stats.outage;
 
         // Aggregate the owned shards and send them to everyone.
         let aggregate_start = Instant::now();
@@ -1032,7 +1085,7 @@ impl<T: Transport> Averager<T> {
                 .copied()
                 .filter(|&r| self.inbox.complete(SlotKey::shard(s, r)))
                 .collect();
-            if !stats.withheld {
+            if contributes {
                 contributors.push(me);
                 contributors.sort_unstable();
             }
@@ -1063,7 +1116,10 @@ impl<T: Transport> Averager<T> {
                 .encode(block, &mut shard.result_bytes)
                 .map_err(RoundError::Encode)?;
             decode_into(self.codec.as_ref(), &shard.result_bytes, block);
-            let header = self.header(MessageKind::Reduced, round, s);
+            let header = Header {
+                view: digest,
+                ..self.header(MessageKind::Reduced, round, s)
+            };
             stats.auth_time += self.frame(
                 &header,
                 &self.shards[s as usize].result_bytes,
@@ -1073,8 +1129,12 @@ impl<T: Transport> Averager<T> {
         stats.decode_time += aggregate_start.elapsed();
 
         self.inbox.expected = results.clone();
-        self.phase(round, &[(None, broadcast)], &mut stats).await?;
-        self.close_round(round, &mut stats)?;
+        self.phase(round, &[(None, broadcast)], &mut stats, Some(results_due))
+            .await?;
+        let eviction = self.close_round(round, &mut stats)?;
+        if let Some(eviction) = eviction {
+            self.announce_eviction(round, &eviction).await?;
+        }
 
         let assemble_start = Instant::now();
         for key in &results {
@@ -1088,14 +1148,22 @@ impl<T: Transport> Averager<T> {
             } else {
                 // The owner's result is the only copy: no update for this shard.
                 out[range].fill(0.0);
+                stats.skipped_shards.push(key.shard);
             }
+        }
+        if !stats.skipped_shards.is_empty() {
+            tracing::warn!(
+                round,
+                skipped = ?stats.skipped_shards,
+                "no result for these shards: left unchanged this round"
+            );
         }
         let mut participants: Vec<u32> = takes_part
             .iter()
             .copied()
             .filter(|r| !stats.missing.contains(r))
             .collect();
-        if !stats.withheld {
+        if contributes {
             participants.push(me);
             participants.sort_unstable();
         }
@@ -1256,6 +1324,8 @@ pub(crate) struct Inbox {
     pub(crate) control: Vec<Bytes>,
     /// `(sender, reason)` pairs already logged.
     logged: HashSet<(u32, &'static str)>,
+    /// Sharded exchange: the digest of this round's membership view.
+    view: u64,
     /// Bytes held in `pending`, and the most it may hold.
     pending_bytes: usize,
     max_pending_bytes: usize,
@@ -1278,6 +1348,7 @@ impl Inbox {
             members: Members::new(peers),
             control: Vec::new(),
             logged: HashSet::new(),
+            view: 0,
             pending_bytes: 0,
             // Every other peer's gradient (or shards and results: twice a gradient) for
             // each round of the window, with room for the headers of chunks as small as
@@ -1528,6 +1599,10 @@ impl Inbox {
         );
         match h.kind {
             _ if carries => {}
+            MessageKind::Evict => {
+                crate::membership::apply_evict(&mut self.members, h.sender, message.payload);
+                return Ok(());
+            }
             MessageKind::Hello | MessageKind::Join => {
                 if h.kind == MessageKind::Join {
                     crate::membership::apply_join(&mut self.members, message.payload);
@@ -1625,8 +1700,26 @@ impl Inbox {
             stats.buffered_future += 1;
             return Ok(());
         }
-        if !self.members.expects(h.sender, round) {
+        let member = if sharded {
+            self.members.in_view(h.sender, round)
+        } else {
+            self.members.expects(h.sender, round)
+        };
+        if !member {
             stats.rejected.not_member += 1;
+            return Ok(());
+        }
+        if sharded && h.view != self.view {
+            let ours = self.view;
+            stats.rejected.other_view += 1;
+            self.note(
+                h.sender,
+                "other view",
+                format_args!(
+                    "round {round}: sent under membership view {:#018x}, ours {:#018x}",
+                    h.view, ours
+                ),
+            );
             return Ok(());
         }
         if !self.accepted.contains(&key) {
@@ -1670,13 +1763,29 @@ const FUTURE_WINDOW: u64 = 2;
 const MIN_CHUNK: u64 = 1024;
 
 /// Who takes part in which round: ranks are evicted after missing
-/// `evict_after` rounds in a row and come back through a join.
+/// `evict_after` rounds in a row and come back through a join. The sharded
+/// exchange also keeps each rank's rounds in the membership view, which every
+/// peer must derive alike ([`crate::exchange`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Members {
     active: Vec<bool>,
     missed: Vec<u32>,
     from_round: Vec<u64>,
     incarnation: Vec<Option<u64>>,
+    /// Sharded exchange: the first round each rank is in the view.
+    view_from: Vec<u64>,
+    /// Sharded exchange: the round from which each rank is out of the view (an
+    /// announced eviction; `u64::MAX` when none is).
+    view_until: Vec<u64>,
+}
+
+/// An eviction to announce to the other peers (sharded exchange).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Eviction {
+    /// The ranks leaving the view.
+    pub(crate) ranks: Vec<u32>,
+    /// The first round without them.
+    pub(crate) from_round: u64,
 }
 
 impl Members {
@@ -1686,6 +1795,49 @@ impl Members {
             missed: vec![0; world_size],
             from_round: vec![0; world_size],
             incarnation: vec![None; world_size],
+            view_from: vec![0; world_size],
+            view_until: vec![u64::MAX; world_size],
+        }
+    }
+
+    /// Sharded exchange: whether `rank` is in the membership view of `round` (owns
+    /// shards and sends parts).
+    pub(crate) fn in_view(&self, rank: u32, round: u64) -> bool {
+        let r = rank as usize;
+        self.active.get(r).copied().unwrap_or(false)
+            && self.view_from[r] <= round
+            && round < self.view_until[r]
+    }
+
+    /// Sharded exchange: the ranks in the view of `round`, ascending.
+    pub(crate) fn view(&self, round: u64) -> Vec<u32> {
+        (0..self.active.len() as u32)
+            .filter(|&r| self.in_view(r, round))
+            .collect()
+    }
+
+    /// Sharded exchange: each rank's first round in the view and first round out of it.
+    pub(crate) fn view_rounds(&self) -> (&[u64], &[u64]) {
+        (&self.view_from, &self.view_until)
+    }
+
+    /// Sharded exchange: takes another peer's view rounds (a rejoining peer takes the
+    /// answering peer's); ignored unless they cover every rank.
+    pub(crate) fn set_view_rounds(&mut self, from: &[u64], until: &[u64]) {
+        if from.len() == self.view_from.len() && until.len() == self.view_until.len() {
+            self.view_from.copy_from_slice(from);
+            self.view_until.copy_from_slice(until);
+        }
+    }
+
+    /// Sharded exchange: `ranks` leave the view from `from_round` (an announced
+    /// eviction). A rank admitted again since (in the view from `from_round` on) stays.
+    pub(crate) fn schedule_eviction(&mut self, ranks: &[u32], from_round: u64) {
+        for &rank in ranks {
+            let r = rank as usize;
+            if r < self.view_until.len() && self.view_from[r] < from_round {
+                self.view_until[r] = self.view_until[r].min(from_round);
+            }
         }
     }
 
@@ -1704,14 +1856,21 @@ impl Members {
         }
     }
 
-    /// Records a rank's process and the round from which it takes part.
-    pub(crate) fn admit(&mut self, rank: u32, incarnation: u64, from_round: u64) {
+    /// Records a rank's process, the round from which it takes part, and the
+    /// round from which it is in the sharded exchange's view. A rank still in the
+    /// view at `from_round` (restarted before it was evicted) stays in it: the
+    /// owners do not change, whoever has heard of the admission yet.
+    pub(crate) fn admit(&mut self, rank: u32, incarnation: u64, from_round: u64, view_from: u64) {
         let r = rank as usize;
         if r < self.active.len() {
+            if !self.in_view(rank, from_round) {
+                self.view_from[r] = view_from;
+            }
             self.active[r] = true;
             self.missed[r] = 0;
             self.from_round[r] = from_round;
             self.incarnation[r] = Some(incarnation);
+            self.view_until[r] = u64::MAX;
         }
     }
 
@@ -1750,6 +1909,55 @@ impl Members {
             }
         }
         evicted
+    }
+
+    /// Sharded exchange: records who delivered in `round`, takes the evictions
+    /// announced for the next round out, and, when this peer is the one deciding
+    /// (the lowest-ranked of the view not itself due), schedules the ranks that
+    /// missed `evict_after` rounds in a row to leave the view in two rounds.
+    /// Returns the ranks out from the next round and the eviction to announce.
+    fn after_sharded_round(
+        &mut self,
+        round: u64,
+        config: &RoundConfig,
+        missing: &[u32],
+    ) -> (Vec<u32>, Option<Eviction>) {
+        let view = self.view(round);
+        for &rank in &view {
+            if rank != config.rank {
+                self.record(rank, !missing.contains(&rank));
+            }
+        }
+        let next = round.saturating_add(1);
+        let mut evicted = Vec::new();
+        for rank in 0..self.active.len() {
+            if self.active[rank] && self.view_until[rank] == next {
+                self.active[rank] = false;
+                evicted.push(rank as u32);
+            }
+        }
+        if config.on_timeout != OnTimeout::AverageArrived || config.evict_after == 0 {
+            return (evicted, None);
+        }
+        let due: Vec<u32> = view
+            .iter()
+            .copied()
+            .filter(|&r| {
+                r != config.rank
+                    && self.missed[r as usize] >= config.evict_after
+                    && self.view_until[r as usize] == u64::MAX
+            })
+            .collect();
+        let decider = view.iter().copied().find(|r| !due.contains(r));
+        if due.is_empty() || decider != Some(config.rank) {
+            return (evicted, None);
+        }
+        let eviction = Eviction {
+            ranks: due,
+            from_round: round.saturating_add(2),
+        };
+        self.schedule_eviction(&eviction.ranks, eviction.from_round);
+        (evicted, Some(eviction))
     }
 
     /// Notes which expected ranks delivered this round.

@@ -1,12 +1,12 @@
-//! The binary wire format of every message between peers (version 4).
+//! The binary wire format of every message between peers (version 5).
 //!
-//! A message is a fixed 120-byte header followed by a payload. All integers are
+//! A message is a fixed 128-byte header followed by a payload. All integers are
 //! little-endian. Header layout:
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `PLSG` |
-//! | 4 | 2 | format version (4) |
+//! | 4 | 2 | format version (5) |
 //! | 6 | 1 | message kind ([`MessageKind`]) |
 //! | 7 | 1 | codec id ([`CodecSpec::id`]) |
 //! | 8 | 4 | codec parameter ([`CodecSpec::wire_param`]) |
@@ -26,15 +26,18 @@
 //! | 100 | 8 | sender's incarnation (random per process start) |
 //! | 108 | 4 | flags: bit 0 = signed (a 64-byte signature follows the payload) |
 //! | 112 | 4 | shard index (sharded exchange; 0 otherwise) |
-//! | 116 | 4 | CRC-32 of header bytes 0..116 |
+//! | 116 | 8 | membership view of the round (sharded exchange; 0 otherwise) |
+//! | 124 | 4 | CRC-32 of header bytes 0..124 |
 //!
 //! A signed message ends with an Ed25519 signature of the BLAKE3 digest of
 //! everything before it (header and payload; see [`crate::auth`]).
 //!
 //! Version 2 added the compute time, version 3 the incarnation, the flags (so messages a
 //! crashed process left in a queue are told from its successor's) and the
-//! membership kinds, version 4 the shard index and the sharded exchange's kinds; older
-//! messages are refused as
+//! membership kinds, version 4 the shard index and the sharded exchange's kinds, version 5
+//! the membership view a sharded message was sent under (so peers that disagree on who
+//! owns a shard refuse each other's shards instead of mixing them) and the `Evict` kind;
+//! older messages are refused as
 //! [`WireError::UnsupportedVersion`].
 //!
 //! A gradient is encoded by its codec into one payload, which is split into
@@ -52,9 +55,9 @@ use crate::codec::{CodecError, CodecSpec};
 /// First four bytes of every message.
 pub const MAGIC: [u8; 4] = *b"PLSG";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 /// Size of the fixed header in bytes.
-pub const HEADER_LEN: usize = 120;
+pub const HEADER_LEN: usize = 128;
 /// Length of the signature trailer of a signed message.
 pub const SIGNATURE_LEN: usize = 64;
 /// Header flag: the message is signed.
@@ -150,6 +153,9 @@ pub enum MessageKind {
     Reduced = 7,
     /// Where to fetch a gradient parked in the object store ([`crate::claim`]).
     Claim = 8,
+    /// A running peer telling the others that ranks leave the sharded exchange's
+    /// membership view from a given round ([`crate::membership`]).
+    Evict = 9,
 }
 
 impl MessageKind {
@@ -163,6 +169,7 @@ impl MessageKind {
             6 => Ok(MessageKind::Shard),
             7 => Ok(MessageKind::Reduced),
             8 => Ok(MessageKind::Claim),
+            9 => Ok(MessageKind::Evict),
             other => Err(WireError::UnknownKind(other)),
         }
     }
@@ -211,6 +218,11 @@ pub struct Header {
     /// Which shard of the gradient a [`MessageKind::Shard`] or
     /// [`MessageKind::Reduced`] message carries (0 for other kinds).
     pub shard: u32,
+    /// The digest of the membership view the sender used for this round's shard
+    /// owners (sharded exchange, [`crate::exchange::view_digest`]; 0 for other kinds):
+    /// a receiver with another view refuses the message rather than mixing shards
+    /// aggregated under different owners.
+    pub view: u64,
 }
 
 impl Header {
@@ -245,6 +257,7 @@ impl Header {
             incarnation: 0,
             signed: false,
             shard: 0,
+            view: 0,
         }
     }
 
@@ -271,6 +284,7 @@ impl Header {
         out.put_u64_le(self.incarnation);
         out.put_u32_le(if self.signed { FLAG_SIGNED } else { 0 });
         out.put_u32_le(self.shard);
+        out.put_u64_le(self.view);
         let crc = crc32fast::hash(&out[start..]);
         out.put_u32_le(crc);
         debug_assert_eq!(out.len() - start, HEADER_LEN);
@@ -503,6 +517,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
         incarnation: u64_at(bytes, 100),
         signed: u32_at(bytes, 108) & FLAG_SIGNED != 0,
         shard: u32_at(bytes, 112),
+        view: u64_at(bytes, 116),
     };
     if u32_at(bytes, 108) & !FLAG_SIGNED != 0 {
         return Err(WireError::Inconsistent("unknown header flags"));
@@ -575,6 +590,7 @@ mod tests {
         h.total_payload_len = 1000;
         h.compute_micros = 1_234_567_890_123;
         h.incarnation = 0xdead_beef_0123_4567;
+        h.view = 0x0123_4567_89ab_cdef;
         let bytes = encode_message(&h, &payload);
         assert_eq!(bytes.len(), HEADER_LEN + 1000);
         assert_eq!(&bytes[..4], b"PLSG");
@@ -584,6 +600,7 @@ mod tests {
         assert_eq!(message.header.payload_crc, crc32fast::hash(&payload));
         assert_eq!(message.header.compute_micros, 1_234_567_890_123);
         assert_eq!(message.header.incarnation, 0xdead_beef_0123_4567);
+        assert_eq!(message.header.view, 0x0123_4567_89ab_cdef);
         let mut expected = h.clone();
         expected.payload_len = 1000;
         expected.payload_crc = crc32fast::hash(&payload);
@@ -645,17 +662,17 @@ mod tests {
         assert!(matches!(decode(&bad), Err(WireError::BadMagic { .. })));
 
         let mut bad = bytes.clone();
-        bad[4] = 5;
+        bad[4] = 6;
         assert_eq!(
             decode(&bad),
             Err(WireError::UnsupportedVersion {
-                found: 5,
+                found: 6,
                 supported: FORMAT_VERSION
             })
         );
 
         let mut bad = bytes.clone();
-        bad[HEADER_CRC_AT - 1] ^= 1; // compute time
+        bad[HEADER_CRC_AT - 1] ^= 1; // view
         assert!(matches!(
             decode(&bad),
             Err(WireError::HeaderChecksum { .. })
@@ -693,7 +710,7 @@ mod tests {
     #[test]
     fn older_versions_are_refused() {
         let payload = [5u8; 8];
-        let v4 = encode_message(
+        let v5 = encode_message(
             &Header {
                 total_payload_len: 8,
                 ..header()
@@ -701,9 +718,9 @@ mod tests {
             &payload,
         );
         // Version 1 ended the header after 92 bytes, version 2 after 100, version 3
-        // after 112; each then had the CRC of the bytes before it.
-        for (version, fields) in [(1u16, 92usize), (2, 100), (3, 112)] {
-            let mut old = v4[..fields].to_vec();
+        // after 112, version 4 after 116; each then had the CRC of the bytes before it.
+        for (version, fields) in [(1u16, 92usize), (2, 100), (3, 112), (4, 116)] {
+            let mut old = v5[..fields].to_vec();
             old[4..6].copy_from_slice(&version.to_le_bytes());
             let crc = crc32fast::hash(&old);
             old.extend_from_slice(&crc.to_le_bytes());

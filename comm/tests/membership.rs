@@ -31,11 +31,22 @@ fn averager(
     world: u32,
     timeout: Duration,
 ) -> Averager<InProcessTransport> {
+    averager_for(transport, run_id, world, timeout, Exchange::AllToAll)
+}
+
+fn averager_for(
+    transport: InProcessTransport,
+    run_id: RunId,
+    world: u32,
+    timeout: Duration,
+    exchange: Exchange,
+) -> Averager<InProcessTransport> {
     let rank = transport.rank();
     let mut c = config(run_id, rank, world, N);
     c.timeout = timeout;
     c.on_timeout = OnTimeout::AverageArrived;
     c.evict_after = 2;
+    c.exchange = exchange;
     Averager::new(c, CodecSpec::None.build(0), transport).unwrap()
 }
 
@@ -118,6 +129,8 @@ async fn sharded_messages_that_arrive_while_starting_are_kept_for_their_round() 
         let header = Header {
             kind,
             shard,
+            // Both ranks take part in round 0.
+            view: peerless_comm::exchange::view_digest(2, &[0, 1]),
             incarnation: c1.incarnation,
             ..Header::gradient(
                 run_id,
@@ -175,15 +188,35 @@ async fn round_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_rank_is_evicted_and_a_restarted_one_rejoins_with_the_state() {
+    dead_rank_is_evicted_and_rejoins(Exchange::AllToAll).await;
+}
+
+/// The same with shard owners: a dead owner's shard is skipped until the announced
+/// eviction moves it, and the join reproduces the mid-round race deterministically: the
+/// answering rank 0 admits rank 2 between rounds, and rank 1 starts the next round
+/// before it reads the `Join` (it only reads its queue inside a round). Owners taken
+/// from each peer's own membership left rank 1 sending rank 2's shard to rank 0 while
+/// rank 0 and rank 2 waited for it elsewhere; with the agreed view all three average the
+/// same shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sharded_dead_owner_is_evicted_and_a_restarted_one_rejoins_with_agreed_owners() {
+    dead_rank_is_evicted_and_rejoins(Exchange::Sharded).await;
+}
+
+async fn dead_rank_is_evicted_and_rejoins(exchange: Exchange) {
+    let sharded = exchange == Exchange::Sharded;
+    // An announced eviction takes effect a round later than a local decision, and a
+    // rejoined rank listens for a round before it owns a shard.
+    let lag = u64::from(sharded);
     let run_id = RunId::random();
     let timeout = Duration::from_millis(400);
     let mut endpoints = InProcessHub::new(3).into_endpoints();
     let rank2 = endpoints.pop().unwrap();
     let mut all: Vec<_> = endpoints
         .into_iter()
-        .map(|t| averager(t, run_id, 3, timeout))
+        .map(|t| averager_for(t, run_id, 3, timeout, exchange))
         .collect();
-    all.push(averager(rank2, run_id, 3, timeout));
+    all.push(averager_for(rank2, run_id, 3, timeout, exchange));
 
     // All three start, then rank 2 dies after round 0 (its queue stays, as on a broker).
     let id = identity("1");
@@ -202,30 +235,45 @@ async fn dead_rank_is_evicted_and_a_restarted_one_rejoins_with_the_state() {
     let third = all.pop().unwrap();
     let mut running = all;
 
-    // Rounds 1 and 2 wait for the dead rank until the deadline, then evict it.
-    for round in 1..=2 {
+    // Rounds 1 and 2 (and 3, sharded) wait for the dead rank until the deadline, then
+    // evict it.
+    let evicted_after = 2 + lag;
+    for round in 1..=evicted_after {
         let started = Instant::now();
         let outs = round_all(&mut running, round).await;
         assert!(started.elapsed() >= timeout);
-        for (_, s) in &outs {
+        for (out, s) in &outs {
             assert_eq!(s.participants, [0, 1]);
             assert_eq!(s.missing, [2]);
-            assert_eq!(s.evicted, if round == 2 { vec![2] } else { vec![] });
+            let last = round == evicted_after;
+            assert_eq!(s.evicted, if last { vec![2] } else { vec![] });
+            // Shard 2's owner is dead: its part of the average is skipped, on both.
+            assert_eq!(s.skipped_shards, if sharded { vec![2] } else { vec![] });
+            assert_eq!(out, &outs[0].0, "round {round}");
         }
     }
-    // Round 3 no longer waits.
+    // The next round no longer waits, and shard 2 has an owner again.
     let started = Instant::now();
-    let outs = round_all(&mut running, 3).await;
+    let outs = round_all(&mut running, evicted_after + 1).await;
     assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
-    assert!(
-        outs.iter()
-            .all(|(_, s)| s.missing.is_empty() && s.participants == [0, 1])
+    for (out, s) in &outs {
+        assert!(s.missing.is_empty() && s.participants == [0, 1], "{s:?}");
+        assert!(s.skipped_shards.is_empty(), "{s:?}");
+        assert_eq!(s.rejected.total(), 0, "{:?}", s.rejected);
+        assert_eq!(out, &outs[0].0);
+    }
+    let g = |rank: u64| gradient((evicted_after + 1) * 10 + rank, N);
+    let (g0, g1) = (g(0), g(1));
+    assert_eq!(
+        outs[0].0,
+        reference_mean(&[&g0, &g1]),
+        "nothing lost for good"
     );
 
     // Rank 2 restarts: a new process (new incarnation) on the same queue, which still
     // holds the rounds it missed.
     let transport = third.into_transport();
-    let mut restarted = averager(transport, run_id, 3, timeout);
+    let mut restarted = averager_for(transport, run_id, 3, timeout, exchange);
     let joiner = tokio::spawn(async move {
         let start = restarted
             .start(&identity("1"), &[], Duration::from_secs(10))
@@ -233,7 +281,7 @@ async fn dead_rank_is_evicted_and_a_restarted_one_rejoins_with_the_state() {
             .unwrap();
         (restarted, start)
     });
-    let mut round = 4;
+    let mut round = evicted_after + 2;
     let joined_at = loop {
         round_all(&mut running, round).await;
         round += 1;
@@ -263,15 +311,37 @@ async fn dead_rank_is_evicted_and_a_restarted_one_rejoins_with_the_state() {
     }
     running.push(restarted);
     for round in joined_at..joined_at + 3 {
+        let started = Instant::now();
         let outs = round_all(&mut running, round).await;
+        // Sharded, the rejoined rank listens in its first round: rank 1 began it not
+        // knowing of the join, and nobody waited for anyone.
+        let listening = sharded && round == joined_at;
+        assert!(started.elapsed() < timeout, "round {round} waited");
         for (out, s) in &outs {
-            assert_eq!(s.participants, [0, 1, 2], "round {round}");
-            assert!(s.missing.is_empty());
+            let expected: &[u32] = if listening { &[0, 1] } else { &[0, 1, 2] };
+            assert_eq!(s.participants, expected, "round {round}");
+            assert!(s.missing.is_empty(), "round {round}: {s:?}");
+            assert!(s.skipped_shards.is_empty(), "round {round}: {s:?}");
+            // (The restarted rank drops what its predecessor's queue held: stale rounds.)
+            let r = &s.rejected;
+            assert_eq!(
+                r.misrouted + r.not_member + r.other_view,
+                0,
+                "round {round}: {r:?}"
+            );
             assert_eq!(
                 out, &outs[0].0,
                 "every peer averages the same contributions"
             );
         }
+        let g = |rank: u64| gradient(round * 10 + rank, N);
+        let (g0, g1, g2) = (g(0), g(1), g(2));
+        let mean = if listening {
+            reference_mean(&[&g0, &g1])
+        } else {
+            reference_mean(&[&g0, &g1, &g2])
+        };
+        assert_eq!(outs[0].0, mean, "round {round}");
     }
 }
 

@@ -109,7 +109,8 @@ async fn compressed_shards_agree_bit_for_bit_and_stay_near_the_true_mean() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_owners_shard_is_skipped_once_then_owned_by_the_next_rank() {
+async fn a_missing_owners_shard_is_skipped_until_the_announced_eviction_then_owned_by_the_next_rank()
+ {
     let n = 40_000;
     let world = 4;
     // Ranks 0..3 of a run of 4: rank 3 never comes.
@@ -133,25 +134,30 @@ async fn a_missing_owners_shard_is_skipped_once_then_owned_by_the_next_rank() {
     let refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
     let expected = reference_mean(&refs);
     let lost = shard_range(3, world, n);
-    for round in 0..2 {
+    // Rank 0 decides after round 0 (`evict_after` 1) and announces the eviction for
+    // round 2: round 1 still waits for rank 3, on every peer alike.
+    for round in 0..3 {
         let outcomes = run_round(peers, round, &grads).await;
         let mut next = Vec::new();
         for (rank, (averager, result)) in outcomes.into_iter().enumerate() {
             let (out, stats) = result.unwrap_or_else(|e| panic!("round {round}, {rank}: {e}"));
-            if round == 0 {
+            if round < 2 {
                 assert_eq!(stats.missing, vec![3], "rank {rank}");
-                assert_eq!(stats.evicted, vec![3], "rank {rank}");
+                let evicted = if round == 1 { vec![3] } else { vec![] };
+                assert_eq!(stats.evicted, evicted, "round {round}, rank {rank}");
+                assert_eq!(stats.skipped_shards, vec![3], "round {round}, rank {rank}");
                 assert!(out[lost.clone()].iter().all(|&x| x == 0.0), "rank {rank}");
                 assert_bits_eq(
                     &out[..lost.start],
                     &expected[..lost.start],
-                    &format!("round 0, rank {rank}"),
+                    &format!("round {round}, rank {rank}"),
                 );
             } else {
                 // Rank 0 now owns shard 3: the whole gradient is averaged again.
                 assert!(stats.missing.is_empty(), "rank {rank}: {:?}", stats.missing);
+                assert!(stats.skipped_shards.is_empty(), "rank {rank}");
                 assert_eq!(stats.participants, vec![0, 1, 2]);
-                assert_bits_eq(&out, &expected, &format!("round 1, rank {rank}"));
+                assert_bits_eq(&out, &expected, &format!("round 2, rank {rank}"));
             }
             next.push(averager);
         }
@@ -204,4 +210,127 @@ async fn sharded_codec_state_restores_and_clip_norm_is_refused() {
         matches!(&err, RoundError::Config(m) if m.contains("all-to-all")),
         "{err}"
     );
+}
+
+/// Peers that count a rank's misses differently still move its shard at the same round.
+/// Rank 2 is played by hand: in round 0 it delivers its result and its part to rank 1,
+/// but its part to rank 0 carries another membership view, so rank 0 refuses it
+/// (`other_view`) and counts rank 2 missing while rank 1 does not; then rank 2 goes
+/// silent. Had each peer evicted on its own counts (`evict_after` 1), rank 0 would have
+/// owned shard 2 from round 1 while rank 1 still sent it to rank 2: rank 0 waiting for
+/// rank 1's part in vain and the two applying different shard-2 updates. With the
+/// eviction announced by rank 0 for round 2, both skip shard 2 in round 1 and both move
+/// it to rank 0 in round 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_count_misses_differently_move_a_shard_at_the_same_round() {
+    use peerless_comm::Transport;
+    use peerless_comm::exchange::view_digest;
+    use peerless_comm::wire::{self, Header, MessageKind};
+
+    let n = 30_000;
+    let world = 3;
+    let run = RunId::random();
+    let mut endpoints = InProcessHub::new(world).into_endpoints();
+    let fake = endpoints.pop().unwrap();
+    let mut peers = averagers_of_world(endpoints, world, run, n, CodecSpec::None, |c| {
+        sharded(c);
+        c.on_timeout = OnTimeout::AverageArrived;
+        c.timeout = Duration::from_millis(400);
+        c.evict_after = 1;
+    });
+    let fake_config = config(run, 2, world, n);
+    let message = |kind: MessageKind, shard: u32, view: u64, values: &[f32]| {
+        let mut payload = Vec::new();
+        CodecSpec::None
+            .build(0)
+            .encode(values, &mut payload)
+            .unwrap();
+        let header = Header {
+            kind,
+            shard,
+            view,
+            incarnation: fake_config.incarnation,
+            ..Header::gradient(
+                run,
+                0,
+                2,
+                world,
+                fake_config.model_fingerprint,
+                CodecSpec::None,
+                n as u64,
+            )
+        };
+        let mut out = Vec::new();
+        wire::chunk_messages(&header, &payload, 64 << 10, &mut out);
+        out
+    };
+    let all = view_digest(world, &[0, 1, 2]);
+    let g2 = gradient(99, n);
+    let shard = |s: u32| &g2[shard_range(s, world, n)];
+    // Round 0 from rank 2: its result for shard 2 (its own values), its part of shard 1
+    // to rank 1, and a part of shard 0 to rank 0 under a view nobody has.
+    fake.publish(&message(MessageKind::Reduced, 2, all, shard(2)))
+        .await
+        .unwrap();
+    fake.send_to(1, &message(MessageKind::Shard, 1, all, shard(1)))
+        .await
+        .unwrap();
+    fake.send_to(0, &message(MessageKind::Shard, 0, all ^ 1, shard(0)))
+        .await
+        .unwrap();
+
+    let grads: Vec<Vec<f32>> = (0..2).map(|r| gradient(r + 40, n)).collect();
+    let two = reference_mean(&[&grads[0], &grads[1]]);
+    let (s0, s1, s2) = (
+        shard_range(0, world, n),
+        shard_range(1, world, n),
+        shard_range(2, world, n),
+    );
+    for round in 0..3u64 {
+        let outcomes = run_round(peers, round, &grads).await;
+        let outs: Vec<_> = outcomes
+            .iter()
+            .map(|(_, r)| r.as_ref().unwrap_or_else(|e| panic!("round {round}: {e}")))
+            .collect();
+        for (rank, (out, _)) in outs.iter().enumerate() {
+            assert_bits_eq(out, &outs[0].0, &format!("round {round}, rank {rank} vs 0"));
+        }
+        let (out, s) = (&outs[0].0, [&outs[0].1, &outs[1].1]);
+        match round {
+            0 => {
+                assert_eq!(s[0].rejected.other_view, 1, "{:?}", s[0].rejected);
+                assert_eq!(s[0].missing, [2], "rank 0 refused rank 2's part");
+                assert!(s[1].missing.is_empty(), "rank 1 had all of rank 2's");
+                // Shard 0 without rank 2, shard 1 with it, shard 2 as rank 2 sent it.
+                assert_bits_eq(&out[s0.clone()], &two[s0.clone()], "shard 0");
+                let three =
+                    reference_mean(&[&grads[0][s1.clone()], &grads[1][s1.clone()], shard(1)]);
+                assert_bits_eq(&out[s1.clone()], &three, "shard 1");
+                assert_bits_eq(&out[s2.clone()], shard(2), "shard 2");
+                for stats in s {
+                    assert!(stats.evicted.is_empty() && stats.skipped_shards.is_empty());
+                }
+            }
+            1 => {
+                for stats in s {
+                    assert_eq!(stats.missing, [2]);
+                    assert_eq!(stats.skipped_shards, [2]);
+                    assert_eq!(stats.evicted, [2], "both at the announced round");
+                    assert_eq!(stats.rejected.misrouted, 0, "{:?}", stats.rejected);
+                }
+                assert!(out[s2.clone()].iter().all(|&x| x == 0.0));
+                assert_bits_eq(&out[..s2.start], &two[..s2.start], "shards 0 and 1");
+            }
+            _ => {
+                for stats in s {
+                    assert!(stats.missing.is_empty() && stats.skipped_shards.is_empty());
+                    assert_eq!(stats.participants, [0, 1]);
+                    assert_eq!(stats.rejected.total(), 0, "{:?}", stats.rejected);
+                }
+                assert_bits_eq(out, &two, "rank 0 owns shard 2: nothing lost for good");
+            }
+        }
+        peers = outcomes.into_iter().map(|(a, _)| a).collect();
+    }
+    drop(fake);
 }

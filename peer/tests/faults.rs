@@ -1,7 +1,10 @@
 //! Faults against real components: separate `peerless peer` processes over a RabbitMQ node
 //! this test starts itself (own node name, port and data directory; the shared broker on
 //! 5672 is never touched), a broker restart mid-run, every peer killed with SIGKILL and
-//! restarted, one peer killed and rejoining, and a broker that never comes back.
+//! restarted, one peer killed and rejoining, and a broker that never comes back. The
+//! first three run with each `--exchange` that goes through the broker: all-to-all, and
+//! sharded (where the killed peer owns a shard, whose updates stop until the survivors
+//! move it to another owner).
 //!
 //! Every comparison with "an uninterrupted run" is against a run with another run id: a
 //! run id names a run and never changes its numbers.
@@ -125,8 +128,37 @@ fn one(hashes: &[String]) -> String {
 
 const ROUNDS: &[&str] = &["--epochs", "2", "--rounds-per-epoch", "24"];
 
+/// Whether `exchange` is the sharded one.
+fn is_sharded(exchange: &str) -> bool {
+    exchange == "sharded"
+}
+
+/// Asserts that no shard went without its owner's result in any of `rounds`.
+fn no_shard_skipped(rounds: &[RoundMetrics], who: &str) {
+    for m in rounds {
+        assert!(
+            m.skipped_shards.is_empty(),
+            "{who}, round {}: shards {:?} skipped",
+            m.round,
+            m.skipped_shards
+        );
+    }
+}
+
 #[test]
 fn broker_restart_and_killed_peers_change_nothing_in_the_result() {
+    broker_restart_and_killed_peers(ALL_TO_ALL);
+}
+
+#[test]
+fn sharded_broker_restart_and_killed_peers_change_nothing_in_the_result() {
+    broker_restart_and_killed_peers(SHARDED);
+}
+
+const ALL_TO_ALL: &str = "all-to-all";
+const SHARDED: &str = "sharded";
+
+fn broker_restart_and_killed_peers(exchange: &str) {
     let mut node = RabbitNode::start().expect("a private RabbitMQ node");
     let url = node.url();
     let dir = tempfile::tempdir().unwrap();
@@ -137,13 +169,20 @@ fn broker_restart_and_killed_peers_change_nothing_in_the_result() {
             .map(|r| {
                 Peer::new(&url, &store, 3, r, run_id, dir.path())
                     .with(ROUNDS)
+                    .with(&["--exchange", exchange])
                     .with(extra)
             })
             .collect()
     };
 
     // The uninterrupted run.
-    let reference = one(&run(&peers(&unique("reference"), &[])));
+    let reference_peers = peers(&unique("reference"), &[]);
+    let reference = one(&run(&reference_peers));
+    for p in &reference_peers {
+        let rounds = p.rounds();
+        assert_eq!(rounds.len(), 48);
+        no_shard_skipped(&rounds, "reference");
+    }
 
     // A broker restart mid-run: peers reconnect, publish their round again, and finish
     // with the same weights.
@@ -183,11 +222,25 @@ fn broker_restart_and_killed_peers_change_nothing_in_the_result() {
         .map(|m| m.round_time_s)
         .fold(0.0, f64::max);
     eprintln!(
-        "restart: broker restarted in {down:.1?}; peers saw {outage:.1} s of outage in total, \
-         slowest round {slowest:.1} s; final weights equal to the uninterrupted run"
+        "restart ({exchange}): broker restarted in {down:.1?}; peers saw {outage:.1} s of \
+         outage in total, slowest round {slowest:.1} s; final weights equal to the \
+         uninterrupted run"
     );
-    for p in &restarted {
-        assert_eq!(p.rounds().len(), 48);
+    let per_round: Vec<Vec<RoundMetrics>> = restarted.iter().map(Peer::rounds).collect();
+    for (rank, rounds) in per_round.iter().enumerate() {
+        assert_eq!(rounds.len(), 48);
+        // Every round of every peer complete: nobody missing, no shard skipped, and the
+        // same weights as the uninterrupted run after every round.
+        for (m, r) in rounds.iter().zip(reference_peers[rank].rounds()) {
+            assert!(m.missing_ranks.is_empty(), "round {}: {m:?}", m.round);
+            assert_eq!(m.participants, [0, 1, 2], "round {}", m.round);
+            assert_eq!(
+                m.weights_hash, r.weights_hash,
+                "rank {rank}, round {}",
+                m.round
+            );
+        }
+        no_shard_skipped(rounds, "restart");
     }
 
     // Every peer killed with SIGKILL mid-run, then started again with the same commands:
@@ -213,14 +266,28 @@ fn broker_restart_and_killed_peers_change_nothing_in_the_result() {
         assert!(resumed as usize <= before);
         assert_eq!(rounds.last().unwrap().round, 47);
         eprintln!(
-            "resume: killed after {before} rounds, resumed at round {resumed} ({} redone)",
+            "resume ({exchange}): killed after {before} rounds, resumed at round {resumed} \
+             ({} redone)",
             before - resumed as usize
         );
+        no_shard_skipped(&rounds, "resume");
     }
 }
 
 #[test]
 fn a_killed_peer_rejoins_and_catches_up() {
+    a_killed_peer_rejoins(ALL_TO_ALL);
+}
+
+/// Rank 3 owns shard 3: while it is dead every survivor leaves shard 3 unchanged, until
+/// the eviction announced by rank 0 gives the shard to rank 0.
+#[test]
+fn sharded_a_killed_shard_owner_is_evicted_its_shard_moves_and_it_rejoins() {
+    a_killed_peer_rejoins(SHARDED);
+}
+
+fn a_killed_peer_rejoins(exchange: &str) {
+    let sharded = is_sharded(exchange);
     let node = RabbitNode::start().expect("a private RabbitMQ node");
     let url = node.url();
     let dir = tempfile::tempdir().unwrap();
@@ -240,16 +307,25 @@ fn a_killed_peer_rejoins_and_catches_up() {
                 "3",
                 "--evict-after",
                 "2",
+                "--exchange",
+                exchange,
             ])
         })
         .collect();
     let mut children: Vec<Child> = peers.iter().map(Peer::spawn).collect();
-    // Kill rank 3 about a third of the way, restart it a few seconds later.
+    // Kill rank 3 about a third of the way, restart it once the others evicted it.
     peers[3].wait_rounds(20, Duration::from_secs(180));
     children[3].kill().unwrap();
     children[3].wait().unwrap();
     let died_after = peers[3].lines();
-    std::thread::sleep(Duration::from_secs(4));
+    let killed = Instant::now();
+    while !peers[0].rounds().iter().any(|m| m.evicted_ranks == [3]) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(120),
+            "rank 3 not evicted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     children[3] = peers[3].spawn();
     let hashes = finish(children);
     one(&hashes);
@@ -290,14 +366,59 @@ fn a_killed_peer_rejoins_and_catches_up() {
             .any(|m| m.weights_hash == by_round(m.round).weights_hash),
         "no equal weights within 3 rounds of rejoining at {first}"
     );
-    for m in rejoined {
+    // Sharded, the rejoined rank listens in its first round (it enters the owners' view
+    // only once every peer has heard of the join).
+    let listening = usize::from(sharded);
+    for (i, m) in rejoined.iter().enumerate() {
         assert_eq!(
             m.weights_hash,
             by_round(m.round).weights_hash,
             "round {}",
             m.round
         );
-        assert_eq!(m.participants, [0, 1, 2, 3], "round {}", m.round);
+        let expected: &[u32] = if i < listening {
+            &[0, 1, 2]
+        } else {
+            &[0, 1, 2, 3]
+        };
+        assert_eq!(m.participants, expected, "round {}", m.round);
+        assert_eq!(
+            by_round(m.round).participants,
+            expected,
+            "round {}",
+            m.round
+        );
+        assert!(m.skipped_shards.is_empty(), "round {}: {m:?}", m.round);
+    }
+    // Shard accounting, on every survivor: a shard is skipped exactly in the rounds its
+    // owner (rank 3) is missing, as many rounds as it takes to evict it (one more when
+    // the eviction is announced), and never again once it moved.
+    let waited_rounds = 2 + usize::from(sharded);
+    for (rank, rounds) in rounds[..3].iter().enumerate() {
+        let mut skipped = 0;
+        for m in rounds {
+            let expected: &[u32] = if sharded && m.missing_ranks.contains(&3) {
+                &[3]
+            } else {
+                &[]
+            };
+            assert_eq!(m.skipped_shards, expected, "rank {rank}, round {}", m.round);
+            skipped += usize::from(!m.skipped_shards.is_empty());
+            assert_eq!(m.rejections.other_view, 0, "rank {rank}, round {}", m.round);
+            assert_eq!(m.rejections.misrouted, 0, "rank {rank}, round {}", m.round);
+        }
+        let missed = rounds.iter().filter(|m| m.missing_ranks == [3]).count();
+        assert_eq!(missed, waited_rounds, "rank {rank}");
+        assert_eq!(
+            skipped,
+            if sharded { waited_rounds } else { 0 },
+            "rank {rank}"
+        );
+        assert_eq!(
+            rounds.iter().map(|m| &m.weights_hash).collect::<Vec<_>>(),
+            survivor.iter().map(|m| &m.weights_hash).collect::<Vec<_>>(),
+            "rank {rank}'s weights differ from rank 0's"
+        );
     }
     assert_eq!(rejoined.last().unwrap().round, 59);
     let normal: f64 = survivor[2..10].iter().map(|m| m.round_time_s).sum::<f64>() / 8.0;
@@ -307,7 +428,7 @@ fn a_killed_peer_rejoins_and_catches_up() {
         .map(|m| format!("{:.1}", m.round_time_s))
         .collect();
     eprintln!(
-        "rejoin: rank 3 killed after {died_after} rounds; survivors waited {waited:?} s \
+        "rejoin ({exchange}): rank 3 killed after {died_after} rounds; survivors waited {waited:?} s \
          (normal round {normal:.2} s), evicted it after round {}, ran {} rounds without it \
          (next round {:.2} s); it rejoined at round {first} with equal weights from its first round",
         survivor[evicted_at].round,

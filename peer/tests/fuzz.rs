@@ -139,7 +139,7 @@ fn hostile(rng: &mut ChaCha8Rng, run_id: RunId, keys: &[Keyring], round: u64) ->
         1 => bytes.truncate(rng.random_range(0..bytes.len())),
         2 => {
             // Every header field to an extreme value, checksums made valid.
-            let fields: [(usize, usize); 16] = [
+            let fields: [(usize, usize); 17] = [
                 (6, 1),
                 (7, 1),
                 (8, 4),
@@ -156,6 +156,7 @@ fn hostile(rng: &mut ChaCha8Rng, run_id: RunId, keys: &[Keyring], round: u64) ->
                 (92, 8),
                 (100, 8),
                 (112, 4),
+                (116, 8),
             ];
             let (at, len) = fields[rng.random_range(0..fields.len())];
             let value: u64 = match rng.random_range(0..3) {

@@ -13,7 +13,8 @@
 //! published before a slower peer has started is already queued for it.
 //!
 //! Durability: queues are not durable (they are declared again after a broker
-//! restart, and every peer publishes its last batches again) but also not exclusive or auto-deleted, so messages wait in the
+//! restart, and every peer publishes its last batches again, broadcast and sent to
+//! one rank alike) but also not exclusive or auto-deleted, so messages wait in the
 //! queue while their peer starts or reconnects; an idle queue expires after
 //! [`AmqpConfig::queue_expiry`]. Messages are transient, published with
 //! `mandatory` set and with publisher confirms awaited; consumers acknowledge
@@ -63,9 +64,11 @@ pub struct AmqpConfig {
     pub queue_expiry: Duration,
     /// How long a lost connection is retried before the transport fails.
     pub reconnect_timeout: Duration,
-    /// How many of the last published batches are published again after a
+    /// How many of the last broadcast batches are published again after a
     /// reconnect (a round publishes one; peers are at most a round apart, and
-    /// membership messages take a batch each).
+    /// membership messages take a batch each). The batches sent to one rank
+    /// since (a sharded round's shards) are sent again too, up to this many per
+    /// rank of the run.
     pub replay_batches: usize,
 }
 
@@ -145,9 +148,9 @@ struct Inner {
     masked_url: String,
     link: std::sync::RwLock<Arc<Link>>,
     state: watch::Sender<LinkState>,
-    /// The last broadcast batches, published again after a reconnect because
-    /// the broker may have dropped them with its queues.
-    replay: std::sync::Mutex<VecDeque<Vec<Bytes>>>,
+    /// The last batches, broadcast (`None`) or sent to one rank, published again
+    /// after a reconnect because the broker may have dropped them with its queues.
+    replay: std::sync::Mutex<VecDeque<(Option<u32>, Vec<Bytes>)>>,
     outage: std::sync::Mutex<Outage>,
     closed: AtomicBool,
 }
@@ -304,10 +307,39 @@ impl Inner {
         }
     }
 
-    async fn publish_on(&self, link: &Link, messages: &[Bytes]) -> Result<(), PublishFailure> {
-        let exchange = exchange_name(self.config.run_id);
-        let key = routing_key(self.config.rank);
-        publish_batch(link, &exchange, &key, messages).await
+    /// Publishes `messages` on `link`: to every peer, or to rank `to` alone.
+    async fn publish_on(
+        &self,
+        link: &Link,
+        to: Option<u32>,
+        messages: &[Bytes],
+    ) -> Result<(), PublishFailure> {
+        match to {
+            None => {
+                let exchange = exchange_name(self.config.run_id);
+                let key = routing_key(self.config.rank);
+                publish_batch(link, &exchange, &key, messages).await
+            }
+            Some(rank) => {
+                let queue = queue_name(self.config.run_id, rank);
+                publish_batch(link, "", &queue, messages).await
+            }
+        }
+    }
+
+    /// Keeps a batch for replay after a reconnect: the last `replay_batches`
+    /// broadcasts, and what was sent to single ranks meanwhile, at most
+    /// `replay_batches` batches per rank of the run in all.
+    fn remember(&self, to: Option<u32>, messages: &[Bytes]) {
+        let keep = self.config.replay_batches;
+        let most = keep
+            .saturating_mul(self.config.world_size as usize)
+            .max(keep);
+        let mut replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        replay.push_back((to, messages.to_vec()));
+        while replay.len() > most || replay.iter().filter(|(to, _)| to.is_none()).count() > keep {
+            replay.pop_front();
+        }
     }
 }
 
@@ -340,7 +372,7 @@ async fn reconnect_task(inner: Arc<Inner>, generation: u64) {
         match open_link(config, &inner.masked_url, remaining, generation + 1).await {
             Ok(link) => {
                 let link = Arc::new(link);
-                let batches: Vec<Vec<Bytes>> = inner
+                let batches: Vec<(Option<u32>, Vec<Bytes>)> = inner
                     .replay
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -348,8 +380,8 @@ async fn reconnect_task(inner: Arc<Inner>, generation: u64) {
                     .cloned()
                     .collect();
                 let mut replayed = Ok(());
-                for batch in &batches {
-                    replayed = inner.publish_on(&link, batch).await;
+                for (to, batch) in &batches {
+                    replayed = inner.publish_on(&link, *to, batch).await;
                     if replayed.is_err() {
                         break;
                     }
@@ -505,13 +537,7 @@ impl Transport for AmqpTransport {
         if config.world_size <= 1 {
             return Ok(());
         }
-        {
-            let mut replay = self.inner.replay.lock().unwrap_or_else(|e| e.into_inner());
-            replay.push_back(messages.to_vec());
-            while replay.len() > config.replay_batches {
-                replay.pop_front();
-            }
-        }
+        self.inner.remember(None, messages);
         let exchange = exchange_name(config.run_id);
         let key = routing_key(config.rank);
         self.publish_to(&exchange, &key, messages).await
@@ -524,6 +550,7 @@ impl Transport for AmqpTransport {
                 cause: format!("no peer of rank {rank} to send to"),
             });
         }
+        self.inner.remember(Some(rank), messages);
         // The default exchange routes by queue name.
         self.publish_to("", &queue_name(config.run_id, rank), messages)
             .await

@@ -72,6 +72,9 @@ pub struct RoundMetrics {
     pub missing_ranks: Vec<u32>,
     /// Ranks no longer waited for after this round (`--evict-after`).
     pub evicted_ranks: Vec<u32>,
+    /// Sharded exchange: shards whose owner's result did not arrive, left unchanged this
+    /// round (see `peerless_comm::RoundStats::skipped_shards`).
+    pub skipped_shards: Vec<u32>,
     /// Seconds of this round without a broker connection (reconnecting).
     pub broker_outage_s: f64,
     /// Writing this round's checkpoint, when one was written.
@@ -231,6 +234,7 @@ impl RoundMetrics {
         self.missing_ranks = stats.missing.clone();
         self.participants = stats.participants.clone();
         self.evicted_ranks = stats.evicted.clone();
+        self.skipped_shards = stats.skipped_shards.clone();
         self.broker_outage_s = stats.outage.as_secs_f64();
     }
 
