@@ -6,6 +6,7 @@ mod cmd;
 mod config;
 mod progress;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use cli::Command;
@@ -63,6 +64,8 @@ fn init_logging(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| MaskedStderr)
+        // Colours only on a terminal: logs redirected to a file (EC2 user data, CI) stay text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

@@ -380,3 +380,21 @@ fn bench_gradient_out_is_the_fixed_batchs_gradient_every_time() {
         .failure()
         .stderr(predicate::str::contains("one --model and one --batch"));
 }
+
+#[test]
+fn logs_into_a_pipe_are_plain_text() {
+    let out = peerless()
+        .env("PEERLESS_LOG", "info")
+        .args([
+            "bench", "--model", "tiny_cnn", "--batch", "2", "--steps", "1", "--warmup", "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("timing the gradient step"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal colours in a redirected log: {log:?}"
+    );
+}
