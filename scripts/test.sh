@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: sets up the machine, then runs every test of the workspace against the
-# real local services, and checks that the GPU (wgpu) build still compiles.
+# The test command: sets up the machine, checks the CloudFormation stack (cfn-lint, moto),
+# then runs every test of the workspace against the real local services, and checks that the GPU (wgpu) build still compiles.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$PEERLESS_ROOT"
@@ -8,6 +8,9 @@ cd "$PEERLESS_ROOT"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+
+echo "== deploy/peerless.yaml: cfn-lint and a deploy on moto (scripts/check-stack.sh)"
+"$PEERLESS_ROOT/scripts/check-stack.sh"
 
 echo "== cargo test --workspace"
 log="${TMPDIR:-/tmp}/peerless-test.log"
