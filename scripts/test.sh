@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets up the machine, checks the CloudFormation stack (cfn-lint, moto),
-# then runs every test of the workspace against the real local services, and checks that the GPU (wgpu) build still compiles.
+# then runs every test of the workspace against the real local services, and checks that the
+# GPU (wgpu) build still compiles.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$PEERLESS_ROOT"
