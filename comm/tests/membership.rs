@@ -7,12 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{config, gradient};
+use common::{config, gradient, hand_made};
 use peerless_comm::average::reference_mean;
 use peerless_comm::exchange::shard_range;
-use peerless_comm::wire::{self, RunId};
+use peerless_comm::wire::RunId;
 use peerless_comm::{
-    Averager, CodecSpec, Exchange, Header, Identity, InProcessHub, InProcessTransport, MessageKind,
+    Averager, CodecSpec, Exchange, Identity, InProcessHub, InProcessTransport, MessageKind,
     OnTimeout, RoundError, Start, Transport,
 };
 
@@ -120,32 +120,10 @@ async fn sharded_messages_that_arrive_while_starting_are_kept_for_their_round() 
     // its result for shard 1 (its own), here simply its own values.
     let g0 = gradient(10, N);
     let g1 = gradient(11, N);
-    let message = |kind: MessageKind, shard: u32, values: &[f32]| {
-        let mut payload = Vec::new();
-        CodecSpec::None
-            .build(0)
-            .encode(values, &mut payload)
-            .unwrap();
-        let header = Header {
-            kind,
-            shard,
-            // Both ranks take part in round 0.
-            view: peerless_comm::exchange::view_digest(2, &[0, 1]),
-            incarnation: c1.incarnation,
-            ..Header::gradient(
-                run_id,
-                0,
-                1,
-                2,
-                c1.model_fingerprint,
-                CodecSpec::None,
-                N as u64,
-            )
-        };
-        let mut out = Vec::new();
-        wire::chunk_messages(&header, &payload, wire::DEFAULT_MAX_CHUNK_BYTES, &mut out);
-        out
-    };
+    // Both ranks take part in round 0.
+    let view = peerless_comm::exchange::view_digest(2, &[0, 1]);
+    let message =
+        |kind: MessageKind, shard: u32, values: &[f32]| hand_made(&c1, kind, shard, view, values);
     let (s0, s1) = (shard_range(0, 2, N), shard_range(1, 2, N));
     let mut early = message(MessageKind::Shard, 0, &g1[s0.clone()]);
     early.extend(message(MessageKind::Reduced, 1, &g1[s1.clone()]));

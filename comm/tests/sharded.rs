@@ -225,7 +225,7 @@ async fn sharded_codec_state_restores_and_clip_norm_is_refused() {
 async fn peers_that_count_misses_differently_move_a_shard_at_the_same_round() {
     use peerless_comm::Transport;
     use peerless_comm::exchange::view_digest;
-    use peerless_comm::wire::{self, Header, MessageKind};
+    use peerless_comm::wire::MessageKind;
 
     let n = 30_000;
     let world = 3;
@@ -238,31 +238,10 @@ async fn peers_that_count_misses_differently_move_a_shard_at_the_same_round() {
         c.timeout = Duration::from_millis(400);
         c.evict_after = 1;
     });
-    let fake_config = config(run, 2, world, n);
+    let mut fake_config = config(run, 2, world, n);
+    fake_config.max_chunk_bytes = 64 << 10;
     let message = |kind: MessageKind, shard: u32, view: u64, values: &[f32]| {
-        let mut payload = Vec::new();
-        CodecSpec::None
-            .build(0)
-            .encode(values, &mut payload)
-            .unwrap();
-        let header = Header {
-            kind,
-            shard,
-            view,
-            incarnation: fake_config.incarnation,
-            ..Header::gradient(
-                run,
-                0,
-                2,
-                world,
-                fake_config.model_fingerprint,
-                CodecSpec::None,
-                n as u64,
-            )
-        };
-        let mut out = Vec::new();
-        wire::chunk_messages(&header, &payload, 64 << 10, &mut out);
-        out
+        hand_made(&fake_config, kind, shard, view, values)
     };
     let all = view_digest(world, &[0, 1, 2]);
     let g2 = gradient(99, n);

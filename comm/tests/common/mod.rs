@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use peerless_comm::average::reference_mean;
-use peerless_comm::wire::{self, Header, RunId};
+use peerless_comm::wire::{self, Header, MessageKind, RunId};
 use peerless_comm::{
     Averager, CodecSpec, OnTimeout, RoundConfig, RoundError, RoundStats, Transport,
     model_fingerprint,
@@ -36,6 +36,41 @@ pub fn config(run_id: RunId, rank: u32, world: u32, n: usize) -> RoundConfig {
     let mut config = RoundConfig::new(run_id, rank, world, fingerprint(n), n);
     config.timeout = Duration::from_secs(30);
     config
+}
+
+/// Round 0's messages of `kind` for `shard` (codec `none`) as the peer of `sender` would
+/// send them under membership view `view`, made by hand: for tests that play a peer racing
+/// a membership change instead of running an `Averager`.
+pub fn hand_made(
+    sender: &RoundConfig,
+    kind: MessageKind,
+    shard: u32,
+    view: u64,
+    values: &[f32],
+) -> Vec<Bytes> {
+    let mut payload = Vec::new();
+    CodecSpec::None
+        .build(0)
+        .encode(values, &mut payload)
+        .unwrap();
+    let header = Header {
+        kind,
+        shard,
+        view,
+        incarnation: sender.incarnation,
+        ..Header::gradient(
+            sender.run_id,
+            0,
+            sender.rank,
+            sender.world_size,
+            sender.model_fingerprint,
+            CodecSpec::None,
+            sender.element_count as u64,
+        )
+    };
+    let mut out = Vec::new();
+    wire::chunk_messages(&header, &payload, sender.max_chunk_bytes, &mut out);
+    out
 }
 
 pub fn averagers<T: Transport>(
