@@ -680,6 +680,15 @@ impl<T: Transport> Averager<T> {
         }
     }
 
+    /// A header for this peer's sharded-exchange messages of `round`, stamped with the
+    /// membership view (`digest`) they were sent under, so a peer with another view refuses them.
+    fn view_header(&self, kind: MessageKind, round: u64, shard: u32, digest: u64) -> Header {
+        Header {
+            view: digest,
+            ..self.header(kind, round, shard)
+        }
+    }
+
     /// Frames (and signs) `payload` into messages appended to `out`; returns the
     /// time spent signing.
     fn frame(&self, header: &Header, payload: &[u8], out: &mut Vec<Bytes>) -> Duration {
@@ -1040,10 +1049,7 @@ impl<T: Transport> Averager<T> {
                 if owner == me {
                     continue;
                 }
-                let header = Header {
-                    view: digest,
-                    ..self.header(MessageKind::Shard, round, s)
-                };
+                let header = self.view_header(MessageKind::Shard, round, s, digest);
                 let mut messages = Vec::new();
                 stats.auth_time +=
                     self.frame(&header, &self.shards[s as usize].part_bytes, &mut messages);
@@ -1116,10 +1122,7 @@ impl<T: Transport> Averager<T> {
                 .encode(block, &mut shard.result_bytes)
                 .map_err(RoundError::Encode)?;
             decode_into(self.codec.as_ref(), &shard.result_bytes, block);
-            let header = Header {
-                view: digest,
-                ..self.header(MessageKind::Reduced, round, s)
-            };
+            let header = self.view_header(MessageKind::Reduced, round, s, digest);
             stats.auth_time += self.frame(
                 &header,
                 &self.shards[s as usize].result_bytes,
