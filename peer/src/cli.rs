@@ -77,6 +77,10 @@ pub struct StudyArgs {
     /// Folder for metrics, report, plots and CSV; rerunning resumes what is there.
     #[arg(long, value_name = "DIR", default_value = "peerless-study")]
     pub out: PathBuf,
+    /// Run these of the config's models only (comma-separated), e.g. to leave out one the
+    /// machine has no memory for.
+    #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]
+    pub models: Vec<Architecture>,
 }
 
 #[derive(Debug, Subcommand)]

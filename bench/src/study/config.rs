@@ -599,6 +599,33 @@ impl StudyConfig {
             .collect()
     }
 
+    /// Keeps only `models` of this config's models (`peerless study --models`), in the
+    /// order given; a model the config does not name is refused.
+    pub fn select_models(&mut self, models: &[Architecture]) -> Result<(), StudyError> {
+        let named: Vec<Architecture> = self.model.into_iter().chain(self.models.clone()).collect();
+        if let Some(m) = models.iter().find(|m| !named.contains(m)) {
+            return Err(StudyError::invalid(
+                &self.file_label(),
+                "models",
+                format!(
+                    "does not name {} (asked for by --models); it names {}",
+                    m.name(),
+                    self.model_names()
+                ),
+            ));
+        }
+        if self.model.is_some() {
+            return Ok(()); // one model, and it was asked for
+        }
+        self.models = models.iter().fold(Vec::new(), |mut chosen, &m| {
+            if !chosen.contains(&m) {
+                chosen.push(m);
+            }
+            chosen
+        });
+        Ok(())
+    }
+
     /// The model names, for messages and the report (`a, b, c` for a list).
     pub fn model_names(&self) -> String {
         match self.model {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use peerless_bench::study::{
     Aggregation, Architecture, Attack, DatasetKind, Day, Deployment, Prices, ServerlessMode,
-    StalePrice, StudyConfig, StudyError,
+    StalePrice, StudyConfig, StudyError, check_memory, peers_memory_bytes,
 };
 
 use peerless_runtime::OffloadPolicy;
@@ -220,6 +220,63 @@ fn a_models_list_expands_into_one_study_per_model() {
     assert_eq!(studies[1].1.model, Some(Architecture::Vgg11));
     studies[1].1.validate().unwrap();
     assert_eq!(c.model_names(), "squeezenet1_1, vgg11");
+}
+
+#[test]
+fn models_can_be_narrowed_to_some_of_the_config_s_models() {
+    let text = MINIMAL.replace(
+        "model = \"tiny_cnn\"",
+        "models = [\"squeezenet1_1\", \"mobilenet_v3_small\", \"vgg11\"]",
+    );
+    let mut c = StudyConfig::from_toml_str(&text).unwrap();
+    use Architecture::{MobileNetV3Small, SqueezeNet1_1, TinyCnn, Vgg11};
+    c.select_models(&[Vgg11, SqueezeNet1_1, Vgg11]).unwrap();
+    assert_eq!(c.models, vec![Vgg11, SqueezeNet1_1]);
+    let names: Vec<String> = c.per_model().into_iter().map(|(_, s)| s.name).collect();
+    assert_eq!(names, ["t-vgg11", "t-squeezenet1_1"]);
+    // Only models the config names; the message says which ones it does.
+    let e = c
+        .select_models(&[MobileNetV3Small])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mobilenet_v3_small") && e.contains("vgg11, squeezenet1_1"),
+        "{e}"
+    );
+    // A one-model config keeps its layout (no `<name>-<model>` folder).
+    let mut one = StudyConfig::from_toml_str(MINIMAL).unwrap();
+    one.select_models(&[TinyCnn]).unwrap();
+    assert_eq!(one.per_model()[0].1.name, "t");
+    assert!(one.select_models(&[Vgg11]).is_err());
+}
+
+#[test]
+fn a_study_whose_peers_do_not_fit_in_memory_is_refused_before_training() {
+    let broker = with("broker = \"amqp://127.0.0.1:5672/%2f\"");
+    let c = StudyConfig::from_toml_str(&broker).unwrap();
+    let vgg11_gradient = 515_445_032;
+    // Two peers over a broker: 12 gradient-sized buffers each.
+    assert_eq!(
+        peers_memory_bytes(&c, vgg11_gradient),
+        12 * 2 * vgg11_gradient
+    );
+    let in_process = StudyConfig::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(
+        peers_memory_bytes(&in_process, vgg11_gradient),
+        8 * 2 * vgg11_gradient
+    );
+    check_memory(&c, vgg11_gradient, 13_000_000_000).unwrap();
+    match check_memory(&c, vgg11_gradient, 12_000_000_000) {
+        Err(e @ StudyError::NotEnoughMemory { .. }) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("12.4 GB") && e.contains("12.0 GB available"),
+                "{e}"
+            );
+            assert!(e.contains("--models"), "{e}");
+        }
+        other => panic!("expected NotEnoughMemory, got {other:?}"),
+    }
 }
 
 fn shipped(name: &str) -> std::path::PathBuf {
