@@ -331,39 +331,20 @@ pub struct Day {
 impl Day {
     /// The day, or `None` when no such day exists (month 13, February 30, ...).
     pub fn new(year: i32, month: u32, day: u32) -> Option<Day> {
-        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-        let days = match month {
-            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-            4 | 6 | 9 | 11 => 30,
-            2 if leap => 29,
-            2 => 28,
-            _ => return None,
-        };
-        (1..=days)
-            .contains(&day)
-            .then_some(Day { year, month, day })
+        let month = time::Month::try_from(u8::try_from(month).ok()?).ok()?;
+        time::Date::from_calendar_date(year, month, u8::try_from(day).ok()?)
+            .ok()
+            .map(Day::from)
     }
 
     /// Today in UTC, from the system clock: the run's date for the report.
     pub fn today_utc() -> Day {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Day::from_unix_days((secs / 86_400) as i64)
+        time::OffsetDateTime::now_utc().date().into()
     }
 
-    /// The day `days` days after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    /// The day `days` days after 1970-01-01.
     pub fn from_unix_days(days: i64) -> Day {
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
-        Day { year, month, day }
+        (time::OffsetDateTime::UNIX_EPOCH.date() + time::Duration::days(days)).into()
     }
 
     /// The earliest day a price's `date` can mean: `YYYY-MM-DD` itself, `YYYY-MM` the
@@ -392,6 +373,16 @@ impl Day {
     /// counts as March 1).
     pub fn more_than_a_year_before(self, today: Day) -> bool {
         (self.year + 1, self.month, self.day) < (today.year, today.month, today.day)
+    }
+}
+
+impl From<time::Date> for Day {
+    fn from(date: time::Date) -> Day {
+        Day {
+            year: date.year(),
+            month: u8::from(date.month()).into(),
+            day: date.day().into(),
+        }
     }
 }
 
