@@ -41,9 +41,6 @@ pub enum StudyError {
     /// The runs lack what a computation needs (no rounds, no reference peer, ...).
     #[error("{what}")]
     MissingData { what: String },
-    /// The study's peers would not fit in the machine's memory (see `study::memory`).
-    #[error("{message}")]
-    NotEnoughMemory { message: String },
     /// A plot could not be drawn or encoded.
     #[error("plot {plot}: {message}")]
     Plot { plot: String, message: String },

@@ -13,7 +13,6 @@
 pub mod config;
 pub mod cost;
 pub mod error;
-pub mod memory;
 pub mod prices;
 pub mod report;
 pub mod runs;
@@ -25,7 +24,6 @@ pub use config::{
 };
 pub use cost::{CostBreakdown, CostPoint, CostQuantities, cost_curve, run_cost};
 pub use error::StudyError;
-pub use memory::{check_memory, peers_memory_bytes};
 pub use prices::{Day, InstancePrice, Price, Prices, StalePrice};
 pub use report::{Headline, ReportFiles, SECTIONS, TimeSplit, stale_prices_note, write_report};
 pub use runs::{DeploymentRun, PeerRun, read_metrics_jsonl};

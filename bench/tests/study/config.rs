@@ -5,7 +5,7 @@ use std::path::Path;
 
 use peerless_bench::study::{
     Aggregation, Architecture, Attack, DatasetKind, Day, Deployment, Prices, ServerlessMode,
-    StalePrice, StudyConfig, StudyError, check_memory, peers_memory_bytes,
+    StalePrice, StudyConfig, StudyError,
 };
 
 use peerless_runtime::OffloadPolicy;
@@ -248,35 +248,6 @@ fn models_can_be_narrowed_to_some_of_the_config_s_models() {
     one.select_models(&[TinyCnn]).unwrap();
     assert_eq!(one.per_model()[0].1.name, "t");
     assert!(one.select_models(&[Vgg11]).is_err());
-}
-
-#[test]
-fn a_study_whose_peers_do_not_fit_in_memory_is_refused_before_training() {
-    let broker = with("broker = \"amqp://127.0.0.1:5672/%2f\"");
-    let c = StudyConfig::from_toml_str(&broker).unwrap();
-    let vgg11_gradient = 515_445_032;
-    // Two peers over a broker: 12 gradient-sized buffers each.
-    assert_eq!(
-        peers_memory_bytes(&c, vgg11_gradient),
-        12 * 2 * vgg11_gradient
-    );
-    let in_process = StudyConfig::from_toml_str(MINIMAL).unwrap();
-    assert_eq!(
-        peers_memory_bytes(&in_process, vgg11_gradient),
-        8 * 2 * vgg11_gradient
-    );
-    check_memory(&c, vgg11_gradient, 13_000_000_000).unwrap();
-    match check_memory(&c, vgg11_gradient, 12_000_000_000) {
-        Err(e @ StudyError::NotEnoughMemory { .. }) => {
-            let e = e.to_string();
-            assert!(
-                e.contains("12.4 GB") && e.contains("12.0 GB available"),
-                "{e}"
-            );
-            assert!(e.contains("--models"), "{e}");
-        }
-        other => panic!("expected NotEnoughMemory, got {other:?}"),
-    }
 }
 
 fn shipped(name: &str) -> std::path::PathBuf {

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod eval;
 pub mod local;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod offload;

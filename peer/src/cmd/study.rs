@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use peerless_bench::study::{
-    Architecture, Day, DeploymentRun, Prices, StudyConfig, StudyRun, check_memory, project,
-    stale_prices_note, write_report,
+    Day, DeploymentRun, Prices, StudyConfig, StudyRun, project, stale_prices_note, write_report,
 };
 use peerless_data::StoreOptions;
-use peerless_models::{Device, DeviceChoice, Model, ModelSpec, select_device};
+use peerless_models::{DeviceChoice, select_device};
+use peerless_runtime::memory::{available_memory_bytes, check_peers_memory, gradient_bytes};
 use peerless_runtime::{
     Capability, ExchangeConfig, LocalRunConfig, ServerlessConfig, SplitSource, TrainingConfig,
     run_local,
@@ -44,13 +44,27 @@ pub fn run(args: StudyArgs, config: Option<PathBuf>, device: DeviceChoice) -> Re
         config.select_models(&args.models)?;
     }
     let studies = config.per_model();
-    let available = available_memory();
+    let available = available_memory_bytes();
     let mut prepared = Vec::new();
     for (model, study) in &studies {
         let prices = load_prices(study, explicit)?;
         prices.check_covers(study)?;
         if let Some(available) = available {
-            check_memory(study, gradient_bytes(*model)?, available)?;
+            let over_broker = study.broker.is_some();
+            let gradient = gradient_bytes(*model)?;
+            check_peers_memory(
+                model.name(),
+                study.peers.len(),
+                over_broker,
+                gradient,
+                available,
+            )
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}. Leave it out (`--models` names the models to run), use fewer \
+                         peers, or a machine with more memory."
+                )
+            })?;
         }
         prepared.push((study.clone(), prices));
     }
@@ -63,21 +77,6 @@ pub fn run(args: StudyArgs, config: Option<PathBuf>, device: DeviceChoice) -> Re
         run_study(&study, &prices, &out, device)?;
     }
     Ok(())
-}
-
-/// The model's gradient size in bytes (its parameters as f32).
-fn gradient_bytes(model: Architecture) -> Result<u64> {
-    let params = Model::new(ModelSpec::new(model), &Device::flex(), 0)?.num_params();
-    Ok(params as u64 * 4)
-}
-
-/// The memory the kernel says can be allocated without swapping (`MemAvailable` in
-/// /proc/meminfo), or `None` where that is not known.
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The prices the config names; the shipped file when the default config's relative path

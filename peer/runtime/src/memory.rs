@@ -1,0 +1,106 @@
+//! How much memory peers on one machine need: [`run_local`](crate::run_local) runs them all
+//! in one process, so a model too big for the machine is refused before training, with the
+//! numbers, instead of the kernel killing the run minutes in.
+
+use peerless_models::{Architecture, Device, Model, ModelSpec};
+
+/// Gradient-sized buffers one peer holds when its exchange goes through a broker: the
+/// model, the flat weights, its gradient, the average, a batch's gradient and the step's
+/// own, plus the exchange's encoded, framed, received and decoded copies. Measured with
+/// vgg11 over RabbitMQ: 11.4 per peer at 2 peers (resident size once it settles; 4 peers
+/// were killed at 10.5 and still growing).
+pub const BUFFERS_PER_PEER_BROKER: f64 = 12.0;
+
+/// The same in-process (no broker): 7.5 measured with one vgg11 peer.
+pub const BUFFERS_PER_PEER_IN_PROCESS: f64 = 8.0;
+
+/// Peers that would not fit in the machine's available memory.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{model}: {peers} peers need at least {:.1} GB of memory ({:.0} MB gradient, about \
+     {buffers} gradient-sized buffers per peer), and this machine has {:.1} GB available",
+    *needed as f64 / 1e9,
+    *gradient_bytes as f64 / 1e6,
+    *available as f64 / 1e9
+)]
+pub struct NotEnoughMemory {
+    pub model: String,
+    pub peers: usize,
+    pub gradient_bytes: u64,
+    pub buffers: f64,
+    pub needed: u64,
+    pub available: u64,
+}
+
+/// The memory `peers` peers of a model with a `gradient_bytes` gradient need at least, in
+/// bytes. Functions in the local pool need more on top; this is the floor.
+pub fn peers_memory_bytes(peers: usize, over_broker: bool, gradient_bytes: u64) -> u64 {
+    (peers as f64 * buffers_per_peer(over_broker) * gradient_bytes as f64) as u64
+}
+
+fn buffers_per_peer(over_broker: bool) -> f64 {
+    if over_broker {
+        BUFFERS_PER_PEER_BROKER
+    } else {
+        BUFFERS_PER_PEER_IN_PROCESS
+    }
+}
+
+/// Refuses `peers` peers of `model` when they need more than `available` bytes.
+pub fn check_peers_memory(
+    model: &str,
+    peers: usize,
+    over_broker: bool,
+    gradient_bytes: u64,
+    available: u64,
+) -> Result<(), NotEnoughMemory> {
+    let needed = peers_memory_bytes(peers, over_broker, gradient_bytes);
+    if needed <= available {
+        return Ok(());
+    }
+    Err(NotEnoughMemory {
+        model: model.to_string(),
+        peers,
+        gradient_bytes,
+        buffers: buffers_per_peer(over_broker),
+        needed,
+        available,
+    })
+}
+
+/// A model's gradient size in bytes (its parameters as f32), from a model built on the CPU.
+pub fn gradient_bytes(model: Architecture) -> Result<u64, peerless_models::ModelError> {
+    let params = Model::new(ModelSpec::new(model), &Device::flex(), 0)?.num_params();
+    Ok(params as u64 * 4)
+}
+
+/// The memory the kernel says can be allocated without swapping (`MemAvailable` in
+/// /proc/meminfo), or `None` where that is not known.
+pub fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_that_do_not_fit_are_refused_with_the_numbers() {
+        let vgg11 = 515_445_032;
+        assert_eq!(peers_memory_bytes(2, true, vgg11), 24 * vgg11);
+        assert_eq!(peers_memory_bytes(2, false, vgg11), 16 * vgg11);
+        check_peers_memory("vgg11", 2, true, vgg11, 13_000_000_000).unwrap();
+        let e = check_peers_memory("vgg11", 2, true, vgg11, 12_000_000_000)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "vgg11: 2 peers need at least 12.4 GB of memory (515 MB gradient, about 12 \
+             gradient-sized buffers per peer), and this machine has 12.0 GB available"
+        );
+        assert!(available_memory_bytes().is_some_and(|b| b > 0));
+    }
+}
