@@ -90,13 +90,6 @@ struct Join {
     from_round: u64,
 }
 
-/// Ranks leaving the sharded exchange's membership view from `from_round`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Evict {
-    ranks: Vec<u32>,
-    from_round: u64,
-}
-
 /// The membership part of a state message; the opaque application state follows it.
 #[derive(Debug, Serialize, Deserialize)]
 struct StateHead {
@@ -135,7 +128,7 @@ pub(crate) fn apply_join(members: &mut Members, payload: &[u8]) {
 /// Applies an `Evict` payload from `sender` (sharded exchange): ignored unless the
 /// sender takes part itself.
 pub(crate) fn apply_evict(members: &mut Members, sender: u32, payload: &[u8]) {
-    match serde_json::from_slice::<Evict>(payload) {
+    match serde_json::from_slice::<Eviction>(payload) {
         Ok(evict) if members.active_ranks().contains(&sender) => {
             tracing::warn!(
                 ranks = ?evict.ranks,
@@ -530,11 +523,8 @@ impl<T: Transport> Averager<T> {
         round: u64,
         eviction: &Eviction,
     ) -> Result<(), RoundError> {
-        let evict = Evict {
-            ranks: eviction.ranks.clone(),
-            from_round: eviction.from_round,
-        };
-        let payload = serde_json::to_vec(&evict).map_err(|e| RoundError::Config(e.to_string()))?;
+        let payload =
+            serde_json::to_vec(eviction).map_err(|e| RoundError::Config(e.to_string()))?;
         let messages = self.control_messages(MessageKind::Evict, round, &payload);
         self.transport().publish(&messages).await?;
         tracing::warn!(

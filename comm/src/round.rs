@@ -1782,8 +1782,9 @@ pub(crate) struct Members {
     view_until: Vec<u64>,
 }
 
-/// An eviction to announce to the other peers (sharded exchange).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An eviction to announce to the other peers (sharded exchange); also the `Evict`
+/// message's JSON payload.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Eviction {
     /// The ranks leaving the view.
     pub(crate) ranks: Vec<u32>,
