@@ -11,24 +11,6 @@ use crate::config::{LocalRunConfig, NodeConfig};
 use crate::memory;
 use crate::node::{Node, NodeSummary};
 
-/// Refuses peers that would not fit in this machine's memory, before any work.
-fn check_memory(run: &LocalRunConfig) -> Result<()> {
-    let Some(available) = memory::available_memory_bytes() else {
-        return Ok(());
-    };
-    let model = run.training.model;
-    let gradient = memory::gradient_bytes(model)?;
-    let over_broker = run.exchange.broker.is_some();
-    memory::check_peers_memory(
-        model.name(),
-        run.peers as usize,
-        over_broker,
-        gradient,
-        available,
-    )
-    .map_err(|e| anyhow!("{e}: run fewer peers on this machine, or use one with more memory"))
-}
-
 /// Connects a peer to the broker at `url`.
 pub async fn connect(url: &str, config: &NodeConfig) -> Result<AnyTransport> {
     let mut amqp = AmqpConfig::new(url, config.run_id, config.rank, config.size);
@@ -43,7 +25,10 @@ pub async fn connect(url: &str, config: &NodeConfig) -> Result<AnyTransport> {
 /// every peer that failed (each peer's metrics so far stay in `run.metrics_dir`).
 pub fn run_local(run: &LocalRunConfig, device: &Device) -> Result<Vec<NodeSummary>> {
     let mut configs = run.node_configs()?;
-    check_memory(run)?;
+    let over_broker = run.exchange.broker.is_some();
+    memory::check_machine(run.training.model, run.peers as usize, over_broker).map_err(|e| {
+        anyhow!("{e}: run fewer peers on this machine, or use one with more memory")
+    })?;
     std::fs::create_dir_all(&run.metrics_dir)
         .with_context(|| format!("creating {}", run.metrics_dir.display()))?;
     if run.exchange.keys.is_none() && run.peers > 1 {

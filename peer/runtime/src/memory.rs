@@ -68,6 +68,32 @@ pub fn check_peers_memory(
     })
 }
 
+/// Why [`check_machine`] refused to start the peers.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryCheckError {
+    #[error(transparent)]
+    NotEnough(#[from] NotEnoughMemory),
+    /// The model could not be built to measure its gradient.
+    #[error("sizing the gradient: {0}")]
+    Model(#[from] peerless_models::ModelError),
+}
+
+/// Refuses `peers` peers of `model` on this machine when they need more than its
+/// available memory; passes where that is not known. `run_local` calls it before its
+/// peers start and `peerless study` for every model before the first one trains.
+pub fn check_machine(
+    model: Architecture,
+    peers: usize,
+    over_broker: bool,
+) -> Result<(), MemoryCheckError> {
+    let Some(available) = available_memory_bytes() else {
+        return Ok(());
+    };
+    let gradient = gradient_bytes(model)?;
+    check_peers_memory(model.name(), peers, over_broker, gradient, available)?;
+    Ok(())
+}
+
 /// A model's gradient size in bytes (its parameters as f32), from a model built on the CPU.
 pub fn gradient_bytes(model: Architecture) -> Result<u64, peerless_models::ModelError> {
     let params = Model::new(ModelSpec::new(model), &Device::flex(), 0)?.num_params();

@@ -12,7 +12,7 @@ use peerless_bench::study::{
 };
 use peerless_data::StoreOptions;
 use peerless_models::{DeviceChoice, select_device};
-use peerless_runtime::memory::{available_memory_bytes, check_peers_memory, gradient_bytes};
+use peerless_runtime::memory::check_machine;
 use peerless_runtime::{
     Capability, ExchangeConfig, LocalRunConfig, ServerlessConfig, SplitSource, TrainingConfig,
     run_local,
@@ -44,28 +44,16 @@ pub fn run(args: StudyArgs, config: Option<PathBuf>, device: DeviceChoice) -> Re
         config.select_models(&args.models)?;
     }
     let studies = config.per_model();
-    let available = available_memory_bytes();
     let mut prepared = Vec::new();
     for (model, study) in &studies {
         let prices = load_prices(study, explicit)?;
         prices.check_covers(study)?;
-        if let Some(available) = available {
-            let over_broker = study.broker.is_some();
-            let gradient = gradient_bytes(*model)?;
-            check_peers_memory(
-                model.name(),
-                study.peers.len(),
-                over_broker,
-                gradient,
-                available,
+        check_machine(*model, study.peers.len(), study.broker.is_some()).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}. Leave it out (`--models` names the models to run), use fewer peers, or \
+                 a machine with more memory."
             )
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}. Leave it out (`--models` names the models to run), use fewer \
-                         peers, or a machine with more memory."
-                )
-            })?;
-        }
+        })?;
         prepared.push((study.clone(), prices));
     }
     for (study, prices) in prepared {
