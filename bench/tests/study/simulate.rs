@@ -1,8 +1,9 @@
 //! The projection model on hand-computed cases.
 
 use peerless_bench::study::{
-    Calibration, Deployment, DeploymentRun, ExchangeTraffic, FunctionCalibration, PeerRun,
-    Scenario, calibrate, predict_mean_round_s, predict_round, project, validate_against,
+    Calibration, Deployment, DeploymentRun, ExchangePoint, ExchangeTraffic, FunctionCalibration,
+    PeerRun, Projection, Scenario, calibrate, predict_mean_round_s, predict_round, project,
+    validate_against,
 };
 use peerless_comm::Exchange;
 use peerless_runtime::metrics::{InvocationRecord, RoundMetrics};
@@ -65,6 +66,15 @@ fn scenario(deployment: Deployment) -> Scenario {
         useful_vcpus: 2.0,
         exchange: Exchange::AllToAll,
     }
+}
+
+/// The projection's exchange row for `peers` peers and `exchange`.
+fn exchange_point(projection: &Projection, peers: u32, exchange: Exchange) -> &ExchangePoint {
+    projection
+        .exchanges
+        .iter()
+        .find(|p| p.peers == peers && p.exchange == exchange)
+        .unwrap_or_else(|| panic!("no {exchange:?} row at {peers} peers"))
 }
 
 fn close(got: f64, want: f64) {
@@ -477,13 +487,7 @@ fn projection_lists_both_exchanges_at_every_peer_count() {
     let setup = projection.exchange_setup.as_ref().unwrap();
     assert_eq!(setup.deployment, Deployment::Instance);
     assert_eq!(setup.instance_type, "t3.medium");
-    let at = |n: u32, e: Exchange| {
-        projection
-            .exchanges
-            .iter()
-            .find(|p| p.peers == n && p.exchange == e)
-            .unwrap()
-    };
+    let at = |n: u32, e: Exchange| exchange_point(&projection, n, e);
     for n in [4u32, 64, 512] {
         let (a, s) = (at(n, Exchange::AllToAll), at(n, Exchange::Sharded));
         let x = f64::from(n);
@@ -693,13 +697,7 @@ fn the_measured_8_peer_exchange_study_is_checked_within_20_percent() {
     assert!(projection.validations.iter().all(|v| v.within_tolerance));
 
     // README.md's table: exchange and instance round seconds at 64-512 peers.
-    let point = |n: u32, e: Exchange| {
-        projection
-            .exchanges
-            .iter()
-            .find(|p| p.peers == n && p.exchange == e)
-            .unwrap()
-    };
+    let point = |n: u32, e: Exchange| exchange_point(&projection, n, e);
     for (n, a2a_s, sharded_s) in [
         (64, 0.45156, 0.027838),
         (128, 1.7994, 0.041951),
