@@ -652,12 +652,30 @@ impl<T: Transport> Averager<T> {
             );
             stats.withheld = true;
         }
-        match self.config.exchange {
+        let result = match self.config.exchange {
             Exchange::AllToAll | Exchange::S3 => {
                 self.all_to_all(round, local, out, stats, started).await
             }
             Exchange::Sharded => self.sharded(round, local, out, stats, started).await,
+        };
+        self.release_round_buffers();
+        // After a partial round a missing peer may still be behind: keep what it may need.
+        if result.as_ref().is_ok_and(|stats| stats.missing.is_empty()) {
+            self.transport.finished_round(round);
         }
+        result
+    }
+
+    /// Gives back the round's big encoding and reassembly buffers, so a peer holds them
+    /// only while it exchanges and not while it computes (with vgg11, several 515 MB
+    /// buffers per peer); small ones are kept to save allocating them every round.
+    fn release_round_buffers(&mut self) {
+        release_if_big(&mut self.encoded);
+        for shard in &mut self.shards {
+            release_if_big(&mut shard.part_bytes);
+            release_if_big(&mut shard.result_bytes);
+        }
+        self.inbox.slots.values_mut().for_each(Slot::release);
     }
 
     /// A header for this peer's messages of `round`.
@@ -1043,8 +1061,6 @@ impl<T: Transport> Averager<T> {
                     .part
                     .encode(&local[range], &mut shard.part_bytes)
                     .map_err(RoundError::Encode)?;
-            }
-            for s in 0..world {
                 let owner = owners[s as usize];
                 if owner == me {
                     continue;
@@ -1053,6 +1069,8 @@ impl<T: Transport> Averager<T> {
                 let mut messages = Vec::new();
                 stats.auth_time +=
                     self.frame(&header, &self.shards[s as usize].part_bytes, &mut messages);
+                // Framed: only the parts of the shards this peer owns are read again.
+                release_if_big(&mut self.shards[s as usize].part_bytes);
                 match to_owners.iter_mut().find(|(to, _)| *to == Some(owner)) {
                     Some((_, batch)) => batch.extend(messages),
                     None => to_owners.push((Some(owner), messages)),
@@ -1210,6 +1228,17 @@ fn aggregate_into<'a>(
     }
 }
 
+/// Buffers up to this size are kept from round to round; bigger ones are freed after each
+/// round (and, being this big, go back to the system at once).
+const KEEP_ACROSS_ROUNDS_BYTES: usize = 64 << 20;
+
+/// Frees `buffer` when it holds more than [`KEEP_ACROSS_ROUNDS_BYTES`].
+fn release_if_big(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > KEEP_ACROSS_ROUNDS_BYTES {
+        *buffer = Vec::new();
+    }
+}
+
 /// Decodes a whole payload of `out.len()` elements into `out`, in parallel.
 fn decode_into(codec: &dyn Codec, payload: &[u8], out: &mut [f32]) {
     let len = out.len();
@@ -1274,7 +1303,8 @@ struct Slot {
     started: bool,
     /// The payload when it came as one message (no copy).
     single: Option<Bytes>,
-    /// Reassembly buffer for multi-chunk payloads (kept across rounds).
+    /// Reassembly buffer for multi-chunk payloads (kept across rounds unless big:
+    /// [`KEEP_ACROSS_ROUNDS_BYTES`]).
     buffer: Vec<u8>,
     /// Which chunks arrived.
     received: Vec<bool>,
@@ -1291,6 +1321,12 @@ impl Slot {
         self.started = false;
         self.single = None;
         self.compute_micros = 0;
+    }
+
+    /// Lets go of the payload once the round is over (the next round resets the slot).
+    fn release(&mut self) {
+        release_if_big(&mut self.buffer);
+        self.single = None;
     }
 
     fn payload(&self) -> &[u8] {
@@ -1311,7 +1347,7 @@ enum ChunkOutcome {
 /// Everything received for the current round, plus messages kept for later
 /// rounds and the membership messages seen during rounds.
 pub(crate) struct Inbox {
-    /// Reassembly slots, kept (with their buffers) across rounds.
+    /// Reassembly slots, kept (with their small buffers) across rounds.
     slots: HashMap<SlotKey, Slot>,
     /// The messages the current round uses.
     accepted: HashSet<SlotKey>,

@@ -370,6 +370,26 @@ pub enum WireError {
     Inconsistent(&'static str),
 }
 
+/// The round of a message that carries a round's data (a gradient, shard, result, claim
+/// or a rejoining peer's state), read from its header without validating it: for a
+/// sender looking at its own messages. `None` for other kinds and for anything that is
+/// not a message.
+pub fn data_round(message: &[u8]) -> Option<u64> {
+    if message.len() < HEADER_LEN || message[..4] != MAGIC {
+        return None;
+    }
+    match MessageKind::from_u8(message[6]).ok()? {
+        MessageKind::Gradient
+        | MessageKind::Shard
+        | MessageKind::Reduced
+        | MessageKind::Claim
+        | MessageKind::State => Some(u64_at(message, 32)),
+        MessageKind::Hello | MessageKind::Barrier | MessageKind::Join | MessageKind::Evict => {
+            None
+        }
+    }
+}
+
 /// Serialises `header` and `payload` into one message, filling in
 /// `payload_len` and `payload_crc` from `payload`.
 ///
@@ -377,6 +397,24 @@ pub enum WireError {
 /// If `payload` is longer than `u32::MAX` bytes (use [`chunk_messages`]).
 pub fn encode_message(header: &Header, payload: &[u8]) -> Bytes {
     encode_with(header, payload, None)
+}
+
+/// Like [`encode_message`] (unsigned), but frames `payload` in its own allocation: the
+/// header is moved in front of it instead of both being copied into a new buffer, so a
+/// gradient of hundreds of MB is not held twice.
+///
+/// # Panics
+/// If `payload` is longer than `u32::MAX` bytes (use [`chunk_messages`]).
+pub fn into_message(header: &Header, mut payload: Vec<u8>) -> Bytes {
+    let mut header = header.clone();
+    header.payload_len =
+        u32::try_from(payload.len()).expect("payload longer than u32::MAX: chunk it");
+    header.payload_crc = crc32fast::hash(&payload);
+    header.signed = false;
+    let mut head = BytesMut::with_capacity(HEADER_LEN);
+    header.write(&mut head);
+    payload.splice(0..0, head.iter().copied());
+    Bytes::from(payload)
 }
 
 fn encode_with(header: &Header, payload: &[u8], signer: Option<&dyn Signer>) -> Bytes {
@@ -581,6 +619,16 @@ mod tests {
             CodecSpec::TopK { ratio: 0.01 },
             727_626,
         )
+    }
+
+    #[test]
+    fn a_payload_framed_in_place_is_the_same_message() {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let mut h = header();
+        h.total_payload_len = 1000;
+        let framed = into_message(&h, payload.clone());
+        assert_eq!(framed, encode_message(&h, &payload));
+        assert_eq!(data_round(&framed), Some(42));
     }
 
     #[test]

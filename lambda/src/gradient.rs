@@ -7,13 +7,16 @@ use peerless_comm::{CodecError, RunId, WireError, model_fingerprint};
 use peerless_models::ModelSpec;
 
 /// Encodes `grad` as one wire message with `header` (whose codec must be `none` and whose
-/// element count must equal `grad.len()`); `scratch` is reused between calls.
-pub fn encode(header: &Header, grad: &[f32], scratch: &mut Vec<u8>) -> Result<Bytes, CodecError> {
+/// element count must equal `grad.len()`), framed in the payload's own allocation.
+pub fn encode(header: &Header, grad: &[f32]) -> Result<Bytes, CodecError> {
     let mut codec = header.codec.build(0);
-    codec.encode(grad, scratch)?;
+    let mut payload = Vec::new();
+    // Room for the header, so framing moves the payload instead of reallocating.
+    payload.reserve_exact(grad.len() * 4 + wire::HEADER_LEN);
+    codec.encode(grad, &mut payload)?;
     let mut header = header.clone();
-    header.total_payload_len = scratch.len() as u64;
-    Ok(wire::encode_message(&header, scratch))
+    header.total_payload_len = payload.len() as u64;
+    Ok(wire::into_message(&header, payload))
 }
 
 /// The fingerprint a gradient of `model` with `num_params` elements carries.
@@ -56,9 +59,12 @@ pub enum GradientError {
     },
 }
 
-/// Validates one gradient message against `expected` and decodes it (any codec); refuses
-/// gradients that are not finite.
-pub fn decode(bytes: &[u8], expected: &ExpectedGradient) -> Result<Vec<f32>, GradientError> {
+/// Validates one gradient message against `expected`: run, round, model and size, in a
+/// single chunk.
+fn check<'a>(
+    bytes: &'a [u8],
+    expected: &ExpectedGradient,
+) -> Result<wire::Message<'a>, GradientError> {
     let message = wire::decode(bytes)?;
     let h = &message.header;
     let mismatch = |what: &str, got: String, want: String| {
@@ -93,6 +99,14 @@ pub fn decode(bytes: &[u8], expected: &ExpectedGradient) -> Result<Vec<f32>, Gra
             "1 (a single message)".into(),
         );
     }
+    Ok(message)
+}
+
+/// Validates one gradient message against `expected` and decodes it (any codec); refuses
+/// gradients that are not finite.
+pub fn decode(bytes: &[u8], expected: &ExpectedGradient) -> Result<Vec<f32>, GradientError> {
+    let message = check(bytes, expected)?;
+    let h = &message.header;
     let mut out = vec![0.0f32; h.element_count as usize];
     h.codec.build(0).decode(message.payload, &mut out)?;
     if let Some(index) = out.iter().position(|v| !v.is_finite()) {
@@ -102,4 +116,50 @@ pub fn decode(bytes: &[u8], expected: &ExpectedGradient) -> Result<Vec<f32>, Gra
         });
     }
     Ok(out)
+}
+
+/// Elements decoded at a time by [`accumulate`].
+const BLOCK: usize = 1 << 16;
+
+/// Validates one gradient message like [`decode`] and adds `weight` times its gradient
+/// into `acc` (`acc[i] += weight * g[i]`) without a gradient-sized buffer of its own:
+/// blocks are decoded and checked to be finite in a first pass and added in a second, so
+/// a refused gradient leaves `acc` untouched.
+pub fn accumulate(
+    bytes: &[u8],
+    expected: &ExpectedGradient,
+    acc: &mut [f32],
+    weight: f32,
+) -> Result<(), GradientError> {
+    let message = check(bytes, expected)?;
+    let h = &message.header;
+    let len = h.element_count as usize;
+    if acc.len() != len {
+        return Err(GradientError::Mismatch(format!(
+            "element count is {len}, the accumulator has {}",
+            acc.len()
+        )));
+    }
+    let codec = h.codec.build(0);
+    codec.validate(message.payload, len)?;
+    let mut block = vec![0.0f32; BLOCK.min(len)];
+    let mode = peerless_comm::codec::Accumulate::Assign;
+    for start in (0..len).step_by(BLOCK) {
+        let block = &mut block[..BLOCK.min(len - start)];
+        codec.accumulate(message.payload, len, start, block, mode);
+        if let Some(i) = block.iter().position(|v| !v.is_finite()) {
+            return Err(GradientError::NotFinite {
+                index: start + i,
+                value: block[i],
+            });
+        }
+    }
+    for (start, acc) in (0..len).step_by(BLOCK).zip(acc.chunks_mut(BLOCK)) {
+        let block = &mut block[..acc.len()];
+        codec.accumulate(message.payload, len, start, block, mode);
+        for (a, g) in acc.iter_mut().zip(block.iter()) {
+            *a += weight * g;
+        }
+    }
+    Ok(())
 }

@@ -111,14 +111,21 @@ fn gradients_that_are_not_finite_are_refused() {
         element_count: 4,
     };
     let header = Header::gradient(run_id, 2, 0, 1, 7, CodecSpec::None, 4);
-    let mut scratch = Vec::new();
-    let good = gradient::encode(&header, &[1.0, -2.0, 0.5, 0.0], &mut scratch).unwrap();
+    let good = gradient::encode(&header, &[1.0, -2.0, 0.5, 0.0]).unwrap();
     assert_eq!(
         gradient::decode(&good, &expected).unwrap(),
         [1.0, -2.0, 0.5, 0.0]
     );
+    // Added in place, weighted, as the peer sums its batches.
+    let mut acc = [0.5f32, 0.25, -1.0, 2.0];
+    gradient::accumulate(&good, &expected, &mut acc, 3.0).unwrap();
+    assert_eq!(acc, [0.5 + 3.0, 0.25 - 6.0, -1.0 + 1.5, 2.0]);
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let message = gradient::encode(&header, &[1.0, bad, 0.5, 0.0], &mut scratch).unwrap();
+        let message = gradient::encode(&header, &[1.0, bad, 0.5, 0.0]).unwrap();
+        // Refused before anything is added.
+        let mut acc = [1.0f32; 4];
+        assert!(gradient::accumulate(&message, &expected, &mut acc, 2.0).is_err());
+        assert_eq!(acc, [1.0; 4]);
         // The codec refuses it, or else the check after decoding: either way, named.
         match gradient::decode(&message, &expected) {
             Err(e @ (GradientError::NotFinite { index: 1, .. } | GradientError::Codec(_))) => {
@@ -131,7 +138,7 @@ fn gradients_that_are_not_finite_are_refused() {
     }
     // Another model's gradient (fingerprint) is refused too.
     let other = Header::gradient(run_id, 2, 0, 1, 8, CodecSpec::None, 4);
-    let message = gradient::encode(&other, &[0.0; 4], &mut scratch).unwrap();
+    let message = gradient::encode(&other, &[0.0; 4]).unwrap();
     assert!(matches!(
         gradient::decode(&message, &expected),
         Err(GradientError::Mismatch(_))

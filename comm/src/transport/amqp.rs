@@ -150,7 +150,7 @@ struct Inner {
     state: watch::Sender<LinkState>,
     /// The last batches, broadcast (`None`) or sent to one rank, published again
     /// after a reconnect because the broker may have dropped them with its queues.
-    replay: std::sync::Mutex<VecDeque<(Option<u32>, Vec<Bytes>)>>,
+    replay: std::sync::Mutex<VecDeque<Remembered>>,
     outage: std::sync::Mutex<Outage>,
     closed: AtomicBool,
 }
@@ -329,18 +329,53 @@ impl Inner {
 
     /// Keeps a batch for replay after a reconnect: the last `replay_batches`
     /// broadcasts, and what was sent to single ranks meanwhile, at most
-    /// `replay_batches` batches per rank of the run in all.
+    /// `replay_batches` batches per rank of the run in all; of the batches carrying a
+    /// round's data, only those of the two newest rounds. A peer publishes round `r`
+    /// only after it finished round `r - 1`, which every other peer had sent its part
+    /// of, so every peer is past round `r - 2` and nobody needs older data again;
+    /// keeping it would hold several gradient-sized copies per peer for nothing. Once
+    /// this peer finished round `r` ([`Transport::finished_round`]), only data of `r` on
+    /// is kept.
     fn remember(&self, to: Option<u32>, messages: &[Bytes]) {
         let keep = self.config.replay_batches;
         let most = keep
             .saturating_mul(self.config.world_size as usize)
             .max(keep);
+        let batch = Remembered {
+            to,
+            round: messages.first().and_then(|m| crate::wire::data_round(m)),
+            messages: messages.to_vec(),
+        };
         let mut replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
-        replay.push_back((to, messages.to_vec()));
-        while replay.len() > most || replay.iter().filter(|(to, _)| to.is_none()).count() > keep {
-            replay.pop_front();
-        }
+        remember_in(&mut replay, batch, keep, most);
     }
+}
+
+/// Appends `batch` to `replay`, then drops data older than the two newest rounds and
+/// the oldest batches beyond `keep` broadcasts or `most` batches in all.
+fn remember_in(replay: &mut VecDeque<Remembered>, batch: Remembered, keep: usize, most: usize) {
+    replay.push_back(batch);
+    if let Some(newest) = replay.iter().filter_map(|b| b.round).max() {
+        replay.retain(|b| b.round.is_none_or(|r| r + 1 >= newest));
+    }
+    while replay.len() > most || replay.iter().filter(|b| b.to.is_none()).count() > keep {
+        replay.pop_front();
+    }
+}
+
+/// Drops the kept data of rounds before `round` (control messages stay).
+fn forget_before(replay: &mut VecDeque<Remembered>, round: u64) {
+    replay.retain(|b| b.round.is_none_or(|r| r >= round));
+}
+
+/// A published batch kept for replay after a reconnect.
+#[derive(Clone, Debug)]
+struct Remembered {
+    /// One rank, or every peer (`None`).
+    to: Option<u32>,
+    /// The round whose data the batch carries ([`crate::wire::data_round`]), if any.
+    round: Option<u64>,
+    messages: Vec<Bytes>,
 }
 
 /// Connects again until the reconnect timeout, declares the topology, publishes
@@ -372,7 +407,7 @@ async fn reconnect_task(inner: Arc<Inner>, generation: u64) {
         match open_link(config, &inner.masked_url, remaining, generation + 1).await {
             Ok(link) => {
                 let link = Arc::new(link);
-                let batches: Vec<(Option<u32>, Vec<Bytes>)> = inner
+                let batches: Vec<Remembered> = inner
                     .replay
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -380,8 +415,8 @@ async fn reconnect_task(inner: Arc<Inner>, generation: u64) {
                     .cloned()
                     .collect();
                 let mut replayed = Ok(());
-                for (to, batch) in &batches {
-                    replayed = inner.publish_on(&link, *to, batch).await;
+                for batch in &batches {
+                    replayed = inner.publish_on(&link, batch.to, &batch.messages).await;
                     if replayed.is_err() {
                         break;
                     }
@@ -554,6 +589,11 @@ impl Transport for AmqpTransport {
         // The default exchange routes by queue name.
         self.publish_to("", &queue_name(config.run_id, rank), messages)
             .await
+    }
+
+    fn finished_round(&self, round: u64) {
+        let mut replay = self.inner.replay.lock().unwrap_or_else(|e| e.into_inner());
+        forget_before(&mut replay, round);
     }
 
     async fn recv(&self) -> Result<Delivery, TransportError> {
@@ -776,4 +816,58 @@ async fn declare(
         .await
         .map_err(ctx(format!("consumer on queue {queue}")))?;
     Ok((publisher, admin, consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::CodecSpec;
+    use crate::wire::{Header, MessageKind, encode_message};
+
+    fn batch(kind: MessageKind, round: u64, to: Option<u32>) -> Remembered {
+        let header = Header {
+            kind,
+            ..Header::gradient(RunId::from_name("replay"), round, 0, 4, 1, CodecSpec::None, 2)
+        };
+        let messages = vec![encode_message(&header, &[0; 8])];
+        Remembered {
+            to,
+            round: crate::wire::data_round(&messages[0]),
+            messages,
+        }
+    }
+
+    fn kept(replay: &VecDeque<Remembered>) -> Vec<(Option<u64>, Option<u32>)> {
+        replay.iter().map(|b| (b.round, b.to)).collect()
+    }
+
+    #[test]
+    fn replay_keeps_the_data_of_the_two_newest_rounds_and_control_messages() {
+        let mut replay = VecDeque::new();
+        let (keep, most) = (4, 16);
+        remember_in(&mut replay, batch(MessageKind::Gradient, 0, None), keep, most);
+        remember_in(&mut replay, batch(MessageKind::Join, 2, None), keep, most);
+        remember_in(&mut replay, batch(MessageKind::Shard, 1, Some(2)), keep, most);
+        remember_in(&mut replay, batch(MessageKind::Reduced, 1, None), keep, most);
+        assert_eq!(
+            kept(&replay),
+            [(Some(0), None), (None, None), (Some(1), Some(2)), (Some(1), None)]
+        );
+        // Round 2's data: round 0's is no longer needed by anyone; the join stays.
+        remember_in(&mut replay, batch(MessageKind::Gradient, 2, None), keep, most);
+        assert_eq!(
+            kept(&replay),
+            [(None, None), (Some(1), Some(2)), (Some(1), None), (Some(2), None)]
+        );
+        // The broadcast cap still holds: a fifth broadcast pushes out the oldest.
+        remember_in(&mut replay, batch(MessageKind::Evict, 4, None), keep, most);
+        remember_in(&mut replay, batch(MessageKind::Evict, 4, None), keep, most);
+        assert_eq!(
+            kept(&replay),
+            [(Some(1), Some(2)), (Some(1), None), (Some(2), None), (None, None), (None, None)]
+        );
+        // This peer finished round 2: round 1's data goes, the evictions stay.
+        forget_before(&mut replay, 2);
+        assert_eq!(kept(&replay), [(Some(2), None), (None, None), (None, None)]);
+    }
 }

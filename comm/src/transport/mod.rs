@@ -45,6 +45,13 @@ pub trait Transport: Send + Sync {
     /// [`Delivery::ack`] once fully processed.
     fn recv(&self) -> impl Future<Output = Result<Delivery, TransportError>> + Send;
 
+    /// Tells the transport that this peer finished `round`: every other peer has sent its
+    /// part of it, so none is before `round` any more and this peer's data of earlier
+    /// rounds will never be needed again (the AMQP transport stops keeping it for replay).
+    fn finished_round(&self, round: u64) {
+        let _ = round;
+    }
+
     /// Total time this transport has spent without a connection (reconnecting
     /// included), so a round can extend its deadline by the time the broker was
     /// away instead of blaming the other peers.
@@ -209,6 +216,14 @@ impl Transport for AnyTransport {
             AnyTransport::InProcess(t) => t.recv().await,
             #[cfg(feature = "amqp")]
             AnyTransport::Amqp(t) => t.recv().await,
+        }
+    }
+
+    fn finished_round(&self, round: u64) {
+        match self {
+            AnyTransport::InProcess(t) => t.finished_round(round),
+            #[cfg(feature = "amqp")]
+            AnyTransport::Amqp(t) => t.finished_round(round),
         }
     }
 

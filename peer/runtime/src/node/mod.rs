@@ -286,8 +286,6 @@ impl Node {
         }
 
         let mut metrics_out = MetricsWriter::open(config.metrics_out.as_deref(), first_round > 0)?;
-        let mut grad = vec![0.0f32; n];
-        let mut avg = vec![0.0f32; n];
         let mut rounds = Vec::new();
         // The shortest gradient time any peer reported last round (`--offload auto`).
         let mut fastest: Option<Duration> = None;
@@ -312,6 +310,10 @@ impl Node {
                     .map(|b| (b, ranges[b].clone()))
                     .collect(),
             };
+            // The round's gradient and average are allocated every round (untouched pages
+            // cost nothing) and freed after the update, so a peer does not hold them while
+            // it evaluates, or the average while it computes.
+            let mut grad = vec![0.0f32; n];
             let report = source
                 .compute(&work, &model, &weights, fastest, &mut grad)
                 .await
@@ -321,6 +323,7 @@ impl Node {
             config.attack.apply(&mut grad, t.seed, config.rank, round);
             averager.set_compute_time(Duration::from_secs_f64(report.compute_time_s));
             m.record_compute(report);
+            let mut avg = vec![0.0f32; n];
             let stats = averager
                 .average(round, &grad, &mut avg)
                 .await
@@ -336,6 +339,7 @@ impl Node {
 
             let update_start = Instant::now();
             optimizer.step(&mut weights, &avg, lr)?;
+            drop((grad, avg));
             model.set_params(&weights)?;
             m.update_time_s = update_start.elapsed().as_secs_f64();
 

@@ -9,6 +9,10 @@ use crate::pipeline::BatchBuffers;
 
 use super::{Totals, accumulate};
 
+/// A batch gradient up to this size is kept from round to round; a bigger one is freed
+/// after each round's batches.
+const KEEP_BATCH_GRAD_BYTES: usize = 64 << 20;
+
 /// Computes every batch on this peer's CPU (the architecture without serverless).
 pub struct LocalSource {
     shard: Dataset,
@@ -16,6 +20,9 @@ pub struct LocalSource {
     loss: Loss,
     seed: u64,
     rank: u32,
+    num_params: usize,
+    /// One batch's gradient: allocated for a round's batches and, when big, freed after
+    /// them, so a peer does not hold it while it exchanges.
     batch_grad: Vec<f32>,
     buffers: BatchBuffers,
     speed: f64,
@@ -34,7 +41,8 @@ impl LocalSource {
     ) -> Self {
         LocalSource {
             rank,
-            batch_grad: vec![0.0; num_params],
+            num_params,
+            batch_grad: Vec::new(),
             shard,
             transform,
             loss,
@@ -95,6 +103,22 @@ impl LocalSource {
         acc: &mut [f32],
     ) -> Result<Totals> {
         let mut totals = Totals::default();
+        self.batch_grad.resize(self.num_params, 0.0);
+        let result = self.accumulate_batches(round, batches, model, acc, &mut totals);
+        if self.batch_grad.len() * size_of::<f32>() > KEEP_BATCH_GRAD_BYTES {
+            self.batch_grad = Vec::new();
+        }
+        result.map(|()| totals)
+    }
+
+    fn accumulate_batches(
+        &mut self,
+        round: u64,
+        batches: &[(usize, std::ops::Range<usize>)],
+        model: &Model,
+        acc: &mut [f32],
+        totals: &mut Totals,
+    ) -> Result<()> {
         for (index, range) in batches {
             let busy = std::time::Instant::now();
             let indices: Vec<usize> = range.clone().collect();
@@ -118,6 +142,6 @@ impl LocalSource {
                 std::thread::sleep(busy.elapsed().mul_f64(1.0 / self.speed - 1.0));
             }
         }
-        Ok(totals)
+        Ok(())
     }
 }

@@ -359,9 +359,8 @@ async fn gather(
             (Ok(inv), Some(Ok((key, bytes)))) => {
                 let r = &inv.response;
                 let samples = batch.1.len();
-                match check_gradient(&bytes, &expected, r.samples, samples) {
-                    Ok(gr) => {
-                        accumulate(grad, &gr, samples);
+                match add_gradient(&bytes, &expected, r.samples, samples, grad) {
+                    Ok(()) => {
                         totals.add(f64::from(r.loss), r.correct as usize, samples);
                         report.failed_attempts += inv.attempts - 1;
                         report.invocations.push(InvocationRecord::from(inv));
@@ -412,18 +411,20 @@ async fn gather(
     Ok(fallback_time)
 }
 
-/// Decodes a function's gradient if it is one this peer can use: of this run, round and
-/// model, finite, and computed over the batch's `samples` images as the response says.
-fn check_gradient(
+/// Adds `samples x` a function's gradient into `grad` if it is one this peer can use: of
+/// this run, round and model, finite, and computed over the batch's `samples` images as
+/// the response says; else leaves `grad` as it was.
+fn add_gradient(
     bytes: &[u8],
     expected: &ExpectedGradient,
     reported_samples: u64,
     samples: usize,
-) -> Result<Vec<f32>> {
+    grad: &mut [f32],
+) -> Result<()> {
     if reported_samples != samples as u64 {
         bail!("the response counts {reported_samples} samples, the batch has {samples}");
     }
-    Ok(gradient::decode(bytes, expected)?)
+    Ok(gradient::accumulate(bytes, expected, grad, samples as f32)?)
 }
 
 /// Key of the weights the functions load in `round`.
