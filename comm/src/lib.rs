@@ -11,6 +11,7 @@
 pub mod aggregate;
 pub mod auth;
 pub mod average;
+pub mod buffer;
 pub mod claim;
 pub mod codec;
 pub mod exchange;

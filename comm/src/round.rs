@@ -45,6 +45,7 @@ use std::sync::Arc;
 use crate::aggregate::{Aggregation, Aggregator};
 use crate::auth::Keyring;
 use crate::average;
+use crate::buffer::release_if_big;
 use crate::claim::{Claim, ClaimStore};
 use crate::codec::{Codec, CodecError};
 use crate::exchange::Exchange;
@@ -1228,17 +1229,6 @@ fn aggregate_into<'a>(
     }
 }
 
-/// Buffers up to this size are kept from round to round; bigger ones are freed after each
-/// round (and, being this big, go back to the system at once).
-const KEEP_ACROSS_ROUNDS_BYTES: usize = 64 << 20;
-
-/// Frees `buffer` when it holds more than [`KEEP_ACROSS_ROUNDS_BYTES`].
-fn release_if_big(buffer: &mut Vec<u8>) {
-    if buffer.capacity() > KEEP_ACROSS_ROUNDS_BYTES {
-        *buffer = Vec::new();
-    }
-}
-
 /// Decodes a whole payload of `out.len()` elements into `out`, in parallel.
 fn decode_into(codec: &dyn Codec, payload: &[u8], out: &mut [f32]) {
     let len = out.len();
@@ -1304,7 +1294,7 @@ struct Slot {
     /// The payload when it came as one message (no copy).
     single: Option<Bytes>,
     /// Reassembly buffer for multi-chunk payloads (kept across rounds unless big:
-    /// [`KEEP_ACROSS_ROUNDS_BYTES`]).
+    /// [`crate::buffer::KEEP_BYTES`]).
     buffer: Vec<u8>,
     /// Which chunks arrived.
     received: Vec<bool>,

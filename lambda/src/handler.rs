@@ -202,7 +202,7 @@ impl ComputeGradient {
         // The message is the only copy needed now: a big gradient buffer goes back to the
         // system, so a warm environment holds about its model between calls (vgg11: 0.5 GB,
         // not 1 GB).
-        release_if_big(&mut self.grad);
+        peerless_comm::buffer::release_if_big(&mut self.grad);
         store
             .put(&event.gradient_key, message)
             .await
@@ -437,14 +437,4 @@ fn max_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-/// Buffers up to this size are kept warm between calls; bigger ones are freed after each.
-const KEEP_WARM_BYTES: usize = 64 << 20;
-
-/// Frees `buffer` when it holds more than [`KEEP_WARM_BYTES`].
-fn release_if_big<T>(buffer: &mut Vec<T>) {
-    if buffer.capacity() * size_of::<T>() > KEEP_WARM_BYTES {
-        *buffer = Vec::new();
-    }
 }

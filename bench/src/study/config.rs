@@ -156,6 +156,11 @@ pub struct ProjectionConfig {
     /// bench/README.md), at most 6.
     #[serde(default = "default_useful_vcpus")]
     pub max_useful_vcpus: f64,
+    /// Concurrent function calls per peer in the cloud (default: the study's
+    /// `function_concurrency`): the local pool shares the study machine's memory and
+    /// cores and may have to run fewer at once than Lambda would.
+    #[serde(default)]
+    pub function_concurrency: Option<usize>,
 }
 
 impl Default for ProjectionConfig {
@@ -166,6 +171,7 @@ impl Default for ProjectionConfig {
             lambda_memory_mb: default_projection_memory(),
             lambda_concurrency_limit: default_concurrency_limit(),
             max_useful_vcpus: default_useful_vcpus(),
+            function_concurrency: None,
         }
     }
 }
@@ -571,6 +577,12 @@ impl StudyConfig {
                 format!("must be in (0, 6], got {}", p.max_useful_vcpus),
             );
         }
+        if p.function_concurrency == Some(0) {
+            return bad(
+                "projection.function_concurrency",
+                "must be at least 1, got 0".into(),
+            );
+        }
         if p.lambda_concurrency_limit < 1 {
             return bad(
                 "projection.lambda_concurrency_limit",
@@ -716,6 +728,14 @@ impl StudyConfig {
     /// Whether any deployment calls functions.
     pub fn offloads(&self) -> bool {
         self.deployments.iter().any(|a| *a != Deployment::Instance)
+    }
+
+    /// Function calls a peer runs at once in the projection: `projection.function_concurrency`,
+    /// else `function_concurrency`.
+    pub fn projected_function_concurrency(&self) -> usize {
+        self.projection
+            .function_concurrency
+            .unwrap_or(self.function_concurrency)
     }
 
     /// Batches each peer covers in one round (the most any round has): the shard's batch

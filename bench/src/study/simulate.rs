@@ -1113,7 +1113,7 @@ pub fn project(
                         speed_scale: instance.relative_speed / reference_speed,
                         batches_per_round: config.batches_per_round(),
                         memory_mb: memory.unwrap_or(config.lambda_memory_mb),
-                        concurrency: config.function_concurrency,
+                        concurrency: config.projected_function_concurrency(),
                         concurrency_limit: Some(config.projection.lambda_concurrency_limit),
                         useful_vcpus: config.projection.max_useful_vcpus,
                         exchange: config.exchange,
@@ -1163,7 +1163,7 @@ pub fn project(
                         speed_scale: instance.relative_speed / reference_speed,
                         batches_per_round: config.batches_per_round(),
                         memory_mb: setup.lambda_memory_mb.unwrap_or(config.lambda_memory_mb),
-                        concurrency: config.function_concurrency,
+                        concurrency: config.projected_function_concurrency(),
                         concurrency_limit: Some(config.projection.lambda_concurrency_limit),
                         useful_vcpus: config.projection.max_useful_vcpus,
                         exchange,
@@ -1257,9 +1257,10 @@ pub fn assumptions() -> Vec<String> {
         "The measured function timings stand for the memory size the invocations recorded, \
          also when the functions ran in the local pool on the study machine."
             .into(),
-        "Waves: m offloaded batches run in ceil(m / min(function_concurrency, \
-         lambda_concurrency_limit / N)) waves; every peer's functions share the account \
-         limit evenly."
+        "Waves: m offloaded batches run in ceil(m / min(c, \
+         lambda_concurrency_limit / N)) waves, c the calls a peer runs at once \
+         (projection.function_concurrency, else function_concurrency); every peer's \
+         functions share the account limit evenly."
             .into(),
         "Stragglers: call times spread with the measured standard deviation sd of warm \
          calls within a round, independently and roughly normally; a wave of k calls lasts \

@@ -52,6 +52,13 @@ fn minimal_config_takes_the_documented_defaults() {
     assert_eq!(c.deployments, Deployment::ALL.to_vec());
     assert_eq!(c.serverless, ServerlessMode::Local);
     assert_eq!(c.function_concurrency, 2);
+    assert_eq!(c.projected_function_concurrency(), 2, "the local one, by default");
+    let cloud = format!("{MINIMAL}\n[projection]\nfunction_concurrency = 8\n");
+    let cloud = StudyConfig::from_toml_str(&cloud).unwrap();
+    assert_eq!(
+        (cloud.function_concurrency, cloud.projected_function_concurrency()),
+        (2, 8)
+    );
     assert_eq!(c.lambda_memory_mb, 2048);
     assert_eq!(c.instance_type, "t3.medium");
     assert_eq!(c.broker_type, "mq.m5.large");
@@ -184,6 +191,12 @@ fn out_of_range_values_fail_naming_the_key() {
             "{MINIMAL}\n[projection]\nmax_useful_vcpus = 7.0\n"
         )),
         "projection.max_useful_vcpus"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{MINIMAL}\n[projection]\nfunction_concurrency = 0\n"
+        )),
+        "projection.function_concurrency"
     );
     assert_eq!(
         invalid_key(&with("serverless = \"stepfn\"\nstore = \"s3://b/p\"")),

@@ -109,6 +109,22 @@ pub fn available_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Hands memory the allocator holds but no longer uses back to the system, after a round
+/// of a gradient bigger than [`peerless_comm::buffer::KEEP_BYTES`]. glibc's allocator
+/// keeps freed blocks of up to 32 MB in its heaps, and a vgg11 round frees GBs of them (the
+/// step's tensors, the exchange's chunks); kept, they stay in the resident size of the one
+/// process running all the peers. A no-op for small gradients and other allocators.
+pub fn release_freed_memory(gradient_bytes: usize) {
+    if gradient_bytes <= peerless_comm::buffer::KEEP_BYTES {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only returns the allocator's free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -341,6 +341,7 @@ impl Node {
             optimizer.step(&mut weights, &avg, lr)?;
             drop((grad, avg));
             model.set_params(&weights)?;
+            crate::memory::release_freed_memory(n * size_of::<f32>());
             m.update_time_s = update_start.elapsed().as_secs_f64();
 
             // Every peer evaluates after the same rounds (the schedule depends only on

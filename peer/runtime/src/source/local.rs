@@ -9,10 +9,6 @@ use crate::pipeline::BatchBuffers;
 
 use super::{Totals, accumulate};
 
-/// A batch gradient up to this size is kept from round to round; a bigger one is freed
-/// after each round's batches.
-const KEEP_BATCH_GRAD_BYTES: usize = 64 << 20;
-
 /// Computes every batch on this peer's CPU (the architecture without serverless).
 pub struct LocalSource {
     shard: Dataset,
@@ -105,9 +101,7 @@ impl LocalSource {
         let mut totals = Totals::default();
         self.batch_grad.resize(self.num_params, 0.0);
         let result = self.accumulate_batches(round, batches, model, acc, &mut totals);
-        if self.batch_grad.len() * size_of::<f32>() > KEEP_BATCH_GRAD_BYTES {
-            self.batch_grad = Vec::new();
-        }
+        peerless_comm::buffer::release_if_big(&mut self.batch_grad);
         result.map(|()| totals)
     }
 
