@@ -384,9 +384,7 @@ pub fn data_round(message: &[u8]) -> Option<u64> {
         | MessageKind::Reduced
         | MessageKind::Claim
         | MessageKind::State => Some(u64_at(message, 32)),
-        MessageKind::Hello | MessageKind::Barrier | MessageKind::Join | MessageKind::Evict => {
-            None
-        }
+        MessageKind::Hello | MessageKind::Barrier | MessageKind::Join | MessageKind::Evict => None,
     }
 }
 

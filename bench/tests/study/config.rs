@@ -52,11 +52,18 @@ fn minimal_config_takes_the_documented_defaults() {
     assert_eq!(c.deployments, Deployment::ALL.to_vec());
     assert_eq!(c.serverless, ServerlessMode::Local);
     assert_eq!(c.function_concurrency, 2);
-    assert_eq!(c.projected_function_concurrency(), 2, "the local one, by default");
+    assert_eq!(
+        c.projected_function_concurrency(),
+        2,
+        "the local one, by default"
+    );
     let cloud = format!("{MINIMAL}\n[projection]\nfunction_concurrency = 8\n");
     let cloud = StudyConfig::from_toml_str(&cloud).unwrap();
     assert_eq!(
-        (cloud.function_concurrency, cloud.projected_function_concurrency()),
+        (
+            cloud.function_concurrency,
+            cloud.projected_function_concurrency()
+        ),
         (2, 8)
     );
     assert_eq!(c.lambda_memory_mb, 2048);

@@ -827,7 +827,15 @@ mod tests {
     fn batch(kind: MessageKind, round: u64, to: Option<u32>) -> Remembered {
         let header = Header {
             kind,
-            ..Header::gradient(RunId::from_name("replay"), round, 0, 4, 1, CodecSpec::None, 2)
+            ..Header::gradient(
+                RunId::from_name("replay"),
+                round,
+                0,
+                4,
+                1,
+                CodecSpec::None,
+                2,
+            )
         };
         let messages = vec![encode_message(&header, &[0; 8])];
         Remembered {
@@ -845,26 +853,62 @@ mod tests {
     fn replay_keeps_the_data_of_the_two_newest_rounds_and_control_messages() {
         let mut replay = VecDeque::new();
         let (keep, most) = (4, 16);
-        remember_in(&mut replay, batch(MessageKind::Gradient, 0, None), keep, most);
+        remember_in(
+            &mut replay,
+            batch(MessageKind::Gradient, 0, None),
+            keep,
+            most,
+        );
         remember_in(&mut replay, batch(MessageKind::Join, 2, None), keep, most);
-        remember_in(&mut replay, batch(MessageKind::Shard, 1, Some(2)), keep, most);
-        remember_in(&mut replay, batch(MessageKind::Reduced, 1, None), keep, most);
+        remember_in(
+            &mut replay,
+            batch(MessageKind::Shard, 1, Some(2)),
+            keep,
+            most,
+        );
+        remember_in(
+            &mut replay,
+            batch(MessageKind::Reduced, 1, None),
+            keep,
+            most,
+        );
         assert_eq!(
             kept(&replay),
-            [(Some(0), None), (None, None), (Some(1), Some(2)), (Some(1), None)]
+            [
+                (Some(0), None),
+                (None, None),
+                (Some(1), Some(2)),
+                (Some(1), None)
+            ]
         );
         // Round 2's data: round 0's is no longer needed by anyone; the join stays.
-        remember_in(&mut replay, batch(MessageKind::Gradient, 2, None), keep, most);
+        remember_in(
+            &mut replay,
+            batch(MessageKind::Gradient, 2, None),
+            keep,
+            most,
+        );
         assert_eq!(
             kept(&replay),
-            [(None, None), (Some(1), Some(2)), (Some(1), None), (Some(2), None)]
+            [
+                (None, None),
+                (Some(1), Some(2)),
+                (Some(1), None),
+                (Some(2), None)
+            ]
         );
         // The broadcast cap still holds: a fifth broadcast pushes out the oldest.
         remember_in(&mut replay, batch(MessageKind::Evict, 4, None), keep, most);
         remember_in(&mut replay, batch(MessageKind::Evict, 4, None), keep, most);
         assert_eq!(
             kept(&replay),
-            [(Some(1), Some(2)), (Some(1), None), (Some(2), None), (None, None), (None, None)]
+            [
+                (Some(1), Some(2)),
+                (Some(1), None),
+                (Some(2), None),
+                (None, None),
+                (None, None)
+            ]
         );
         // This peer finished round 2: round 1's data goes, the evictions stay.
         forget_before(&mut replay, 2);
