@@ -371,6 +371,9 @@ pub struct Averager<T> {
     /// (round, key).
     claim_store: Option<Arc<dyn ClaimStore>>,
     own_claims: VecDeque<(u64, String)>,
+    /// Messages and bytes received before the rounds started (while joining), counted in
+    /// the next round's stats so every delivered byte is counted once.
+    early_received: (u64, u64),
 }
 
 /// The codecs and buffers of one shard in a sharded exchange.
@@ -456,6 +459,7 @@ impl<T: Transport> Averager<T> {
             shards,
             claim_store: None,
             own_claims: VecDeque::new(),
+            early_received: (0, 0),
         })
     }
 
@@ -595,6 +599,8 @@ impl<T: Transport> Averager<T> {
 
     /// Keeps a gradient that arrived before the rounds started.
     pub(crate) fn keep_early(&mut self, round: u64, bytes: Bytes) {
+        self.early_received.0 += 1;
+        self.early_received.1 += bytes.len() as u64;
         self.inbox.keep(round, bytes);
     }
 
@@ -634,8 +640,11 @@ impl<T: Transport> Averager<T> {
                 got: out.len(),
             });
         }
+        let (messages_received, bytes_received) = std::mem::take(&mut self.early_received);
         let mut stats = RoundStats {
             round,
+            messages_received,
+            bytes_received,
             ..RoundStats::default()
         };
         let started = Instant::now();

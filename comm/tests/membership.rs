@@ -127,6 +127,7 @@ async fn sharded_messages_that_arrive_while_starting_are_kept_for_their_round() 
     let (s0, s1) = (shard_range(0, 2, N), shard_range(1, 2, N));
     let mut early = message(MessageKind::Shard, 0, &g1[s0.clone()]);
     early.extend(message(MessageKind::Reduced, 1, &g1[s1.clone()]));
+    let early_bytes: u64 = early.iter().map(|m| m.len() as u64).sum();
     t1.send_to(0, &early).await.unwrap();
 
     let one = tokio::spawn(async move {
@@ -144,6 +145,11 @@ async fn sharded_messages_that_arrive_while_starting_are_kept_for_their_round() 
     let mut out = vec![0.0; N];
     let stats = a0.average(0, &g0, &mut out).await.unwrap();
     assert_eq!(stats.contributors, 2);
+    // What came while starting is counted in the round's received bytes, once.
+    assert_eq!(
+        (stats.messages_received, stats.bytes_received),
+        (early.len() as u64, early_bytes)
+    );
     let mean = reference_mean(&[&g0[s0.clone()], &g1[s0.clone()]]);
     assert_eq!(&out[s0], mean.as_slice());
     assert_eq!(&out[s1.clone()], &g1[s1]);
