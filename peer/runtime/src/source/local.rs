@@ -81,14 +81,17 @@ impl LocalSource {
         model: &Model,
         acc: &mut [f32],
     ) -> Result<Totals> {
-        match self.threads.take() {
+        self.batch_grad.resize(self.num_params, 0.0);
+        let result = match self.threads.take() {
             Some(pool) => {
                 let result = pool.install(|| self.accumulate_here(round, batches, model, acc));
                 self.threads = Some(pool);
                 result
             }
             None => self.accumulate_here(round, batches, model, acc),
-        }
+        };
+        peerless_comm::buffer::release_if_big(&mut self.batch_grad);
+        result
     }
 
     fn accumulate_here(
@@ -99,20 +102,6 @@ impl LocalSource {
         acc: &mut [f32],
     ) -> Result<Totals> {
         let mut totals = Totals::default();
-        self.batch_grad.resize(self.num_params, 0.0);
-        let result = self.accumulate_batches(round, batches, model, acc, &mut totals);
-        peerless_comm::buffer::release_if_big(&mut self.batch_grad);
-        result.map(|()| totals)
-    }
-
-    fn accumulate_batches(
-        &mut self,
-        round: u64,
-        batches: &[(usize, std::ops::Range<usize>)],
-        model: &Model,
-        acc: &mut [f32],
-        totals: &mut Totals,
-    ) -> Result<()> {
         for (index, range) in batches {
             let busy = std::time::Instant::now();
             let indices: Vec<usize> = range.clone().collect();
@@ -136,6 +125,6 @@ impl LocalSource {
                 std::thread::sleep(busy.elapsed().mul_f64(1.0 / self.speed - 1.0));
             }
         }
-        Ok(())
+        Ok(totals)
     }
 }
