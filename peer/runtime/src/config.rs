@@ -240,6 +240,26 @@ impl Default for ServerlessConfig {
 }
 
 impl ServerlessConfig {
+    /// Calls a peer runs at once: `concurrency`, else every core for the local pool (up
+    /// to [`MAX_POOL_WORKERS`]) and 64 for the cloud's functions.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or_else(|| match self.mode {
+            ServerlessMode::Local => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_POOL_WORKERS),
+            _ => 64,
+        })
+    }
+
+    /// Functions of one peer that run in this process (the local pool's workers, each
+    /// with a warm model of its own); 0 for functions in the cloud or none.
+    pub fn local_workers(&self) -> usize {
+        match self.mode {
+            ServerlessMode::Local => self.concurrency().max(1),
+            _ => 0,
+        }
+    }
+
     /// Checks what needs no store or service, so mistakes show before any data is split
     /// or loaded.
     pub fn validate(&self, store: &str) -> Result<(), ConfigError> {

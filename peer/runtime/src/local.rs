@@ -26,8 +26,13 @@ pub async fn connect(url: &str, config: &NodeConfig) -> Result<AnyTransport> {
 pub fn run_local(run: &LocalRunConfig, device: &Device) -> Result<Vec<NodeSummary>> {
     let mut configs = run.node_configs()?;
     let over_broker = run.exchange.broker.is_some();
-    memory::check_machine(run.training.model, run.peers as usize, over_broker).map_err(|e| {
-        anyhow!("{e}: run fewer peers on this machine, or use one with more memory")
+    let peers = run.peers as usize;
+    let functions = peers * run.exchange.serverless.local_workers();
+    memory::check_machine(run.training.model, peers, functions, over_broker).map_err(|e| {
+        anyhow!(
+            "{e}: run fewer peers (or fewer local functions, --function-concurrency) on this \
+             machine, or use one with more memory"
+        )
     })?;
     std::fs::create_dir_all(&run.metrics_dir)
         .with_context(|| format!("creating {}", run.metrics_dir.display()))?;

@@ -14,8 +14,8 @@ use peerless_data::StoreOptions;
 use peerless_models::{DeviceChoice, select_device};
 use peerless_runtime::memory::check_machine;
 use peerless_runtime::{
-    Capability, ExchangeConfig, LocalRunConfig, ServerlessConfig, SplitSource, TrainingConfig,
-    run_local,
+    Capability, ExchangeConfig, LocalRunConfig, ServerlessConfig, ServerlessMode, SplitSource,
+    TrainingConfig, run_local,
 };
 use serde::{Deserialize, Serialize};
 
@@ -48,10 +48,17 @@ pub fn run(args: StudyArgs, config: Option<PathBuf>, device: DeviceChoice) -> Re
     for (model, study) in &studies {
         let prices = load_prices(study, explicit)?;
         prices.check_covers(study)?;
-        check_machine(*model, study.peers.len(), study.broker.is_some()).map_err(|e| {
+        let peers = study.peers.len();
+        let offloads = study.deployments.iter().any(|d| d.offload().is_some());
+        let functions = if offloads && study.serverless == ServerlessMode::Local {
+            peers * study.function_concurrency
+        } else {
+            0
+        };
+        check_machine(*model, peers, functions, study.broker.is_some()).map_err(|e| {
             anyhow::anyhow!(
-                "{e}. Leave it out (`--models` names the models to run), use fewer peers, or \
-                 a machine with more memory."
+                "{e}. Leave it out (`--models` names the models to run), use fewer peers or a \
+                 lower function_concurrency, or a machine with more memory."
             )
         })?;
         prepared.push((study.clone(), prices));

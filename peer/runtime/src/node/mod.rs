@@ -455,12 +455,7 @@ async fn offload(
         );
     }
     let policy = CallPolicy {
-        concurrency: s.concurrency.unwrap_or_else(|| match s.mode {
-            ServerlessMode::Local => std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(crate::config::MAX_POOL_WORKERS),
-            _ => 64,
-        }),
+        concurrency: s.concurrency(),
         retries: s.retries,
         timeout: s.timeout,
         first_backoff: Duration::from_millis(200),
