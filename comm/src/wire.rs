@@ -371,19 +371,16 @@ pub enum WireError {
 }
 
 /// The round of a message that carries a round's data (a gradient, shard, result, claim
-/// or a rejoining peer's state), read from its header without validating it: for a
-/// sender looking at its own messages. `None` for other kinds and for anything that is
-/// not a message.
+/// or a rejoining peer's state), read through [`decode`]; `None` for other kinds and for
+/// anything that is not a valid message.
 pub fn data_round(message: &[u8]) -> Option<u64> {
-    if message.len() < HEADER_LEN || message[..4] != MAGIC {
-        return None;
-    }
-    match MessageKind::from_u8(message[6]).ok()? {
+    let header = decode(message).ok()?.header;
+    match header.kind {
         MessageKind::Gradient
         | MessageKind::Shard
         | MessageKind::Reduced
         | MessageKind::Claim
-        | MessageKind::State => Some(u64_at(message, 32)),
+        | MessageKind::State => Some(header.round),
         MessageKind::Hello | MessageKind::Barrier | MessageKind::Join | MessageKind::Evict => None,
     }
 }

@@ -827,6 +827,7 @@ mod tests {
     fn batch(kind: MessageKind, round: u64, to: Option<u32>) -> Remembered {
         let header = Header {
             kind,
+            total_payload_len: 8,
             ..Header::gradient(
                 RunId::from_name("replay"),
                 round,
